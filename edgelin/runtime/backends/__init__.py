@@ -1,0 +1,57 @@
+"""Back ends that run one step graph: the `Backend` protocol and a name -> class registry.
+
+A back end is one file here, `backends/<name>.py`, whose class is decorated with
+`@register_backend("<name>")`; `get_backend("<name>")` imports that file on first use,
+so a back end's library (onnxruntime, openvino, tvm) is imported only when asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from pathlib import Path
+from typing import Callable, Protocol, runtime_checkable
+
+import numpy as np
+
+from edgelin.errors import EdgelinError
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """One loaded step graph. Constructed as `cls(graph_path, threads=None)`."""
+
+    input_names: list[str]
+    output_names: list[str]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the graph once on named inputs; return every output by name."""
+        ...
+
+
+BACKENDS: dict[str, type] = {}
+
+
+def register_backend(name: str) -> Callable[[type], type]:
+    """Class decorator: make a back end available to `Session(..., backend=name)`."""
+
+    def add(cls: type) -> type:
+        BACKENDS[name] = cls
+        return cls
+
+    return add
+
+
+def available_backends() -> list[str]:
+    """Names of the back-end files present (their libraries may still be missing)."""
+    return sorted({m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)])} | set(BACKENDS))
+
+
+def get_backend(name: str) -> type:
+    """The back-end class registered as `name`, importing `backends/<name>.py` if needed."""
+    if name not in BACKENDS:
+        if name.isidentifier() and name in available_backends():
+            importlib.import_module(f"{__name__}.{name}")
+        if name not in BACKENDS:
+            raise EdgelinError(f"unknown back end {name!r}; available: {', '.join(available_backends())}")
+    return BACKENDS[name]

@@ -1,0 +1,93 @@
+"""Streaming generation: prefill the prompt, then decode one token at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator, Sequence
+
+import numpy as np
+
+from edgelin.errors import EdgelinError
+from edgelin.runtime.sampling import GREEDY, SamplingConfig, sample
+from edgelin.runtime.session import Session, State
+from edgelin.runtime.tokenizer import Tokenizer
+
+
+class Generation(Iterator[int]):
+    """The token stream `generate` returns; iterate it for token ids.
+
+    `state` covers every token fed so far: the prompt and all yielded tokens but the last,
+    which is held in `pending` (it is fed when the next token is asked for). To continue
+    later, even from a saved state: `generate(session, g.pending, n, state=g.state)`.
+    """
+
+    def __init__(self, session: Session, prompt_ids: np.ndarray, max_new_tokens: int,
+                 sampling: SamplingConfig, seed: int | None, state: State, stop_ids: Collection[int]) -> None:
+        self.session, self.sampling, self.state = session, sampling, state
+        self.max_new_tokens, self.stop_ids = max_new_tokens, set(stop_ids)
+        self.tokens: list[int] = []
+        self.pending: list[int] = [int(t) for t in prompt_ids]
+        self._rng = np.random.default_rng(seed)
+        self._done = max_new_tokens == 0
+
+    def __next__(self) -> int:
+        if self._done or len(self.tokens) >= self.max_new_tokens:
+            raise StopIteration
+        logits, self.state = self.session.forward(np.array([self.pending], np.int64), self.state)
+        token = int(sample(logits[:, -1], self.sampling, self._rng)[0])
+        self.pending = [token]
+        if token in self.stop_ids:
+            self._done = True
+            raise StopIteration
+        self.tokens.append(token)
+        return token
+
+
+def generate(session: Session, prompt_ids: Sequence[int] | np.ndarray, max_new_tokens: int,
+             sampling: SamplingConfig = GREEDY, seed: int | None = 0, state: State | None = None,
+             stop_ids: Collection[int] = ()) -> Generation:
+    """Stream up to `max_new_tokens` token ids after `prompt_ids` (one sequence).
+
+    Args:
+        session: a loaded package.
+        prompt_ids: 1-D token ids, at least one.
+        max_new_tokens: how many tokens to generate at most.
+        sampling: greedy by default; see `SamplingConfig`.
+        seed: seed of the `numpy.random.Generator` used for sampling.
+        state: batch-1 state to start from (default: zeros, i.e. a fresh sequence).
+        stop_ids: tokens that end generation (not yielded).
+    Returns:
+        A `Generation` iterator of ints; its `state` / `pending` allow resuming.
+    Example:
+        >>> for t in generate(Session("pkg"), [72, 105], 16, SamplingConfig(0.8, top_k=40), seed=1):  # doctest: +SKIP
+        ...     print(t)
+    """
+    ids = np.asarray(prompt_ids)
+    if ids.ndim != 1 or ids.size == 0:
+        raise EdgelinError("the prompt is empty; give at least one token" if ids.size == 0
+                           else f"prompt_ids must be 1-D token ids, got shape {ids.shape}")
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise EdgelinError(f"prompt_ids must be integers, got {ids.dtype}")
+    bad = ids[(ids < 0) | (ids >= session.vocab_size)]
+    if bad.size:
+        raise EdgelinError(f"token id {int(bad[0])} is outside the vocabulary [0, {session.vocab_size})")
+    if max_new_tokens < 0:
+        raise EdgelinError(f"max_new_tokens must be >= 0, not {max_new_tokens}")
+    state = session.new_state(1) if state is None else state
+    return Generation(session, ids, max_new_tokens, sampling, seed, state, stop_ids)
+
+
+def generate_text(session: Session, tokenizer: Tokenizer, prompt: str, max_new_tokens: int,
+                  sampling: SamplingConfig = GREEDY, seed: int | None = 0, state: State | None = None,
+                  stop_ids: Collection[int] = ()) -> Iterator[str]:
+    """Like `generate`, but takes text and streams decoded text pieces (whole characters only)."""
+    tokens = generate(session, tokenizer.encode(prompt), max_new_tokens, sampling, seed, state, stop_ids)
+    decoder = tokenizer.stream_decoder()
+
+    def pieces() -> Iterator[str]:
+        for t in tokens:
+            if piece := decoder.push(t):
+                yield piece
+        if tail := decoder.flush():
+            yield tail
+
+    return pieces()

@@ -1,0 +1,85 @@
+"""Next-token choice from logits: greedy, temperature, top-k, top-p (numpy only)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgelin.errors import EdgelinError
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How to pick the next token.
+
+    Args:
+        temperature: 0 means greedy (argmax); otherwise logits are divided by it.
+        top_k: keep only the k most likely tokens (0: no limit).
+        top_p: keep the smallest set of most likely tokens whose probability reaches p (1.0: all).
+    """
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (self.temperature >= 0 and np.isfinite(self.temperature)):
+            raise EdgelinError(f"temperature must be a finite number >= 0, not {self.temperature}")
+        if int(self.top_k) != self.top_k or self.top_k < 0:
+            raise EdgelinError(f"top_k must be an integer >= 0 (0 = off), not {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise EdgelinError(f"top_p must be in (0, 1], not {self.top_p}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0 or self.top_k == 1
+
+
+GREEDY = SamplingConfig(temperature=0.0)
+
+
+def probabilities(logits: np.ndarray, config: SamplingConfig) -> np.ndarray:
+    """The distribution `sample` draws from: softmax(logits / T) restricted by top-k / top-p.
+
+    Args:
+        logits: [B, V] float.
+    Returns:
+        [B, V] float64, each row summing to 1 (one-hot on the argmax when greedy).
+    """
+    x = np.asarray(logits, dtype=np.float64)
+    B, V = x.shape
+    if config.greedy:
+        p = np.zeros_like(x)
+        p[np.arange(B), x.argmax(-1)] = 1.0
+        return p
+    x = x / config.temperature
+    order = np.argsort(-x, axis=-1, kind="stable")  # [B, V] most likely first
+    xs = np.take_along_axis(x, order, -1)
+    ps = np.exp(xs - xs[:, :1])
+    if config.top_k and config.top_k < V:
+        ps[:, config.top_k:] = 0.0
+    ps /= ps.sum(-1, keepdims=True)
+    if config.top_p < 1.0:
+        before = np.cumsum(ps, -1) - ps  # mass of strictly more likely tokens
+        ps[before >= config.top_p] = 0.0  # keeps the top token always
+        ps /= ps.sum(-1, keepdims=True)
+    p = np.empty_like(ps)
+    np.put_along_axis(p, order, ps, -1)
+    return p
+
+
+def sample(logits: np.ndarray, config: SamplingConfig, rng: np.random.Generator) -> np.ndarray:
+    """Pick one token per row of `logits` [B, V]; returns int64 [B].
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> sample(np.array([[0.0, 5.0, 1.0]]), SamplingConfig(temperature=0.0), rng)
+        array([1])
+    """
+    if config.greedy:
+        return np.asarray(logits).argmax(-1).astype(np.int64)
+    p = probabilities(logits, config)
+    u = rng.random(p.shape[0])[:, None]
+    idx = (np.cumsum(p, -1) <= u * p.sum(-1, keepdims=True)).sum(-1)  # first index past u
+    return np.minimum(idx, p.shape[1] - 1).astype(np.int64)

@@ -1,0 +1,120 @@
+"""Tokenizers the runtime ships: UTF-8 bytes (built in) and Hugging Face `tokenizers` (optional)."""
+
+from __future__ import annotations
+
+import codecs
+import os
+from pathlib import Path
+from typing import Any, Protocol
+
+from edgelin.errors import EdgelinError
+from edgelin.runtime.package import Manifest
+
+
+class StreamDecoder(Protocol):
+    """Turns tokens into text pieces as they arrive, holding back incomplete characters."""
+
+    def push(self, token: int) -> str: ...
+
+    def flush(self) -> str: ...
+
+
+class Tokenizer(Protocol):
+    vocab_size: int
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: list[int]) -> str: ...
+
+    def stream_decoder(self) -> StreamDecoder: ...
+
+
+class ByteStreamDecoder:
+    """UTF-8 bytes -> text, holding back a character until all its bytes have arrived."""
+
+    def __init__(self) -> None:
+        self._dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, token: int) -> str:
+        return self._dec.decode(bytes([_byte(token)]))
+
+    def flush(self) -> str:
+        return self._dec.decode(b"", final=True)
+
+
+def _byte(token: int) -> int:
+    if not 0 <= token < 256:
+        raise EdgelinError(f"token id {token} is not a byte (the byte tokenizer has vocab 256)")
+    return int(token)
+
+
+class ByteTokenizer:
+    """Token = one UTF-8 byte; vocab 256, no special tokens."""
+
+    vocab_size = 256
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: list[int]) -> str:
+        return bytes(_byte(t) for t in ids).decode("utf-8", errors="replace")
+
+    def stream_decoder(self) -> ByteStreamDecoder:
+        return ByteStreamDecoder()
+
+
+class IncrementalDecoder:
+    """Stream decoding for any tokenizer with `decode(ids)`: emits text once it stops ending in U+FFFD."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self._tok, self._ids, self._prefix, self._read = tokenizer, [], 0, 0
+
+    def push(self, token: int) -> str:
+        self._ids.append(int(token))
+        before = self._tok.decode(self._ids[self._prefix:self._read])
+        now = self._tok.decode(self._ids[self._prefix:])
+        if len(now) > len(before) and not now.endswith("\ufffd"):
+            self._prefix, self._read = self._read, len(self._ids)
+            return now[len(before):]
+        return ""
+
+    def flush(self) -> str:
+        before = self._tok.decode(self._ids[self._prefix:self._read])
+        now = self._tok.decode(self._ids[self._prefix:])
+        self._prefix = self._read = len(self._ids)
+        return now[len(before):]
+
+
+class HFTokenizer:
+    """A Hugging Face `tokenizers` tokenizer.json (the library is imported only here)."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            from tokenizers import Tokenizer as _Tok
+        except ImportError:
+            raise EdgelinError(f"{path.name} needs the 'tokenizers' library: pip install 'edgelin[tokenizers]'") from None
+        try:
+            self._tok = _Tok.from_file(str(path))
+        except Exception as e:  # the library raises its own exception type
+            raise EdgelinError(f"cannot load tokenizer {path}: {e}") from None
+        self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self._tok.encode(text, add_special_tokens=False).ids)
+
+    def decode(self, ids: list[int]) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=False)
+
+    def stream_decoder(self) -> IncrementalDecoder:
+        return IncrementalDecoder(self)
+
+
+def load_tokenizer(package_dir: str | os.PathLike, manifest: Manifest) -> Tokenizer:
+    """The tokenizer the manifest names: {"type": "bytes"} or {"type": "tokenizers", "file": ...}."""
+    spec: dict[str, Any] = manifest.tokenizer
+    kind = spec.get("type", "bytes")
+    if kind == "bytes":
+        return ByteTokenizer()
+    if kind == "tokenizers":
+        return HFTokenizer(Path(package_dir) / spec.get("file", "tokenizer.json"))
+    raise EdgelinError(f"unknown tokenizer type {kind!r} in {Path(package_dir) / 'manifest.json'}")
