@@ -1,0 +1,16 @@
+"""Token mixers by family name. A new family: one file beside these, one line here."""
+from edgelin.models.layers.gated_delta import GatedDelta
+from edgelin.models.layers.gla import GLA
+from edgelin.models.layers.mamba2 import Mamba2
+from edgelin.models.layers.retention import Retention
+from edgelin.models.layers.short_conv import GatedShortConv
+from edgelin.models.layers.swa import SlidingWindowAttention
+
+MIXERS = {
+    "gla": GLA,
+    "gated_delta": GatedDelta,
+    "mamba2": Mamba2,
+    "retention": Retention,
+    "short_conv": GatedShortConv,
+    "swa": SlidingWindowAttention,
+}

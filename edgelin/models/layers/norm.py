@@ -1,0 +1,40 @@
+"""RMSNorm and its gated forms (fla's swish-gated output norm, Mamba2's norm-after-gate)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Computed in float32 so an INT16 or fp16 input cannot overflow the sum of squares.
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+
+
+class GatedRMSNorm(RMSNorm):
+    """norm(x) * weight * silu(gate): the output norm of GLA, Gated DeltaNet and retention."""
+
+    def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return super().forward(x) * F.silu(gate)
+
+
+class GroupRMSNormAfterGate(nn.Module):
+    """Mamba2: norm(x * silu(gate)) over groups of `group_size` channels, then weight."""
+
+    def __init__(self, dim: int, group_size: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps, self.group_size = eps, group_size
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        x = (x * F.silu(gate)).float()
+        xg = x.reshape(*x.shape[:-1], -1, self.group_size)
+        xg = xg * torch.rsqrt(xg.pow(2).mean(-1, keepdim=True) + self.eps)
+        return xg.reshape(x.shape) * self.weight

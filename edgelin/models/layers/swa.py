@@ -1,0 +1,95 @@
+"""Sliding-window softmax attention with a fixed-size KV state, for hybrids.
+
+The state keeps the last `window` keys and values *unrotated* plus a mask of filled slots. Rotary
+embeddings depend only on relative position, so keys are rotated by their fixed slot offset at
+attention time: no position counter is carried and the cos/sin tables are graph constants.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgelin.models.config import LMConfig, mixer_options
+from edgelin.models.layers.base import State, TokenMixer, split_heads
+from edgelin.models.layers.norm import RMSNorm
+
+
+@dataclass
+class SWAOptions:
+    window: int = 64
+    n_kv_heads: int = 0  # 0 = n_heads
+    head_dim: int = 0  # 0 = d_model // n_heads
+    rope_theta: float = 10000.0  # 0 = no rotary embedding
+    qk_norm: bool = False
+    bias: bool = False
+    norm_eps: float = 1e-5
+
+
+def rotate(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
+    """Rotary embedding (rotate-half layout) of x [..., P, D] at positions [P]."""
+    D = x.shape[-1]
+    inv_freq = 1.0 / theta ** (torch.arange(0, D, 2, dtype=torch.float, device=x.device) / D)
+    angles = positions.float()[:, None] * inv_freq[None]
+    cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
+    x1, x2 = x[..., : D // 2], x[..., D // 2 :]
+    return x * cos + torch.cat([-x2, x1], -1) * sin
+
+
+class SlidingWindowAttention(TokenMixer):
+    def __init__(self, config: LMConfig, layer: int):
+        super().__init__()
+        o = self.options = mixer_options(SWAOptions, config, "swa")
+        d, self.heads = config.d_model, config.n_heads
+        self.kv_heads = o.n_kv_heads or self.heads
+        self.head_dim = o.head_dim or d // self.heads
+        if self.heads % self.kv_heads:
+            raise ValueError(f"swa: n_heads {self.heads} is not a multiple of n_kv_heads {self.kv_heads}")
+        self.window = o.window
+        self.q_proj = nn.Linear(d, self.heads * self.head_dim, bias=o.bias)
+        self.k_proj = nn.Linear(d, self.kv_heads * self.head_dim, bias=o.bias)
+        self.v_proj = nn.Linear(d, self.kv_heads * self.head_dim, bias=o.bias)
+        self.o_proj = nn.Linear(self.heads * self.head_dim, d, bias=o.bias)
+        self.q_norm = RMSNorm(self.head_dim, o.norm_eps) if o.qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, o.norm_eps) if o.qk_norm else None
+
+    def state_shapes(self, batch: int) -> dict[str, tuple[int, ...]]:
+        kv = (batch, self.kv_heads, self.window, self.head_dim)
+        return {"key": kv, "value": kv, "window_mask": (batch, self.window)}
+
+    def forward(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        B, T, _ = x.shape
+        W = self.window
+        q = split_heads(self.q_proj(x), self.heads)
+        k = split_heads(self.k_proj(x), self.kv_heads)
+        v = split_heads(self.v_proj(x), self.kv_heads)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = q.transpose(1, 2)  # [B, H, T, D]
+        keys = torch.cat([state["key"], k.transpose(1, 2)], 2)  # [B, Hkv, W+T, D]; index p is position p-W
+        values = torch.cat([state["value"], v.transpose(1, 2)], 2)
+        filled = torch.cat([state["window_mask"], x.new_ones(B, T)], 1)  # [B, W+T]
+        if self.options.rope_theta:
+            q = rotate(q, torch.arange(T, device=x.device), self.options.rope_theta)
+            keys_rot = rotate(keys, torch.arange(-W, T, device=x.device), self.options.rope_theta)
+        else:
+            keys_rot = keys
+        rep = self.heads // self.kv_heads
+        # Queries in blocks of W: each block sees at most 2W-1 keys, so memory is O(T * W), not O(T^2).
+        outs = []
+        for s in range(0, T, W):
+            e = min(s + W, T)
+            kb = keys_rot[:, :, s + 1 : e + W].repeat_interleave(rep, 1)
+            vb = values[:, :, s + 1 : e + W].repeat_interleave(rep, 1)
+            qpos = torch.arange(s, e, device=x.device)[:, None]
+            kpos = torch.arange(s + 1, e + W, device=x.device)[None] - W
+            allowed = (kpos <= qpos) & (kpos > qpos - W) & (filled[:, None, s + 1 : e + W] > 0.5)  # [B, Tq, L]
+            bias = torch.zeros(allowed.shape, dtype=q.dtype, device=x.device).masked_fill(~allowed, float("-inf"))
+            outs.append(F.scaled_dot_product_attention(q[:, :, s:e], kb, vb, attn_mask=bias[:, None]))
+        o = torch.cat(outs, 2).transpose(1, 2).flatten(-2)
+        new_state = {"key": keys[:, :, T:], "value": values[:, :, T:], "window_mask": filled[:, T:]}
+        return self.o_proj(o), new_state
+
+    step = forward

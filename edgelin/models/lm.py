@@ -1,0 +1,87 @@
+"""The language model: embedding -> blocks (norm, token mixer, norm, MLP) -> norm -> head."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from edgelin.models.config import LMConfig
+from edgelin.models.layers import MIXERS
+from edgelin.models.layers.base import State
+from edgelin.models.layers.mlp import SwiGLU
+from edgelin.models.layers.norm import RMSNorm
+
+
+class Block(nn.Module):
+    def __init__(self, config: LMConfig, layer: int):
+        super().__init__()
+        self.mixer_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.mixer = MIXERS[config.mixer(layer)](config, layer)
+        self.mlp_norm = RMSNorm(config.d_model, config.norm_eps) if config.ffn_dim else None
+        self.mlp = SwiGLU(config.d_model, config.ffn_dim) if config.ffn_dim else None
+
+    def forward(self, x: torch.Tensor, state: State, step: bool = False) -> tuple[torch.Tensor, State]:
+        mix = self.mixer.step if step else self.mixer
+        y, state = mix(self.mixer_norm(x), state)
+        x = x + y
+        if self.mlp is not None:
+            x = x + self.mlp(self.mlp_norm(x))
+        return x, state
+
+
+class LM(nn.Module):
+    """`forward` is the chunked parallel form (training, prefill); `step` runs one token.
+
+    Both take and return the recurrent state as a list (one dict per layer) of float32 tensors.
+    """
+
+    def __init__(self, config: LMConfig):
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
+        self.norm = RMSNorm(config.d_model, config.norm_eps)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+
+    def init_weights(self, seed: int | None = None) -> "LM":
+        """Seeded init: normal(init_std) for linear and embedding weights, output projections scaled by depth."""
+        gen = torch.Generator().manual_seed(self.config.seed if seed is None else seed)
+        std = self.config.init_std
+        with torch.no_grad():
+            for name, module in self.named_modules():
+                if isinstance(module, (nn.Linear, nn.Embedding)):
+                    scale = (2 * self.config.n_layers) ** -0.5 if name.endswith(("o_proj", "out_proj", "down_proj")) else 1.0
+                    module.weight.copy_(torch.randn(module.weight.shape, generator=gen) * std * scale)
+                    if getattr(module, "bias", None) is not None:
+                        module.bias.zero_()
+        return self
+
+    def init_state(self, batch: int, device: torch.device | str = "cpu") -> list[State]:
+        return [b.mixer.init_state(batch, device) for b in self.blocks]
+
+    def state_shapes(self, batch: int) -> list[dict[str, tuple[int, ...]]]:
+        return [b.mixer.state_shapes(batch) for b in self.blocks]
+
+    def _run(self, input_ids: torch.Tensor, state: list[State] | None, step: bool) -> tuple[torch.Tensor, list[State]]:
+        if state is None:
+            state = self.init_state(input_ids.shape[0], input_ids.device)
+        x = self.embed(input_ids)
+        new_state = []
+        for block, s in zip(self.blocks, state):
+            x, s = block(x, s, step)
+            new_state.append(s)
+        return self.lm_head(self.norm(x)), new_state
+
+    def forward(self, input_ids: torch.Tensor, state: list[State] | None = None) -> tuple[torch.Tensor, list[State]]:
+        """input_ids [B, T] -> logits [B, T, vocab], state after the last token."""
+        return self._run(input_ids, state, step=False)
+
+    def step(self, input_ids: torch.Tensor, state: list[State] | None = None) -> tuple[torch.Tensor, list[State]]:
+        """input_ids [B, 1] -> logits [B, 1, vocab]: the recurrent form, one token."""
+        if input_ids.shape[1] != 1:
+            raise ValueError(f"step takes one token per sequence, got {input_ids.shape[1]}")
+        return self._run(input_ids, state, step=True)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
