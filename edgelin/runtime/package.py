@@ -36,6 +36,7 @@ class StateSpec:
 
     @property
     def np_dtype(self) -> np.dtype:
+        """The state's dtype as a numpy dtype."""
         return np.dtype(self.dtype)
 
 

@@ -33,6 +33,7 @@ class SamplingConfig:
 
     @property
     def greedy(self) -> bool:
+        """True when sampling reduces to argmax (temperature 0 or top_k 1)."""
         return self.temperature == 0 or self.top_k == 1
 
 

@@ -50,7 +50,13 @@ class Session:
 
     @property
     def vocab_size(self) -> int:
+        """Number of token ids the graphs accept."""
         return self.manifest.vocab_size
+
+    @property
+    def prefill_tokens(self) -> int:
+        """Chunk length of the prefill graph (1 when the package has only a decode graph)."""
+        return self.manifest.graphs["prefill"].tokens if "prefill" in self.graphs else 1
 
     def new_state(self, batch: int = 1) -> State:
         """All-zero states for `batch` sequences, keyed by graph input name."""
@@ -93,9 +99,8 @@ class Session:
         """
         ids = self._check(ids, state)
         T, logits = ids.shape[1], []
-        chunk = self.manifest.graphs["prefill"].tokens if "prefill" in self.graphs else 0
-        pos = 0
-        while chunk and T - pos >= chunk:
+        chunk, pos = self.prefill_tokens, 0
+        while "prefill" in self.graphs and T - pos >= chunk:
             lg, state = self._step("prefill", ids[:, pos:pos + chunk], state)
             logits.append(lg)
             pos += chunk

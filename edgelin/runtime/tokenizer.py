@@ -20,6 +20,8 @@ class StreamDecoder(Protocol):
 
 
 class Tokenizer(Protocol):
+    """Text <-> token ids; `stream_decoder()` gives a fresh decoder for one generated stream."""
+
     vocab_size: int
 
     def encode(self, text: str) -> list[int]: ...

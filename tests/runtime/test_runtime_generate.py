@@ -5,8 +5,8 @@ import pytest
 
 from edgelin.errors import EdgelinError
 from edgelin.runtime import (
-    ByteTokenizer, SamplingConfig, Session, generate, generate_text, load_state, load_tokenizer, save_state,
-    write_package,
+    ByteTokenizer, SamplingConfig, Session, generate, generate_text, load_state, load_tokenizer, read_package,
+    save_state, write_package,
 )
 from conftest import toy_manifest, toy_reference
 
@@ -44,8 +44,7 @@ def test_snapshot_refused_for_other_layout(session, tmp_path, toy_files):
     path = save_state(tmp_path / "s.npz", session.new_state(1), session.manifest)
     states = [dict(s) for s in toy_manifest()["states"]]
     states[0]["shape"] = ["batch", 9]
-    other = write_package(tmp_path / "other", toy_files, toy_manifest(states=states)).joinpath()
-    from edgelin.runtime import read_package
+    other = write_package(tmp_path / "other", toy_files, toy_manifest(states=states))
     with pytest.raises(EdgelinError, match="saved for a different model"):
         load_state(path, read_package(other))
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
