@@ -1,0 +1,51 @@
+"""The `edgelin` command line: the typer app and its error handling.
+
+Each command lives in its own module beside this one (export.py, generate.py, ...); `main` imports
+them, which registers them on `app`. torch and the back ends load lazily inside the commands.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from edgelin.errors import EdgelinError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Linear-recurrent LMs on edge CPUs and NPUs.")
+console = Console()
+err_console = Console(stderr=True)
+
+COMMAND_MODULES = ["export", "generate", "inspect"]
+
+
+def user_errors(fn):
+    """Turn an EdgelinError into one `error:` line on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except EdgelinError as e:
+            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def refuse_existing(out: Path, force: bool) -> None:
+    """Fail before any work is done when the output exists and --force was not given."""
+    if (out.exists() or out.is_symlink()) and not force:
+        raise EdgelinError(f"{out} exists; pass --force to overwrite")
+
+
+def load_commands() -> typer.Typer:
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"edgelin.cli.{name}")
+    return app
+
+
+def main() -> None:
+    load_commands()()

@@ -1,0 +1,57 @@
+"""`edgelin generate`: stream text from a package (torch-free)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import typer
+
+from edgelin.cli import app, user_errors
+from edgelin.errors import EdgelinError
+
+
+@app.command()
+@user_errors
+def generate(
+    package: Path = typer.Argument(..., help="Package directory."),
+    prompt: Optional[str] = typer.Option(None, help="Prompt text."),
+    ids: Optional[str] = typer.Option(None, help="Prompt as comma-separated token ids (instead of --prompt)."),
+    max_new_tokens: int = typer.Option(64, help="Tokens to generate."),
+    seed: int = typer.Option(0, help="Sampling seed."),
+    temperature: float = typer.Option(0.8, help="0 = greedy."),
+    top_k: int = typer.Option(0, help="Keep the k most likely tokens (0 = off)."),
+    top_p: float = typer.Option(1.0, help="Nucleus sampling threshold (1 = off)."),
+    backend: str = typer.Option("ort", help="Back end to run on."),
+    threads: Optional[int] = typer.Option(None, help="Intra-op threads."),
+    state_in: Optional[Path] = typer.Option(None, help="Start from a saved state snapshot."),
+    state_out: Optional[Path] = typer.Option(None, help="Save the state after generation."),
+) -> None:
+    """Generate text from a package, streaming it as it is produced."""
+    from edgelin.runtime import SamplingConfig, Session, load_state, load_tokenizer, save_state
+    from edgelin.runtime import generate as generate_ids
+
+    if (prompt is None) == (ids is None):
+        raise EdgelinError("give exactly one of --prompt TEXT or --ids 1,2,3")
+    session = Session(package, backend=backend, threads=threads)
+    tokenizer = load_tokenizer(package, session.manifest)
+    if prompt is not None:
+        prompt_ids = tokenizer.encode(prompt)
+    else:
+        try:
+            prompt_ids = [int(t) for t in ids.split(",") if t.strip()]
+        except ValueError:
+            raise EdgelinError(f"--ids must be comma-separated integers, got {ids!r}") from None
+    state = load_state(state_in, session.manifest) if state_in else None
+    sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
+    tokens = generate_ids(session, prompt_ids, max_new_tokens, sampling, seed=seed, state=state)
+    decoder = tokenizer.stream_decoder()
+    for token in tokens:
+        sys.stdout.write(decoder.push(token))
+        sys.stdout.flush()
+    sys.stdout.write(decoder.flush() + "\n")
+    if state_out:
+        # Feed the last sampled token so the snapshot covers everything printed.
+        _, final = session.forward(np.array([tokens.pending], np.int64), tokens.state)
+        save_state(state_out, final, session.manifest)

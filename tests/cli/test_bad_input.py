@@ -1,0 +1,137 @@
+"""Every bad input: one clear error line, exit code 2, and nothing half-written left behind."""
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from typer.testing import CliRunner
+
+from edgelin.cli import load_commands
+from edgelin.models import LM, ZOO, save_checkpoint
+
+runner = CliRunner()
+app = load_commands()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_user_error(result, *fragments):
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return save_checkpoint(LM(ZOO["gla-tiny"]).init_weights(), tmp_path_factory.mktemp("ckpt") / "gla")
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory, checkpoint):
+    out = tmp_path_factory.mktemp("pkg") / "gla"
+    result = run("export", checkpoint, "-o", out, "--prefill-tokens", "8")
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def nothing_left(parent, name):
+    return not any(p.name.startswith(name) or p.name.startswith(f".{name}") for p in parent.iterdir())
+
+
+def test_missing_safetensors(tmp_path, checkpoint):
+    bad = tmp_path / "ckpt"
+    bad.mkdir()
+    (bad / "config.json").write_text((checkpoint / "config.json").read_text())
+    assert_user_error(run("export", bad, "-o", tmp_path / "out"), "missing weights")
+    assert nothing_left(tmp_path, "out")
+
+
+def test_corrupt_safetensors(tmp_path, checkpoint):
+    bad = tmp_path / "ckpt"
+    bad.mkdir()
+    (bad / "config.json").write_text((checkpoint / "config.json").read_text())
+    (bad / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not a header at all")
+    assert_user_error(run("export", bad, "-o", tmp_path / "out"), "corrupt safetensors")
+    assert nothing_left(tmp_path, "out")
+
+
+def test_unknown_mixer(tmp_path, checkpoint):
+    bad = tmp_path / "ckpt"
+    bad.mkdir()
+    config = json.loads((checkpoint / "config.json").read_text())
+    config["pattern"] = ["gla", "transformer_xl"]
+    (bad / "config.json").write_text(json.dumps(config))
+    (bad / "model.safetensors").write_bytes((checkpoint / "model.safetensors").read_bytes())
+    assert_user_error(run("export", bad, "-o", tmp_path / "out"), "unknown token mixer 'transformer_xl'")
+    assert nothing_left(tmp_path, "out")
+
+
+def test_unknown_model_name(tmp_path):
+    assert_user_error(run("export", "no-such-model", "-o", tmp_path / "out"), "unknown model")
+
+
+def test_checksum_mismatch(tmp_path, package):
+    copy = tmp_path / "pkg"
+    subprocess.run(["cp", "-r", str(package), str(copy)], check=True)
+    data = bytearray((copy / "decode.onnx").read_bytes())
+    data[-10] ^= 0xFF
+    (copy / "decode.onnx").write_bytes(bytes(data))
+    assert_user_error(run("generate", copy, "--prompt", "hi"), "checksum mismatch", "decode.onnx")
+    assert_user_error(run("inspect", copy), "checksum mismatch")
+
+
+def test_token_id_out_of_vocab(package):
+    assert_user_error(run("generate", package, "--ids", "1,2,256"), "256", "vocabulary")
+
+
+def test_empty_prompt(package):
+    assert_user_error(run("generate", package, "--prompt", ""), "empty")
+
+
+def test_existing_output_without_force(tmp_path, checkpoint):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert_user_error(run("export", checkpoint, "-o", out), "exists", "--force")
+    assert (out / "keep.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_force_replaces_a_package(tmp_path, checkpoint):
+    out = tmp_path / "out"
+    assert run("export", checkpoint, "-o", out, "--prefill-tokens", "4").exit_code == 0
+    assert run("export", checkpoint, "-o", out, "--prefill-tokens", "4", "--force").exit_code == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_generate_and_inspect_work(package):
+    result = run("generate", package, "--prompt", "ROMEO:", "--max-new-tokens", "5", "--temperature", "0")
+    assert result.exit_code == 0, result.output
+    result = run("inspect", package, "--json")
+    info = json.loads(result.output)
+    assert info["states"][0]["name"] == "past_key_values.0.recurrent_state"
+    assert set(info["graphs"]) == {"decode", "prefill"}
+
+
+def test_runtime_generates_a_real_package_without_torch(package):
+    script = textwrap.dedent(f"""
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name == "torch" or name.startswith("torch."):
+                    raise ImportError("torch is blocked in this test")
+        sys.meta_path.insert(0, Block())
+        from edgelin.runtime import Session, generate, load_tokenizer
+        s = Session({str(package)!r})
+        tokens = list(generate(s, load_tokenizer({str(package)!r}, s.manifest).encode("ROMEO:"), 16, seed=0))
+        assert len(tokens) == 16
+        assert not [m for m in sys.modules if m == "torch" or m.startswith("torch.")]
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
