@@ -23,7 +23,7 @@ class GatedShortConv(TokenMixer):
         o = self.options = mixer_options(ShortConvOptions, config, "short_conv")
         d = config.d_model
         self.in_proj = nn.Linear(d, 3 * d, bias=o.bias)
-        self.conv = ShortConvolution(d, o.kernel, activation=None)
+        self.conv = ShortConvolution(d, o.kernel, bias=o.bias, activation=None)
         self.out_proj = nn.Linear(d, d, bias=o.bias)
 
     def state_shapes(self, batch: int) -> dict[str, tuple[int, ...]]:
