@@ -40,6 +40,10 @@ CASES = [
     (2, 63, 2, 32, 16, 0.1, True),
     (2, 33, 2, 16, 32, 10.0, True),
     (1, 64, 1, 32, 32, 1.0, True),
+    (1, 150, 2, 16, 16, 1.0, True),
+    (2, 130, 1, 32, 32, 0.1, False),
+    (1, 129, 1, 32, 16, 10.0, True),
+    (1, 70, 1, 20, 24, 1.0, True),
 ]
 
 
@@ -77,7 +81,7 @@ def test_chunk_gla_matches_reference(B, T, H, K, V, norm, use_h0, device):
     for ref_name, ref_fn in references():
         ref = run(ref_fn, inputs, do, dht)
         for name, r, x in zip(names, ref, out):
-            assert_close(f"{ref_name}:{name}", r, x, 2e-3)
+            assert_close(f"{ref_name}:{name}", r, x, 1e-4)
 
 
 def test_chunk_gla_rejects_bad_shapes(device):
