@@ -1,0 +1,65 @@
+"""The chunked torch forms in edgelin/kernels/<op>/reference.py against their naive recurrences."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from edgelin.kernels.gated_delta.reference import chunk_gated_delta_rule_ref, naive_recurrent_gated_delta_rule
+from edgelin.kernels.gla.reference import chunk_gla_ref, naive_recurrent_gla
+from edgelin.kernels.simple_gla.reference import chunk_simple_gla_ref, naive_recurrent_simple_gla
+
+
+def rms_ratio(ref: torch.Tensor, out: torch.Tensor) -> float:
+    """rms(ref - out) / rms(ref), with an absolute floor of 1e-6 on the error (as fla's assert_close)."""
+    err = (ref - out).pow(2).mean().sqrt().item()
+    return 0.0 if err < 1e-6 else err / max(ref.pow(2).mean().sqrt().item(), 1e-12)
+
+
+def inputs(B, T, H, K, V, normalizer, per_channel):
+    q, k = torch.randn(B, T, H, K), torch.randn(B, T, H, K)
+    v = torch.randn(B, T, H, V)
+    shape = (B, T, H, K) if per_channel else (B, T, H)
+    g = F.logsigmoid(torch.randn(shape)) / normalizer
+    h0 = torch.randn(B, H, K, V)
+    return [t.requires_grad_() for t in (q, k, v, g, h0)]
+
+
+def compare(naive, chunk, args, kwargs_extra=None):
+    *tensors, h0 = args
+    kwargs = dict(initial_state=h0, output_final_state=True)
+    o1, s1 = naive(*tensors, **kwargs)
+    o2, s2 = chunk(*tensors, **kwargs)
+    do, ds = torch.randn_like(o1), torch.randn_like(s1)
+    g1 = torch.autograd.grad((o1 * do).sum() + (s1 * ds).sum(), args)
+    g2 = torch.autograd.grad((o2 * do).sum() + (s2 * ds).sum(), args)
+    assert rms_ratio(o1, o2) < 1e-5, ("o", rms_ratio(o1, o2))
+    assert rms_ratio(s1, s2) < 1e-5, ("state", rms_ratio(s1, s2))
+    for name, a, b in zip(["dq", "dk", "dv", "dg", "dbeta", "dh0"][: len(g1)], g1, g2):
+        assert rms_ratio(a, b) < 1e-4, (name, rms_ratio(a, b))
+
+
+SHAPES = [(1, 63, 2, 32, 32), (2, 100, 1, 60, 100), (1, 1, 2, 16, 16)]
+IDS = ["B1-T63-H2-D32", "B2-T100-H1-K60-V100", "B1-T1-H2-D16"]
+
+
+@pytest.mark.parametrize("normalizer", [0.1, 1, 10], ids=lambda n: f"norm{n}")
+@pytest.mark.parametrize("shape", SHAPES, ids=IDS)
+def test_chunk_gla(shape, normalizer):
+    compare(naive_recurrent_gla, chunk_gla_ref, inputs(*shape, normalizer, per_channel=True))
+
+
+@pytest.mark.parametrize("normalizer", [0.1, 1, 10], ids=lambda n: f"norm{n}")
+@pytest.mark.parametrize("shape", SHAPES, ids=IDS)
+def test_chunk_simple_gla(shape, normalizer):
+    compare(naive_recurrent_simple_gla, chunk_simple_gla_ref, inputs(*shape, normalizer, per_channel=False))
+
+
+@pytest.mark.parametrize("normalizer", [0.1, 1, 10], ids=lambda n: f"norm{n}")
+@pytest.mark.parametrize("shape", SHAPES, ids=IDS)
+def test_chunk_gated_delta_rule(shape, normalizer):
+    q, k, v, g, h0 = inputs(*shape, normalizer, per_channel=False)
+    beta = torch.rand(g.shape).requires_grad_()
+
+    def normalised(fn):
+        return lambda q, k, v, g, beta, **kw: fn(F.normalize(q, dim=-1), F.normalize(k, dim=-1), v, g, beta, **kw)
+
+    compare(normalised(naive_recurrent_gated_delta_rule), normalised(chunk_gated_delta_rule_ref), [q, k, v, g, beta, h0])
