@@ -1,0 +1,1 @@
+"""Quantization: shared primitives, typed schemes, the `quantize_package` verb, sensitivity."""
