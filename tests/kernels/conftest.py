@@ -8,6 +8,8 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("TRITON_F32_DEFAULT", "ieee")
+# one config per kernel: the tests check results, not speed, and compile less
+os.environ.setdefault("EDGELIN_NO_AUTOTUNE", "1")
 
 
 def _patch_interpreter_index():

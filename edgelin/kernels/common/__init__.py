@@ -1,3 +1,3 @@
-from edgelin.kernels.common.chunk_utils import chunk_local_cumsum, next_block
+from edgelin.kernels.common.chunk_utils import autotune, chunk_local_cumsum, next_block, warps_stages
 
-__all__ = ["chunk_local_cumsum", "next_block"]
+__all__ = ["autotune", "chunk_local_cumsum", "next_block", "warps_stages"]

@@ -1,11 +1,13 @@
 """Small pieces shared by the Triton chunk kernels: chunk-local cumsum of log gates, block sizes."""
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T"])
 def chunk_local_cumsum_kernel(
     g, gc, T,
     H: tl.constexpr, S: tl.constexpr, BT: tl.constexpr, BS: tl.constexpr,
@@ -35,3 +37,21 @@ def chunk_local_cumsum(g: torch.Tensor, chunk_size: int) -> torch.Tensor:
     grid = (triton.cdiv(S, BS), triton.cdiv(T, chunk_size), B * H)
     chunk_local_cumsum_kernel[grid](g, gc, T, H=H, S=S, BT=chunk_size, BS=BS)
     return gc
+
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+# EDGELIN_NO_AUTOTUNE=1 takes each kernel's first config (tests: fewer compiles)
+NO_AUTOTUNE = INTERPRET or os.environ.get("EDGELIN_NO_AUTOTUNE") == "1"
+
+
+def _quick_bench(fn, quantiles=None):
+    return triton.testing.do_bench(fn, warmup=5, rep=20, quantiles=quantiles)
+
+
+def autotune(configs, key):
+    """triton.autotune with a short timing per config; only the first config when not tuning."""
+    return triton.autotune(configs=configs[:1] if NO_AUTOTUNE else configs, key=key, do_bench=_quick_bench)
+
+
+def warps_stages(warps=(4, 8), stages=(2,), **kwargs):
+    return [triton.Config(dict(kwargs), num_warps=w, num_stages=s) for w in warps for s in stages]

@@ -17,9 +17,17 @@ import torch
 import triton
 import triton.language as tl
 
-from edgelin.kernels.common import chunk_local_cumsum, next_block
+from edgelin.kernels.common import autotune, chunk_local_cumsum, next_block
 
 BT_DEFAULT = 64
+
+
+def _configs(bvs, warps=(4, 8), stages=(2,)):
+    return [triton.Config({"BV": bv}, num_warps=w, num_stages=s) for bv in bvs for w in warps for s in stages]
+
+
+# the sequential state kernels: few (batch, head) pairs want narrow V tiles to fill the GPU
+STATE_CONFIGS = _configs((32, 16, 64), warps=(4,))
 
 
 @triton.jit
@@ -34,7 +42,8 @@ def unit_lower_inverse(b_A, N: tl.constexpr):
     return b_T
 
 
-@triton.jit
+@autotune(_configs((64,)), key=["H", "K", "V", "T"])
+@triton.jit(do_not_specialize=["T"])
 def gdn_wy_fwd_kernel(
     k, v, beta, gc, Ai, w, u, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
@@ -102,7 +111,8 @@ def gdn_wy_fwd_kernel(
         tl.store(u + row2[:, None] * V + o_v[None, :], b_u2.to(u.dtype.element_ty), mask=m_2v)
 
 
-@triton.jit
+@autotune(STATE_CONFIGS, key=["H", "K", "V", "T"])
+@triton.jit(do_not_specialize=["T", "NT"])
 def gdn_fwd_h_kernel(
     k, w, u, gc, h, vn, h0, ht, T, NT,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
@@ -143,7 +153,8 @@ def gdn_fwd_h_kernel(
         tl.store(ht + i_bh.to(tl.int64) * K * V + o_kv, b_h, mask=m_kv)
 
 
-@triton.jit
+@autotune(_configs((64, 128)), key=["H", "K", "V", "T"])
+@triton.jit(do_not_specialize=["T", "NT"])
 def gdn_fwd_o_kernel(
     q, k, vn, gc, h, o, scale, T, NT,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
@@ -173,7 +184,8 @@ def gdn_fwd_o_kernel(
     tl.store(o + row[:, None] * V + o_v[None, :], b_o.to(o.dtype.element_ty), mask=m_tv)
 
 
-@triton.jit
+@autotune(_configs((64, 128)), key=["H", "K", "V", "T"])
+@triton.jit(do_not_specialize=["T"])
 def gdn_bwd_dv_local_kernel(
     q, k, do, gc, dv, scale, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
@@ -203,7 +215,8 @@ def gdn_bwd_dv_local_kernel(
         tl.store(dv + row[:, None] * V + o_v[None, :], b_dv, mask=m_tv)
 
 
-@triton.jit
+@autotune(STATE_CONFIGS, key=["H", "K", "V", "T"])
+@triton.jit(do_not_specialize=["T", "NT"])
 def gdn_bwd_dh_kernel(
     q, k, w, do, dvl, gc, dh, dvn, dht, dh0, scale, T, NT,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
@@ -248,7 +261,8 @@ def gdn_bwd_dh_kernel(
         tl.store(dh0 + i_bh.to(tl.int64) * K * V + o_kv, b_dh, mask=m_kv)
 
 
-@triton.jit
+@autotune(_configs((64, 32), warps=(8, 4)), key=["H", "K", "V", "T"])
+@triton.jit(do_not_specialize=["T", "NT"])
 def gdn_bwd_dqkw_kernel(
     q, k, vn, gc, h, do, dh, dvn, dq, dk, dw, dgc, scale, T, NT,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
@@ -307,7 +321,8 @@ def gdn_bwd_dqkw_kernel(
     tl.store(dgc + row, b_dg, mask=m_t)
 
 
-@triton.jit
+@autotune(_configs((64, 32), warps=(8, 4)), key=["H", "K", "V", "T"])
+@triton.jit(do_not_specialize=["T"])
 def gdn_bwd_wy_kernel(
     k, v, beta, gc, Ai, dw, du, dk_in, dgc_in, dk, dv, dbeta, dg, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
@@ -365,31 +380,25 @@ def gdn_bwd_wy_kernel(
     tl.store(dg + row, b_dg, mask=m_t)
 
 
-def _state_bv(V: int, n_heads: int) -> int:
-    # few (batch, head) pairs: narrower V tiles so the sequential state kernels fill the GPU
-    return next_block(V, 64 if n_heads >= 64 else 32)
-
-
 def chunk_gated_delta_rule_fwd(q, k, v, g, beta, scale, initial_state, output_final_state, BT=BT_DEFAULT):
     B, T, H, K = q.shape
     V = v.shape[-1]
     NT = triton.cdiv(T, BT)
-    BK, BV = next_block(K, 256), next_block(V, 64)
+    BK = next_block(K, 256)
     gc = chunk_local_cumsum(g, BT)
     Ai = q.new_empty(B, T, H, BT, dtype=torch.float32)
     w, u = torch.empty_like(k), torch.empty_like(v)
-    gdn_wy_fwd_kernel[(NT, B * H)](k, v, beta, gc, Ai, w, u, T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV)
+    gdn_wy_fwd_kernel[(NT, B * H)](k, v, beta, gc, Ai, w, u, T, H=H, K=K, V=V, BT=BT, BK=BK)
     h = k.new_empty(B, NT, H, K, V)
     vn = torch.empty_like(v)
     ht = q.new_empty(B, H, K, V, dtype=torch.float32) if output_final_state else None
-    BVs = _state_bv(V, B * H)
-    gdn_fwd_h_kernel[(triton.cdiv(V, BVs), B * H)](
-        k, w, u, gc, h, vn, initial_state, ht, T, NT, H=H, K=K, V=V, BT=BT, BK=BK, BV=BVs,
+    gdn_fwd_h_kernel[lambda meta: (triton.cdiv(V, meta["BV"]), B * H)](
+        k, w, u, gc, h, vn, initial_state, ht, T, NT, H=H, K=K, V=V, BT=BT, BK=BK,
         USE_H0=initial_state is not None, STORE_HT=output_final_state,
     )
     o = torch.empty_like(v)
-    gdn_fwd_o_kernel[(triton.cdiv(V, BV), NT, B * H)](
-        q, k, vn, gc, h, o, scale, T, NT, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
+    gdn_fwd_o_kernel[lambda meta: (triton.cdiv(V, meta["BV"]), NT, B * H)](
+        q, k, vn, gc, h, o, scale, T, NT, H=H, K=K, V=V, BT=BT, BK=BK,
     )
     return o, ht, gc, Ai, w, h, vn
 
@@ -398,16 +407,15 @@ def chunk_gated_delta_rule_bwd(q, k, v, beta, gc, Ai, w, h, vn, do, dht, scale, 
     B, T, H, K = q.shape
     V = v.shape[-1]
     NT = triton.cdiv(T, BT)
-    BK, BV = next_block(K, 256), next_block(V, 64)
+    BK = next_block(K, 256)
     f32 = dict(dtype=torch.float32)
     dvl = q.new_empty(B, T, H, V, **f32)
-    gdn_bwd_dv_local_kernel[(NT, B * H)](q, k, do, gc, dvl, scale, T, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV)
+    gdn_bwd_dv_local_kernel[(NT, B * H)](q, k, do, gc, dvl, scale, T, H=H, K=K, V=V, BT=BT, BK=BK)
     dh = torch.empty_like(h)
     dvn = torch.empty_like(dvl)
     dh0 = q.new_empty(B, H, K, V, **f32) if has_h0 else None
-    BVs = _state_bv(V, B * H)
-    gdn_bwd_dh_kernel[(triton.cdiv(V, BVs), B * H)](
-        q, k, w, do, dvl, gc, dh, dvn, dht, dh0, scale, T, NT, H=H, K=K, V=V, BT=BT, BK=BK, BV=BVs,
+    gdn_bwd_dh_kernel[lambda meta: (triton.cdiv(V, meta["BV"]), B * H)](
+        q, k, w, do, dvl, gc, dh, dvn, dht, dh0, scale, T, NT, H=H, K=K, V=V, BT=BT, BK=BK,
         USE_DHT=dht is not None, STORE_DH0=has_h0,
     )
     dq = torch.empty_like(q)
@@ -416,13 +424,13 @@ def chunk_gated_delta_rule_bwd(q, k, v, beta, gc, Ai, w, h, vn, do, dht, scale, 
     dgc = torch.empty_like(gc)
     gdn_bwd_dqkw_kernel[(NT, B * H)](
         q, k, vn, gc, h, do, dh, dvn, dq, dk_in, dw, dgc, scale, T, NT,
-        H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, num_warps=8,
+        H=H, K=K, V=V, BT=BT, BK=BK,
     )
     dk, dv = torch.empty_like(k), torch.empty_like(v)
     dbeta, dg = torch.empty_like(gc), torch.empty_like(gc)
     gdn_bwd_wy_kernel[(NT, B * H)](
         k, v, beta, gc, Ai, dw, dvn, dk_in, dgc, dk, dv, dbeta, dg, T,
-        H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, num_warps=8,
+        H=H, K=K, V=V, BT=BT, BK=BK,
     )
     return dq, dk, dv, dg, dbeta, dh0
 

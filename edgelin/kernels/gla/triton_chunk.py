@@ -15,13 +15,20 @@ import torch
 import triton
 import triton.language as tl
 
-from edgelin.kernels.common import chunk_local_cumsum, next_block
+from edgelin.kernels.common import autotune, chunk_local_cumsum, next_block, warps_stages
 
 BT_DEFAULT = 64
 BC_DEFAULT = 16
 
+# the sequential state kernels choose their tile: few (batch, head) pairs want narrow tiles
+STATE_CONFIGS = [
+    triton.Config({"BK": bk, "BV": bv}, num_warps=w, num_stages=s)
+    for bk, bv in ((64, 32), (64, 64), (32, 32), (32, 64)) for w in (4,) for s in (2,)
+]
 
-@triton.jit
+
+@autotune(STATE_CONFIGS, key=["H", "K", "V", "T"])
+@triton.jit(do_not_specialize=["T", "NT"])
 def gla_fwd_h_kernel(
     k, v, gc, h, h0, ht, T, NT,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
@@ -59,7 +66,8 @@ def gla_fwd_h_kernel(
         tl.store(ht + i_bh.to(tl.int64) * K * V + o_kv, b_h, mask=m_kv)
 
 
-@triton.jit
+@autotune(warps_stages(), key=["H", "K", "T"])
+@triton.jit(do_not_specialize=["T"])
 def gla_fwd_intra_kernel(
     q, k, gc, A, scale, T,
     H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
@@ -108,7 +116,8 @@ def gla_fwd_intra_kernel(
     tl.store(A + row_i[:, None] * BT + o_c[None, :], b_A * scale, mask=m_i[:, None])
 
 
-@triton.jit
+@autotune(warps_stages(), key=["H", "K", "V", "T"])
+@triton.jit(do_not_specialize=["T", "NT"])
 def gla_fwd_o_kernel(
     q, v, gc, h, A, o, scale, T, NT,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
@@ -141,7 +150,8 @@ def gla_fwd_o_kernel(
     tl.store(o + row[:, None] * V + o_v[None, :], b_o.to(o.dtype.element_ty), mask=m_tv)
 
 
-@triton.jit
+@autotune(STATE_CONFIGS, key=["H", "K", "V", "T"])
+@triton.jit(do_not_specialize=["T", "NT"])
 def gla_bwd_dh_kernel(
     q, do, gc, dh, dht, dh0, scale, T, NT,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
@@ -178,7 +188,8 @@ def gla_bwd_dh_kernel(
         tl.store(dh0 + i_bh.to(tl.int64) * K * V + o_kv, b_dh, mask=m_kv)
 
 
-@triton.jit
+@autotune(warps_stages(), key=["H", "V", "T"])
+@triton.jit(do_not_specialize=["T"])
 def gla_bwd_dA_kernel(
     v, do, dA, scale, T,
     H: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
@@ -202,7 +213,8 @@ def gla_bwd_dA_kernel(
     tl.store(dA + row[:, None] * BT + o_c[None, :], b_dA, mask=m_t[:, None])
 
 
-@triton.jit
+@autotune(warps_stages(), key=["H", "K", "V", "T"])
+@triton.jit(do_not_specialize=["T", "NT"])
 def gla_bwd_dv_kernel(
     k, gc, A, do, dh, dv, T, NT,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
@@ -237,7 +249,8 @@ def gla_bwd_dv_kernel(
     tl.store(dv + row[:, None] * V + o_v[None, :], b_dv.to(dv.dtype.element_ty), mask=m_tv)
 
 
-@triton.jit
+@autotune(warps_stages(), key=["H", "K", "T"])
+@triton.jit(do_not_specialize=["T"])
 def gla_bwd_intra_kernel(
     q, k, gc, dA, dq, dk, T,
     H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
@@ -302,7 +315,8 @@ def gla_bwd_intra_kernel(
     tl.store(dk + row_i[:, None] * K + o_k[None, :], b_dk, mask=m_ik)
 
 
-@triton.jit
+@autotune(warps_stages(), key=["H", "K", "V", "T"])
+@triton.jit(do_not_specialize=["T", "NT"])
 def gla_bwd_inter_kernel(
     q, k, v, gc, h, do, dh, dq_in, dk_in, dq, dk, dg, scale, T, NT,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
@@ -350,23 +364,20 @@ def gla_bwd_inter_kernel(
     tl.store(dg + row[:, None] * K + o_k[None, :], b_dg.to(dg.dtype.element_ty), mask=m_tk)
 
 
-def _blocks(K: int, V: int, n_heads: int) -> tuple[int, int]:
-    BK = next_block(K, 64)
-    # few (batch, head) pairs: narrower V tiles so the sequential state kernels fill the GPU
-    BV = next_block(V, 64 if n_heads >= 64 else 32)
-    return BK, BV
+def _state_grid(K: int, V: int, n_heads: int):
+    return lambda meta: (triton.cdiv(K, meta["BK"]), triton.cdiv(V, meta["BV"]), n_heads)
 
 
 def chunk_gla_fwd(q, k, v, g, scale, initial_state, output_final_state, BT=BT_DEFAULT, BC=BC_DEFAULT):
     B, T, H, K = q.shape
     V = v.shape[-1]
     NT = triton.cdiv(T, BT)
-    BK, BV = _blocks(K, V, B * H)
+    BK = next_block(K, 64)
     gc = chunk_local_cumsum(g, BT)
     h = k.new_empty(B, NT, H, K, V)
     ht = q.new_empty(B, H, K, V, dtype=torch.float32) if output_final_state else None
-    gla_fwd_h_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), B * H)](
-        k, v, gc, h, initial_state, ht, T, NT, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
+    gla_fwd_h_kernel[_state_grid(K, V, B * H)](
+        k, v, gc, h, initial_state, ht, T, NT, H=H, K=K, V=V, BT=BT,
         USE_H0=initial_state is not None, STORE_HT=output_final_state,
     )
     A = q.new_empty(B, T, H, BT, dtype=torch.float32)
@@ -383,11 +394,11 @@ def chunk_gla_bwd(q, k, v, gc, h, A, do, dht, scale, has_h0, BT=BT_DEFAULT, BC=B
     B, T, H, K = q.shape
     V = v.shape[-1]
     NT = triton.cdiv(T, BT)
-    BK, BV = _blocks(K, V, B * H)
+    BK = next_block(K, 64)
     dh = torch.empty_like(h)
     dh0 = q.new_empty(B, H, K, V, dtype=torch.float32) if has_h0 else None
-    gla_bwd_dh_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), B * H)](
-        q, do, gc, dh, dht, dh0, scale, T, NT, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
+    gla_bwd_dh_kernel[_state_grid(K, V, B * H)](
+        q, do, gc, dh, dht, dh0, scale, T, NT, H=H, K=K, V=V, BT=BT,
         USE_DHT=dht is not None, STORE_DH0=has_h0,
     )
     BV64 = next_block(V, 64)
