@@ -159,7 +159,7 @@ def fake_quantize_weight(w: torch.Tensor, spec: WeightQuant) -> torch.Tensor:
 
 def quantize_weight_np(w: np.ndarray, spec: WeightQuant) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """numpy twin of `quantize_weight`: same layout, same integers, same float32 scales."""
-    q, scale, zero = quantize_weight(torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32)), spec)
+    q, scale, zero = quantize_weight(torch.from_numpy(np.array(w, dtype=np.float32, order="C")), spec)
     return q.numpy(), scale.numpy(), zero.numpy()
 
 

@@ -1,0 +1,100 @@
+"""Observers: running statistics of one tensor, turned into a clipping range [lo, hi].
+
+An observer only accumulates; it writes nothing and edits no graph. Every observer keeps the exact
+min / max and a histogram over [-R, R] whose range doubles (merging bin pairs, so no mass moves)
+when a value falls outside it. From that one histogram it derives four ranges:
+
+  minmax      the exact min and max seen
+  percentile  the `percentile`-th and (100 - `percentile`)-th percentiles
+  mse         the clip factor c in (0, 1] on [min, max] minimising the expected squared error of
+              `bits`-bit asymmetric quantization (rounding noise inside, clipping error outside)
+  entropy     the same search minimising KL(reference histogram || quantized histogram)
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from edgelin.errors import EdgelinError
+
+METHODS = ("minmax", "percentile", "entropy", "mse")
+BINS = 2048  # a power of two, so doubling the range merges bins exactly
+CLIP_FACTORS = np.linspace(0.05, 1.0, 96)
+
+
+class TensorObserver:
+    """Running min, max, per-channel |max| (last axis) and a doubling histogram of one tensor."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.lo, self.hi = np.inf, -np.inf
+        self.count = 0
+        self.radius = 0.0
+        self.hist = np.zeros(BINS, np.float64)
+        self.channel_absmax: np.ndarray | None = None
+
+    def update(self, x: np.ndarray) -> None:
+        x = np.asarray(x, np.float32)
+        if x.size == 0:
+            return
+        lo, hi = float(x.min()), float(x.max())
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise EdgelinError(f"calibration saw NaN or Inf in tensor {self.name}; the model or its input is broken")
+        self.lo, self.hi, self.count = min(self.lo, lo), max(self.hi, hi), self.count + x.size
+        if x.ndim >= 1:
+            cmax = np.abs(x.reshape(-1, x.shape[-1])).max(0)
+            self.channel_absmax = cmax if self.channel_absmax is None or self.channel_absmax.shape != cmax.shape \
+                else np.maximum(self.channel_absmax, cmax)
+        need = max(abs(lo), abs(hi), 1e-12)
+        if self.radius == 0.0:
+            self.radius = need
+        while need > self.radius:  # double: bins pair up, the old range lands in the middle half
+            merged = self.hist.reshape(-1, 2).sum(1)
+            self.hist = np.zeros(BINS)
+            self.hist[BINS // 4: BINS // 4 + BINS // 2] = merged
+            self.radius *= 2
+        h, _ = np.histogram(x, bins=BINS, range=(-self.radius, self.radius))
+        self.hist += h
+
+    # ------------------------------------------------------------ ranges
+
+    def _centers(self) -> np.ndarray:
+        edges = np.linspace(-self.radius, self.radius, BINS + 1)
+        return (edges[:-1] + edges[1:]) / 2
+
+    def percentile_range(self, percentile: float = 99.99) -> tuple[float, float]:
+        cdf = np.cumsum(self.hist) / max(self.hist.sum(), 1.0)
+        c = self._centers()
+        lo = c[min(np.searchsorted(cdf, 1 - percentile / 100), BINS - 1)]
+        hi = c[min(np.searchsorted(cdf, percentile / 100), BINS - 1)]
+        return max(float(lo), self.lo), min(float(hi), self.hi)
+
+    def _search(self, bits: int, kind: str) -> tuple[float, float]:
+        c, p = self._centers(), self.hist / max(self.hist.sum(), 1.0)
+        lo0, hi0 = min(self.lo, 0.0), max(self.hi, 0.0)
+        levels = (1 << bits) - 1
+        best, best_range = np.inf, (lo0, hi0)
+        for f in CLIP_FACTORS:
+            lo, hi = lo0 * f, hi0 * f
+            step = (hi - lo) / levels or 1.0
+            q = np.clip(np.round((c - lo) / step), 0, levels) * step + lo  # each bin's value after Q/DQ
+            if kind == "mse":
+                err = float(np.sum(p * (c - q) ** 2))
+            else:  # KL of the bin mass moved onto the quantized grid
+                idx = np.clip(np.round((c - lo) / step), 0, levels).astype(int)
+                mass = np.bincount(idx, weights=p, minlength=levels + 1)
+                width = np.bincount(idx, weights=(p > 0).astype(float), minlength=levels + 1)
+                qp = np.where(p > 0, mass[idx] / np.maximum(width[idx], 1), 0)
+                nz = p > 0
+                err = float(np.sum(p[nz] * np.log(p[nz] / np.maximum(qp[nz], 1e-12))))
+            if err < best - 1e-15:
+                best, best_range = err, (lo, hi)
+        return float(best_range[0]), float(best_range[1])
+
+    def summary(self, bits: int = 8, percentile: float = 99.99) -> dict:
+        """The ranges of every method, as JSON-ready floats."""
+        if self.count == 0:
+            raise EdgelinError(f"calibration never saw tensor {self.name}")
+        ranges = {"minmax": [self.lo, self.hi], "percentile": list(self.percentile_range(percentile)),
+                  "mse": list(self._search(bits, "mse")), "entropy": list(self._search(bits, "entropy"))}
+        return {"min": self.lo, "max": self.hi, "count": self.count,
+                "ranges": {k: [float(a), float(b)] for k, (a, b) in ranges.items()}}

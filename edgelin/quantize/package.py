@@ -1,0 +1,87 @@
+"""`quantize_package`: the one verb that applies a scheme to an FP package and writes a quantized one."""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import onnx
+
+from edgelin.calibration.table import CalibrationTable
+from edgelin.errors import EdgelinError
+from edgelin.quantize.qdq import quantize_graph, state_qparams
+from edgelin.quantize.schemes import QuantScheme
+from edgelin.runtime.package import read_package, write_package
+
+
+def quantize_protos(fp_dir: str | Path, scheme: QuantScheme, table: CalibrationTable
+                    ) -> tuple[dict[str, onnx.ModelProto], dict, dict[str, dict]]:
+    """Quantize every step graph of an FP package in memory.
+
+    Returns:
+        (graph name -> quantized proto, the quantized manifest fields, state qparams).
+    """
+    root = Path(fp_dir)
+    m = read_package(root)
+    if m.precision.get("scheme", "fp32") != "fp32":
+        raise EdgelinError(f"{root} is already quantized ({m.precision.get('scheme')}); quantize the FP package")
+    entries = m.raw["states"]
+    sq = state_qparams(entries, table, scheme)
+    protos, precision = {}, {}
+    for name, g in m.graphs.items():
+        protos[name], prec = quantize_graph(onnx.load(str(root / g.file)), name, scheme, table, sq, entries)
+        precision.update(prec)
+    states = []
+    for s in entries:
+        s = dict(s)
+        if s["input"] in sq:
+            qp = sq[s["input"]]
+            s["dtype"] = qp["dtype"]
+            s["quant"] = {"scale": qp["scale"], "zero_point": qp["zero_point"], "bits": qp["bits"], "symmetric": True}
+        states.append(s)
+    fields = {"states": states, "precision": {**scheme.to_dict(), "layers": dict(sorted(precision.items()))},
+              "calibration": {"file": "calibration.json", **table.summary()}}
+    return protos, fields, sq
+
+
+def quantize_package(fp_dir: str | Path, out_dir: str | Path, scheme: QuantScheme, table: CalibrationTable, *,
+                     force: bool = False, extra_files: dict[str, Path | bytes] | None = None,
+                     progress: Callable[[str], None] | None = None) -> Path:
+    """Apply `scheme` to the FP package at `fp_dir` and write the quantized package to `out_dir`.
+
+    Args:
+        fp_dir: an FP32 package (from `export_package`).
+        out_dir: the new package (written atomically; must not exist unless `force`).
+        scheme: W8A8(), W8A16(), W4A16(), W4A8() (with options and per-layer overrides).
+        table: the calibration table of `fp_dir` (`calibrate_package`); stored as calibration.json.
+        extra_files: more package files (e.g. report/...).
+    Returns:
+        `out_dir`.
+    Example:
+        >>> table = calibrate_package("out/gla", default_text())  # doctest: +SKIP
+        >>> quantize_package("out/gla", "out/gla-int8", W8A8(), table)  # doctest: +SKIP
+    """
+    root = Path(fp_dir)
+    m = read_package(root)
+    protos, fields, _ = quantize_protos(root, scheme, table)
+    with tempfile.TemporaryDirectory(prefix="edgelin-quantize-") as tmp:
+        files: dict[str, Path | bytes] = {}
+        for name, proto in protos.items():
+            path = Path(tmp) / m.graphs[name].file
+            onnx.save(proto, str(path))
+            files[path.name] = path
+            if progress:
+                progress(name)
+        tok = m.tokenizer.get("file")
+        if tok:
+            files[tok] = root / tok
+        files["calibration.json"] = table.to_json().encode()
+        files.update(extra_files or {})
+        manifest = {k: v for k, v in m.raw.items() if k not in ("files", "format_version")}
+        manifest.update(fields)
+        return write_package(out_dir, files, manifest, force=force)
+
+
+def manifest_json(path: str | Path) -> dict:
+    return json.loads((Path(path) / "manifest.json").read_text())
