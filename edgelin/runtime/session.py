@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +15,48 @@ from edgelin.runtime.package import Manifest, read_package
 State = dict[str, np.ndarray]
 
 
+class LiveState(Mapping):
+    """The state a stateful back end holds after `Session.forward`: read from it only when asked.
+
+    It is a read-only mapping like a `State`; reading it (`dict(state)`, `save_state`) copies the
+    back end's variables. Once the session runs another step from any state, an unread LiveState
+    is gone (reading it raises): copy it with `dict(state)` first to keep it.
+    """
+
+    def __init__(self, session: "Session", version: int) -> None:
+        self._session, self._version, self._arrays = session, version, None
+
+    @property
+    def current(self) -> bool:
+        return self._session._version == self._version
+
+    def _read(self) -> State:
+        if self._arrays is None:
+            if not self.current:
+                raise EdgelinError("this state was advanced by a later forward() and is gone; "
+                                   "copy it with dict(state) before running further steps to keep it")
+            self._arrays = self._session._read_live()
+        return self._arrays
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self._read()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(s.input for s in self._session.manifest.states)
+
+    def __len__(self) -> int:
+        return len(self._session.manifest.states)
+
+
 class Session:
     """Run a model package's step graphs on one back end.
 
     Args:
         package_dir: the package directory (checksums are verified before loading).
-        backend: registered back-end name ("ort"; see `edgelin.runtime.backends`).
+        backend: registered back-end name ("ort", "openvino", "openvino-stateful", "tvm"; see
+            `edgelin.runtime.backends`).
         threads: intra-op threads for the back end (None: the back end's default).
+        device: device name for back ends that have one (OpenVINO: "CPU", "NPU"); None: default.
     Example:
         >>> s = Session("out/tiny-gla")  # doctest: +SKIP
         >>> state = s.new_state(batch=1)
@@ -29,20 +65,32 @@ class Session:
         (1, 2, 256)
     """
 
-    def __init__(self, package_dir: str | os.PathLike, backend: str = "ort", threads: int | None = None) -> None:
+    def __init__(self, package_dir: str | os.PathLike, backend: str = "ort", threads: int | None = None,
+                 device: str | None = None) -> None:
         self.package_dir = Path(package_dir)
         self.manifest: Manifest = read_package(self.package_dir)
+        self.backend = backend
         cls = get_backend(backend)
-        self.graphs = {name: cls(self.package_dir / g.file, threads=threads)
-                       for name, g in self.manifest.graphs.items() if name in ("decode", "prefill")}
+        files = (cls.graph_files(self.manifest) if hasattr(cls, "graph_files")
+                 else {name: g.file for name, g in self.manifest.graphs.items()})
+        options = {"threads": threads} | ({"device": device} if device else {})
+        self.graphs = {name: cls(self.package_dir / file, **options)
+                       for name, file in files.items() if name in ("decode", "prefill")}
+        self.stateful = bool(getattr(cls, "stateful", False))
+        self.batch = getattr(self.graphs["decode"], "batch", None)  # the one batch compiled for, if any
+        self._version, self._holder, self._live = 0, None, None  # stateful back ends only
         for name, graph in self.graphs.items():
-            self._check_names(name, graph)
+            self._check_names(name, graph, files[name])
 
-    def _check_names(self, name: str, graph) -> None:
-        m, file = self.manifest, self.manifest.graphs[name].file
+    def _check_names(self, name: str, graph, file: str) -> None:
+        m = self.manifest
         want_in = {"input_ids"} | {s.input for s in m.states}
         want_out = {"logits"} | {s.output for s in m.states}
-        for kind, want, have in (("input", want_in, graph.input_names), ("output", want_out, graph.output_names)):
+        checks = [("input", want_in, graph.input_names), ("output", want_out, graph.output_names)]
+        if self.stateful:
+            checks = [("input", {"input_ids"}, graph.input_names), ("output", {"logits"}, graph.output_names),
+                      ("state variable", {s.input for s in m.states}, graph.state_names)]
+        for kind, want, have in checks:
             missing, extra = sorted(want - set(have)), sorted(set(have) - want)
             if missing or extra:
                 what = f"lacks {kind} {missing[0]}" if missing else f"has unexpected {kind} {extra[0]}"
@@ -74,6 +122,13 @@ class Session:
         if bad.size:
             raise EdgelinError(f"token id {int(bad[0])} is outside the vocabulary [0, {self.vocab_size})")
         batch = ids.shape[0]
+        if self.batch is not None and batch != self.batch:
+            raise EdgelinError(f"the {self.backend} graphs of this package are compiled for batch {self.batch}, "
+                               f"not {batch}")
+        if isinstance(state, LiveState) and state._session is self:
+            if not state.current:
+                state._read()  # raises unless it was read before it went stale
+            return ids.astype(np.int64, copy=False)
         specs = self.manifest.states
         if set(state) != {s.input for s in specs}:
             missing = sorted({s.input for s in specs} - set(state)) or sorted(set(state))
@@ -88,14 +143,31 @@ class Session:
         return ids.astype(np.int64, copy=False)
 
     def _step(self, name: str, ids: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+        if self.stateful:
+            return self._stateful_step(name, ids, state)
         out = self.graphs[name].run({"input_ids": np.ascontiguousarray(ids), **state})
         return out["logits"], {s.input: out[s.output] for s in self.manifest.states}
+
+    def _stateful_step(self, name: str, ids: np.ndarray, state: State) -> tuple[np.ndarray, LiveState]:
+        graph = self.graphs[name]
+        if not (isinstance(state, LiveState) and state._session is self and state.current):
+            graph.set_state(dict(state))  # restore: a snapshot, a fresh new_state(), a saved file
+        elif self._holder != name:  # hand the live state from prefill to decode (or back)
+            graph.set_state(self.graphs[self._holder].get_state())
+        logits = graph.run({"input_ids": np.ascontiguousarray(ids)})["logits"]
+        self._version += 1
+        self._holder, self._live = name, LiveState(self, self._version)
+        return logits, self._live
+
+    def _read_live(self) -> State:
+        return self.graphs[self._holder].get_state()
 
     def forward(self, ids: np.ndarray, state: State) -> tuple[np.ndarray, State]:
         """Feed `ids` [B, T] after `state`; return logits [B, T, V] and the new state.
 
         Full chunks of `prefill_tokens` go through the prefill graph, the remainder token by
-        token through decode, so the result is exact (no padding). `state` is not modified.
+        token through decode, so the result is exact (no padding). `state` is not modified; with a
+        stateful back end the returned state is a `LiveState` and an unread earlier one is gone.
         """
         ids = self._check(ids, state)
         T, logits = ids.shape[1], []

@@ -2,7 +2,8 @@
 
 A back end is one file here, `backends/<name>.py`, whose class is decorated with
 `@register_backend("<name>")`; `get_backend("<name>")` imports that file on first use,
-so a back end's library (onnxruntime, openvino, tvm) is imported only when asked for.
+so a back end's library (onnxruntime, openvino, tvm) is imported only when asked for. A file may
+register variants as `<name>-<variant>` (e.g. `openvino-stateful`); files starting with `_` are helpers.
 """
 
 from __future__ import annotations
@@ -19,7 +20,14 @@ from edgelin.errors import EdgelinError
 
 @runtime_checkable
 class Backend(Protocol):
-    """One loaded step graph. Constructed as `cls(graph_path, threads=None)`."""
+    """One loaded step graph. Constructed as `cls(graph_path, threads=None, **options)`.
+
+    Optional parts, used by `Session` when present:
+      `graph_files(manifest) -> {graph name: package-relative file}` (classmethod; default: the ONNX graphs);
+      `batch`: the one batch size the compiled graph accepts (None: any);
+      `stateful = True` with `reset()`, `get_state() -> State`, `set_state(State)`: the back end keeps the
+      states inside the graph, which then takes only `input_ids` and returns only `logits`.
+    """
 
     input_names: list[str]
     output_names: list[str]
@@ -44,14 +52,16 @@ def register_backend(name: str) -> Callable[[type], type]:
 
 def available_backends() -> list[str]:
     """Names of the back-end files present (their libraries may still be missing)."""
-    return sorted({m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)])} | set(BACKENDS))
+    files = {m.name for m in pkgutil.iter_modules([str(Path(__file__).parent)]) if not m.name.startswith("_")}
+    return sorted(files | set(BACKENDS))
 
 
 def get_backend(name: str) -> type:
     """The back-end class registered as `name`, importing `backends/<name>.py` if needed."""
     if name not in BACKENDS:
-        if name.isidentifier() and name in available_backends():
-            importlib.import_module(f"{__name__}.{name}")
+        module = name.split("-")[0]
+        if module.isidentifier() and module in available_backends():
+            importlib.import_module(f"{__name__}.{module}")
         if name not in BACKENDS:
             raise EdgelinError(f"unknown back end {name!r}; available: {', '.join(available_backends())}")
     return BACKENDS[name]

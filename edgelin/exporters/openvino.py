@@ -1,0 +1,115 @@
+"""A package's ONNX step graphs to OpenVINO IR (.xml + .bin): stateless, and stateful.
+
+Stateless IR keeps the step-graph signature (states in and out, batch symbolic). The stateful IR
+has batch fixed to 1 and every state turned into an OpenVINO variable (ReadValue / Assign, the
+`MakeStateful` transformation OpenVINO applies to LLM KV caches): the graph takes `input_ids` and
+returns `logits`, and the states stay inside the infer request. Variable ids are the manifest's
+state input names. Any package works, FP32 or quantized (QDQ graphs become OpenVINO FakeQuantize).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+import onnx
+
+from edgelin.errors import EdgelinError
+from edgelin.exporters.backend_files import attach_backend
+from edgelin.exporters.static import make_static
+from edgelin.runtime.package import Manifest, read_package
+
+VARIANTS = ("stateless", "stateful")
+
+
+def _openvino():
+    try:
+        import openvino
+    except ImportError:
+        raise EdgelinError("OpenVINO export needs openvino: pip install openvino") from None
+    return openvino
+
+
+def _name_ports(model, manifest: Manifest) -> None:
+    """Give every input/output exactly its step-graph name (the ONNX frontend adds tracer aliases)."""
+    wanted = {"input_ids", "logits"} | {s.input for s in manifest.states} | {s.output for s in manifest.states}
+    for port in list(model.inputs) + list(model.outputs):
+        names = port.get_names() & wanted
+        if len(names) != 1:
+            raise EdgelinError(f"OpenVINO graph port {port.get_any_name()} does not map to one step-graph name")
+        port.get_tensor().set_names(names)
+
+
+def make_stateful(model, manifest: Manifest) -> None:
+    """Turn each state input/output pair of `model` (static batch) into an OpenVINO variable, in place."""
+    _openvino()
+    from openvino import passes
+
+    params = {p.output(0).get_any_name(): p for p in model.get_parameters()}
+    results = {r.output(0).get_any_name(): r for r in model.get_results()}
+    pairs, ids = [], {}
+    for s in manifest.states:
+        p, r = params[s.input], results[s.output]
+        pairs.append((p, r))
+        ids[p.get_friendly_name() + r.get_friendly_name()] = s.input  # MakeStateful's variable id
+    manager = passes.Manager()
+    manager.register_pass(passes.MakeStateful(pairs))
+    manager.run_passes(model)
+    for var in model.get_variables():
+        info = var.get_info()
+        info.variable_id = ids[info.variable_id]
+        var.update(info)
+
+
+def convert_graph(onnx_path: Path, manifest: Manifest, *, stateful: bool, work: Path):
+    """One ONNX step graph as an `openvino.Model` (stateless: batch symbolic; stateful: batch 1).
+
+    `work` is a scratch directory that must outlive the returned model (it may map files there).
+    """
+    ov = _openvino()
+    path = onnx_path
+    if stateful:
+        path = work / f"{onnx_path.stem}.static.onnx"
+        onnx.save(make_static(onnx.load(str(onnx_path)), batch=1), str(path))
+    try:
+        model = ov.convert_model(str(path))
+    except Exception as e:  # OpenVINO's frontend raises its own types
+        raise EdgelinError(f"OpenVINO cannot convert {onnx_path.name}: {str(e).strip().splitlines()[0]}") from None
+    _name_ports(model, manifest)
+    if stateful:
+        make_stateful(model, manifest)
+    return model
+
+
+def export_openvino(package_dir: str | os.PathLike, *, variants: tuple[str, ...] = VARIANTS) -> Path:
+    """Add OpenVINO IR for the package's step graphs under `openvino/` and the manifest's `backends`.
+
+    Args:
+        package_dir: an existing package (FP32 or quantized).
+        variants: "stateless" and/or "stateful".
+    Returns:
+        The package directory.
+    Example:
+        >>> export_openvino("out/gla-10m")  # doctest: +SKIP
+        >>> Session("out/gla-10m", backend="openvino-stateful")  # doctest: +SKIP
+    """
+    ov = _openvino()
+    root = Path(package_dir)
+    manifest = read_package(root)
+    bad = sorted(set(variants) - set(VARIANTS))
+    if bad or not variants:
+        raise EdgelinError(f"unknown OpenVINO variant {bad[0] if bad else '(none)'}; choose from {', '.join(VARIANTS)}")
+    with TemporaryDirectory(prefix="edgelin-ov-") as tmp:
+        for variant in variants:
+            stateful = variant == "stateful"
+            suffix = ".stateful" if stateful else ""
+            entry, files = {"batch": 1 if stateful else "batch", "openvino": ov.get_version()}, {}
+            for name, g in manifest.graphs.items():
+                model = convert_graph(root / g.file, manifest, stateful=stateful, work=Path(tmp))
+                xml = Path(tmp) / f"{name}{suffix}.xml"
+                ov.save_model(model, str(xml), compress_to_fp16=False)
+                entry[name] = f"openvino/{xml.name}"
+                files[f"openvino/{xml.name}"] = xml
+                files[f"openvino/{xml.with_suffix('.bin').name}"] = xml.with_suffix(".bin")
+            attach_backend(root, "openvino", variant, entry, files)
+    return root

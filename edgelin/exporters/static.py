@@ -1,0 +1,44 @@
+"""Static step graphs: fix the batch axis and fold the shape arithmetic the tracer left behind.
+
+NPUs (QNN HTP, OpenVINO NPU) and TVM's ONNX importer want every shape known at compile time;
+with batch fixed, `Shape -> Gather -> ... -> Reshape` chains fold to constants. QuantizeLinear /
+DequantizeLinear pairs are kept (onnxscript's folder preserves them), so QDQ graphs stay QDQ.
+"""
+from __future__ import annotations
+
+import onnx
+
+from edgelin.errors import EdgelinError
+
+
+def make_static(proto: onnx.ModelProto, batch: int = 1) -> onnx.ModelProto:
+    """A copy of `proto` with every symbolic dimension set to `batch` and constants folded.
+
+    Args:
+        proto: a step graph whose only symbolic dimension is `batch` (docs/FORMAT.md).
+        batch: the batch size to fix.
+    Returns:
+        The folded model, checked with onnx.checker.
+    """
+    import onnxscript.optimizer
+
+    if batch < 1:
+        raise EdgelinError(f"batch must be >= 1, not {batch}")
+    proto = onnx.ModelProto.FromString(proto.SerializeToString())
+    del proto.graph.value_info[:]  # intermediate shapes are inferred again below
+    for vi in proto.graph.input:
+        for dim in vi.type.tensor_type.shape.dim:
+            if dim.HasField("dim_param"):
+                if dim.dim_param != "batch":
+                    raise EdgelinError(f"{vi.name} has symbolic dimension {dim.dim_param!r}; only 'batch' may be symbolic")
+                dim.Clear()
+                dim.dim_value = batch
+    for vi in proto.graph.output:  # the tracer names some output axes after nodes: infer them again
+        for i, dim in enumerate(vi.type.tensor_type.shape.dim):
+            if dim.HasField("dim_param"):
+                dim.Clear()
+                if i == 0:
+                    dim.dim_value = batch
+    folded = onnxscript.optimizer.optimize(proto)
+    onnx.checker.check_model(folded)
+    return folded

@@ -1,0 +1,26 @@
+"""Back-end variants a package carries: the manifest's `backends` section (see docs/FORMAT.md)."""
+from __future__ import annotations
+
+from typing import Any
+
+from edgelin.errors import EdgelinError
+from edgelin.runtime.package import Manifest
+
+
+def source_digests(manifest: Manifest) -> dict[str, str]:
+    """sha256 of each ONNX step graph (decode, prefill) by graph name."""
+    return {name: manifest.files[g.file] for name, g in manifest.graphs.items()}
+
+
+def backend_variant(manifest: Manifest, backend: str, variant: str, *, hint: str) -> dict[str, Any]:
+    """The manifest entry `backends[backend][variant]`, checked against the package's ONNX graphs.
+
+    Raises EdgelinError naming `hint` (the command that builds it) when it is missing or stale.
+    """
+    entry = ((manifest.raw.get("backends") or {}).get(backend) or {}).get(variant)
+    if entry is None:
+        raise EdgelinError(f"the package has no {backend} {variant} graphs; build them with `{hint}`")
+    if entry.get("source") != source_digests(manifest):
+        raise EdgelinError(f"the package's {backend} {variant} graphs were built from other ONNX graphs; "
+                           f"rebuild them with `{hint}`")
+    return entry

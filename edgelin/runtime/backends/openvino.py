@@ -1,0 +1,108 @@
+"""OpenVINO back ends: `openvino` (states in and out) and `openvino-stateful` (states kept inside).
+
+Both read the IR that `edgelin compile PKG --backend openvino` adds to a package (the manifest's
+`backends.openvino`). The device name is passed through ("CPU" by default; "NPU" needs static
+shapes, so the stateless graphs are reshaped to batch 1 there; the stateful ones already are).
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+
+from edgelin.errors import EdgelinError
+from edgelin.runtime.backends import register_backend
+from edgelin.runtime.backends._variants import backend_variant
+from edgelin.runtime.package import Manifest
+
+DEFAULT_THREADS = 2
+
+
+@functools.cache
+def _core():
+    try:
+        import openvino as ov
+    except ImportError:
+        raise EdgelinError("the 'openvino' back end needs openvino: pip install openvino") from None
+    return ov, ov.Core()
+
+
+@register_backend("openvino")
+class OpenVinoBackend:
+    """One OpenVINO IR step graph compiled for `device`.
+
+    Args:
+        graph_path: the .xml file (its .bin beside it).
+        threads: inference threads (default 2).
+        device: OpenVINO device name, "CPU" by default.
+    Example:
+        >>> s = Session("pkg", backend="openvino", device="CPU")  # doctest: +SKIP
+    """
+
+    variant = "stateless"
+    stateful = False
+
+    @classmethod
+    def graph_files(cls, manifest: Manifest) -> dict[str, str]:
+        entry = backend_variant(manifest, "openvino", cls.variant, hint="edgelin compile PKG --backend openvino")
+        return {name: entry[name] for name in manifest.graphs}
+
+    def __init__(self, graph_path: Path, *, threads: int | None = None, device: str | None = None) -> None:
+        ov, core = _core()
+        self.device = device or "CPU"
+        try:
+            model = core.read_model(str(graph_path))
+            if self.device != "CPU" and model.is_dynamic():  # NPU: static shapes only
+                model.reshape({p.get_any_name(): [1 if d.is_dynamic else d.get_length() for d in p.get_partial_shape()]
+                               for p in model.inputs})
+            config = {"INFERENCE_NUM_THREADS": DEFAULT_THREADS if threads is None else int(threads),
+                      "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+            if self.device == "CPU":
+                config["INFERENCE_PRECISION_HINT"] = "f32"  # no silent bf16 on CPUs that have it
+            compiled = core.compile_model(model, self.device, config)
+        except Exception as e:  # OpenVINO raises RuntimeError subclasses with long texts
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise EdgelinError(f"OpenVINO cannot load {graph_path} on {self.device}: {first}") from None
+        self._request = compiled.create_infer_request()
+        self._outputs = [(o, o.get_any_name()) for o in compiled.outputs]
+        self.input_names = [i.get_any_name() for i in compiled.inputs]
+        self.output_names = [name for _, name in self._outputs]
+        shapes = [i.get_partial_shape() for i in compiled.inputs]
+        self.batch = None if any(s.is_dynamic for s in shapes) else (shapes[0][0].get_length() if shapes else None)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the graph once; returns every output by name (copies, safe to keep)."""
+        result = self._request.infer(feeds, share_inputs=True)
+        return {name: result[port] for port, name in self._outputs}
+
+
+@register_backend("openvino-stateful")
+class OpenVinoStatefulBackend(OpenVinoBackend):
+    """The stateful IR: states are OpenVINO variables (ReadValue/Assign) named like the state inputs.
+
+    `run` takes only `input_ids` and returns only `logits`; `reset`, `get_state` and `set_state`
+    (OpenVINO's `reset_state` / `query_state`) zero, read and write the variables. Batch is 1.
+    """
+
+    variant = "stateful"
+    stateful = True
+
+    def __init__(self, graph_path: Path, *, threads: int | None = None, device: str | None = None) -> None:
+        super().__init__(graph_path, threads=threads, device=device)
+        self._variables = {v.name: v for v in self._request.query_state()}
+        self.state_names = sorted(self._variables)
+
+    def reset(self) -> None:
+        """Zero every state variable."""
+        self._request.reset_state()
+
+    def get_state(self) -> dict[str, np.ndarray]:
+        """A copy of every state variable, keyed by state input name."""
+        return {name: np.array(v.state.data, copy=True) for name, v in self._variables.items()}
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        """Overwrite every state variable from `state` (keyed by state input name)."""
+        ov, _ = _core()
+        for name, v in self._variables.items():
+            v.state = ov.Tensor(np.ascontiguousarray(state[name]))
