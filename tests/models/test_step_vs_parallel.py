@@ -75,3 +75,23 @@ def test_swa_window_forgets_tokens_beyond_the_window():
         oy, _ = swa(y, swa.init_state(1))
     assert torch.allclose(ox[:, -1], oy[:, -1], atol=1e-6)
     assert not torch.allclose(ox[:, W - 1], oy[:, W - 1], atol=1e-6)
+
+
+def test_config_json_round_trip(tmp_path):
+    from edgelin.models import LMConfig
+
+    for config in ZOO.values():
+        config.save(tmp_path / "config.json")
+        assert LMConfig.load(tmp_path / "config.json") == config
+
+
+def test_checkpoint_round_trip_gives_identical_logits(tmp_path):
+    from edgelin.models import load_checkpoint, save_checkpoint
+
+    model = make("hybrid-tiny")
+    save_checkpoint(model, tmp_path / "ckpt")
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "model.safetensors"]
+    loaded = load_checkpoint(tmp_path / "ckpt")
+    ids = torch.randint(0, 256, (2, 20))
+    with torch.no_grad():
+        assert torch.equal(model(ids)[0], loaded(ids)[0])
