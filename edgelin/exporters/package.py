@@ -24,7 +24,14 @@ def base_manifest(model: LM, *, prefill_tokens: int, source_layout: str, tokeniz
         "graphs": {"decode": {"file": "decode.onnx", "tokens": 1}, "prefill": {"file": "prefill.onnx", "tokens": prefill_tokens}},
         "states": [e.to_manifest() for e in state_entries(model)],
         "precision": {"scheme": "fp32"},
+        **max_context(model),
     }
+
+
+def max_context(model: LM) -> dict[str, int]:
+    """{"max_context": N} when full-attention layers are exported as a KV cache capped at N tokens (docs/FORMAT.md)."""
+    caps = [b.mixer.max_context for b in model.blocks if getattr(b.mixer, "max_context", None)]
+    return {"max_context": min(caps)} if caps else {}
 
 
 def export_package(

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from edgelin.errors import EdgelinError
 from edgelin.models.checkpoint import load_checkpoint
+from edgelin.models.importers import DEFAULT_MAX_CONTEXT, import_checkpoint, is_foreign
+from edgelin.models.importers.common import read_config
 from edgelin.models.lm import LM
 from edgelin.models.zoo import DEFAULT_MODEL, shipped_checkpoint, zoo_config
 
@@ -14,20 +16,26 @@ from edgelin.models.zoo import DEFAULT_MODEL, shipped_checkpoint, zoo_config
 class LoadedModel:
     model: LM
     name: str
-    source_layout: str  # "edgelin" for native checkpoints and zoo models
+    source_layout: str  # "edgelin" for native checkpoints and zoo models, else e.g. "hf-mamba2", "fla-gla"
     trained: bool  # False for a zoo config with seeded random weights
     tokenizer_json: Path | None = None
 
 
-def load_model(spec: str | None) -> LoadedModel:
-    """None -> the built-in default; a directory -> its checkpoint; otherwise a zoo name."""
+def load_model(spec: str | None, *, max_context: int = DEFAULT_MAX_CONTEXT) -> LoadedModel:
+    """None -> the built-in default; a directory -> its checkpoint (edgelin's own, or a transformers /
+    fla layout through edgelin.models.importers); otherwise a zoo name. `max_context` caps the KV
+    cache of imported full-attention layers."""
     spec = spec or DEFAULT_MODEL
     path = Path(spec)
     if path.exists():
         if not path.is_dir():
             raise EdgelinError(f"{path} is a file; give a directory with config.json and model.safetensors")
         tokenizer = path / "tokenizer.json"
-        return LoadedModel(load_checkpoint(path), path.name, "edgelin", True, tokenizer if tokenizer.exists() else None)
+        tokenizer_json = tokenizer if tokenizer.exists() else None
+        if (path / "config.json").exists() and is_foreign(read_config(path)):
+            model, layout = import_checkpoint(path, max_context=max_context)
+            return LoadedModel(model, path.name, layout, True, tokenizer_json)
+        return LoadedModel(load_checkpoint(path), path.name, "edgelin", True, tokenizer_json)
     if "/" in spec or spec.startswith("."):
         raise EdgelinError(f"no such model directory: {spec}")
     shipped = shipped_checkpoint(spec)

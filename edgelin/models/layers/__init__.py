@@ -1,6 +1,8 @@
 """Token mixers by family name. A new family: one file beside these, one line here."""
+from edgelin.models.layers.delta_net import DeltaNet
 from edgelin.models.layers.gated_delta import GatedDelta
 from edgelin.models.layers.gla import GLA
+from edgelin.models.layers.mamba import Mamba
 from edgelin.models.layers.mamba2 import Mamba2
 from edgelin.models.layers.retention import Retention
 from edgelin.models.layers.short_conv import GatedShortConv
@@ -9,6 +11,8 @@ from edgelin.models.layers.swa import SlidingWindowAttention
 MIXERS = {
     "gla": GLA,
     "gated_delta": GatedDelta,
+    "delta_net": DeltaNet,
+    "mamba": Mamba,
     "mamba2": Mamba2,
     "retention": Retention,
     "short_conv": GatedShortConv,

@@ -25,6 +25,26 @@ class TokenMixer(nn.Module):
         raise NotImplementedError
 
 
+FEATURE_MAPS = {
+    "relu": torch.relu,
+    "swish": torch.nn.functional.silu,
+    "silu": torch.nn.functional.silu,
+    "sigmoid": torch.sigmoid,
+    "elu": torch.nn.functional.elu,
+    "elu_p1": lambda x: torch.nn.functional.elu(x) + 1.0,  # fla's elu_p1
+    "identity": lambda x: x,
+}
+
+
+def feature_map(name: str | None):
+    """A named elementwise map for q/k (None = identity); unknown names raise ValueError."""
+    if name is None:
+        return None
+    if name not in FEATURE_MAPS:
+        raise ValueError(f"unknown feature map {name!r}; known: {', '.join(sorted(FEATURE_MAPS))}")
+    return FEATURE_MAPS[name]
+
+
 def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     """[B, T, H*D] -> [B, T, H, D]"""
     return x.reshape(*x.shape[:-1], heads, -1)

@@ -18,10 +18,15 @@ from edgelin.models.layers.norm import GatedRMSNorm
 @dataclass
 class GatedDeltaOptions:
     head_dim: int = 0  # 0 = d_model // n_heads
+    heads: int = 0  # 0 = n_heads; set when the head count does not divide d_model (head_dim given)
     expand_v: float = 1.0
     use_short_conv: bool = True
     conv_size: int = 4
     norm_eps: float = 1e-5
+    conv_bias: bool = False
+    use_gate: bool = True  # False: o_norm without an output gate
+    gate_activation: str = "swish"  # or "sigmoid" (fla's output_gate_activation)
+    allow_neg_eigval: bool = False  # beta in (0, 2) instead of (0, 1)
 
 
 class GatedDelta(TokenMixer):
@@ -30,7 +35,7 @@ class GatedDelta(TokenMixer):
     def __init__(self, config: LMConfig, layer: int):
         super().__init__()
         o = self.options = mixer_options(GatedDeltaOptions, config, "gated_delta")
-        d, self.heads = config.d_model, config.n_heads
+        d, self.heads = config.d_model, o.heads or config.n_heads
         self.head_k = o.head_dim or d // self.heads
         self.head_v = int(self.head_k * o.expand_v)
         self.key_dim, self.value_dim = self.heads * self.head_k, self.heads * self.head_v
@@ -43,9 +48,9 @@ class GatedDelta(TokenMixer):
         self.A_log = nn.Parameter(torch.empty(self.heads).uniform_(1, 16).log())
         dt = torch.exp(torch.rand(self.heads) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
         self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
-        self.conv = ShortConvolution(2 * self.key_dim + self.value_dim, o.conv_size) if o.use_short_conv else None
-        self.g_proj = nn.Linear(d, self.value_dim, bias=False)
-        self.o_norm = GatedRMSNorm(self.head_v, o.norm_eps)
+        self.conv = ShortConvolution(2 * self.key_dim + self.value_dim, o.conv_size, bias=o.conv_bias) if o.use_short_conv else None
+        self.g_proj = nn.Linear(d, self.value_dim, bias=False) if o.use_gate else None
+        self.o_norm = GatedRMSNorm(self.head_v, o.norm_eps, o.gate_activation)
         self.o_proj = nn.Linear(self.value_dim, d, bias=False)
 
     def state_shapes(self, batch: int) -> dict[str, tuple[int, ...]]:
@@ -66,10 +71,13 @@ class GatedDelta(TokenMixer):
         k = F.normalize(split_heads(k, self.heads), dim=-1, eps=1e-6)
         g = -self.A_log.float().exp() * F.softplus(self.a_proj(x).float() + self.dt_bias)  # [B, T, H]
         beta = torch.sigmoid(self.b_proj(x))
+        if self.options.allow_neg_eigval:
+            beta = beta * 2.0
         return q, k, split_heads(v, self.heads), g, beta, new_state
 
     def _output(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return self.o_proj(self.o_norm(o, split_heads(self.g_proj(x), self.heads)).flatten(-2))
+        gate = split_heads(self.g_proj(x), self.heads) if self.g_proj is not None else None
+        return self.o_proj(self.o_norm(o, gate).flatten(-2))
 
     def forward(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         q, k, v, g, beta, new_state = self._project(x, state)

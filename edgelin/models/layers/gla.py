@@ -9,7 +9,7 @@ from torch import nn
 
 from edgelin.kernels.dispatch import chunk_gla
 from edgelin.models.config import LMConfig, mixer_options
-from edgelin.models.layers.base import State, TokenMixer, split_heads
+from edgelin.models.layers.base import State, TokenMixer, feature_map, split_heads
 from edgelin.models.layers.conv import ShortConvolution
 from edgelin.models.layers.norm import GatedRMSNorm
 
@@ -22,8 +22,11 @@ class GLAOptions:
     gate_logit_normalizer: float = 16.0
     use_short_conv: bool = False
     conv_size: int = 4
-    use_output_gate: bool = True
+    use_output_gate: bool = True  # False: o_norm without a gate (plain RMSNorm)
     norm_eps: float = 1e-5
+    conv_bias: bool = False
+    clamp_min: float | None = None  # lower bound on the log decay (fla's clamp_min)
+    feature_map: str | None = None  # applied to q and k after the gate (fla's feature_map)
 
 
 class GLA(TokenMixer):
@@ -38,7 +41,8 @@ class GLA(TokenMixer):
         self.k_proj = nn.Linear(d, self.key_dim, bias=False)
         self.v_proj = nn.Linear(d, self.value_dim, bias=False)
         self.gk_proj = nn.Sequential(nn.Linear(d, o.gate_low_rank_dim, bias=False), nn.Linear(o.gate_low_rank_dim, self.key_dim))
-        self.conv = ShortConvolution(2 * self.key_dim + self.value_dim, o.conv_size) if o.use_short_conv else None
+        self.conv = ShortConvolution(2 * self.key_dim + self.value_dim, o.conv_size, bias=o.conv_bias) if o.use_short_conv else None
+        self.feature_map = feature_map(o.feature_map)
         self.g_proj = nn.Linear(d, self.value_dim, bias=False) if o.use_output_gate else None
         self.o_norm = GatedRMSNorm(self.value_dim // self.heads, o.norm_eps)
         self.o_proj = nn.Linear(self.value_dim, d, bias=False)
@@ -57,10 +61,14 @@ class GLA(TokenMixer):
             q, k, v = qkv.split([self.key_dim, self.key_dim, self.value_dim], -1)
         # log decay = logsigmoid(z) / normalizer, always <= 0; -softplus(-z) is logsigmoid without a Log op.
         g = -F.softplus(-self.gk_proj(x)) / self.options.gate_logit_normalizer
+        if self.options.clamp_min is not None:
+            g = g.clamp_min(self.options.clamp_min)
+        if self.feature_map is not None:
+            q, k = self.feature_map(q), self.feature_map(k)
         return split_heads(q, self.heads), split_heads(k, self.heads), split_heads(v, self.heads), split_heads(g, self.heads), new_state
 
     def _output(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        gate = split_heads(self.g_proj(x), self.heads) if self.g_proj is not None else torch.ones_like(o)
+        gate = split_heads(self.g_proj(x), self.heads) if self.g_proj is not None else None
         return self.o_proj(self.o_norm(o, gate).flatten(-2))
 
     def forward(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:

@@ -25,6 +25,8 @@ class Mamba2Options:
     conv_bias: bool = True
     proj_bias: bool = False
     norm_eps: float = 1e-5
+    dt_min: float = 0.0  # dt clamped to [dt_min, dt_max] after softplus (HF's time_step_limit)
+    dt_max: float | None = None  # None = no upper bound
 
 
 class Mamba2(TokenMixer):
@@ -65,6 +67,8 @@ class Mamba2(TokenMixer):
         b = b.reshape(B, T, o.n_groups, o.state_size).repeat_interleave(rep, 2)
         c = c.reshape(B, T, o.n_groups, o.state_size).repeat_interleave(rep, 2)
         dt = F.softplus(dt + self.dt_bias)  # [B, T, H]
+        if o.dt_min > 0 or o.dt_max is not None:
+            dt = dt.clamp(min=o.dt_min, max=o.dt_max)
         g = -self.A_log.float().exp() * dt  # log decay
         return z, xs, b, c, dt, g, conv_state
 

@@ -19,10 +19,22 @@ class RMSNorm(nn.Module):
 
 
 class GatedRMSNorm(RMSNorm):
-    """norm(x) * weight * silu(gate): the output norm of GLA, Gated DeltaNet and retention."""
+    """norm(x) * weight * silu(gate): the output norm of GLA, Gated DeltaNet and retention.
 
-    def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return super().forward(x) * F.silu(gate)
+    `activation="sigmoid"` gives norm(x) * weight * sigmoid(gate) (fla's output_gate_activation)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5, activation: str = "swish"):
+        super().__init__(dim, eps)
+        if activation not in ("swish", "silu", "sigmoid"):
+            raise ValueError(f"gated norm activation must be swish, silu or sigmoid, got {activation!r}")
+        self.activation = activation
+
+    def forward(self, x: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:  # type: ignore[override]
+        """gate None: the plain norm (a layer without an output gate)."""
+        if gate is None:
+            return super().forward(x)
+        act = torch.sigmoid(gate) if self.activation == "sigmoid" else F.silu(gate)
+        return super().forward(x) * act
 
 
 class GroupRMSNormAfterGate(nn.Module):

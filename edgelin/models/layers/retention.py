@@ -8,8 +8,9 @@ from torch import nn
 
 from edgelin.kernels.dispatch import chunk_simple_gla
 from edgelin.models.config import LMConfig, mixer_options
-from edgelin.models.layers.base import State, TokenMixer, split_heads
+from edgelin.models.layers.base import State, TokenMixer, feature_map, split_heads
 from edgelin.models.layers.norm import GatedRMSNorm
+from edgelin.models.layers.swa import rotate
 
 
 @dataclass
@@ -17,10 +18,26 @@ class RetentionOptions:
     expand_k: float = 1.0
     expand_v: float = 2.0
     norm_eps: float = 1e-5
+    use_output_gate: bool = True  # False: o_norm without a gate
+    feature_map: str | None = None  # applied to q and k before the rotary embedding (fla's feature_map)
+    rotary: bool = False  # rotary embedding of q and k (fla's MultiScaleRetention), see below
+    rope_theta: float = 10000.0
+
+
+def rotate_state(S: torch.Tensor, position: int, theta: float) -> torch.Tensor:
+    """R(position) S for a state S [B, H, K, V], where x R(p) rotates a row vector x to position p."""
+    positions = torch.full((S.shape[-1],), -position, device=S.device)
+    return rotate(S.transpose(-1, -2), positions, theta).transpose(-1, -2)
 
 
 class Retention(TokenMixer):
-    """S_t = gamma_h S_{t-1} + k_t^T v_t with gamma_h = 1 - 2^(-5-h): a constant, folded into the graph."""
+    """S_t = gamma_h S_{t-1} + k_t^T v_t with gamma_h = 1 - 2^(-5-h): a constant, folded into the graph.
+
+    With `rotary`, q_t and k_s are rotated to their absolute positions t and s. The score depends
+    on t - s only, so the state is kept in the frame of the latest token: S~_t = gamma R(1) S~_{t-1}
+    + k_t^T v_t and o_t = q_t S~_t with q, k unrotated. Rotating the state by one fixed step per
+    token needs no position counter, and the rotation is a graph constant.
+    """
 
     def __init__(self, config: LMConfig, layer: int):
         super().__init__()
@@ -30,9 +47,10 @@ class Retention(TokenMixer):
         self.q_proj = nn.Linear(d, self.key_dim, bias=False)
         self.k_proj = nn.Linear(d, self.key_dim, bias=False)
         self.v_proj = nn.Linear(d, self.value_dim, bias=False)
-        self.g_proj = nn.Linear(d, self.value_dim, bias=False)
+        self.g_proj = nn.Linear(d, self.value_dim, bias=False) if o.use_output_gate else None
         self.o_norm = GatedRMSNorm(self.value_dim // self.heads, o.norm_eps)
         self.o_proj = nn.Linear(self.value_dim, d, bias=False)
+        self.feature_map = feature_map(o.feature_map)
         log_decay = torch.log1p(-torch.pow(2.0, -5.0 - torch.arange(self.heads, dtype=torch.float)))
         self.register_buffer("log_decay", log_decay, persistent=False)
 
@@ -40,19 +58,36 @@ class Retention(TokenMixer):
         return {"recurrent_state": (batch, self.heads, self.key_dim // self.heads, self.value_dim // self.heads)}
 
     def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(split_heads(p(x), self.heads) for p in (self.q_proj, self.k_proj, self.v_proj))
+        q, k, v = (split_heads(p(x), self.heads) for p in (self.q_proj, self.k_proj, self.v_proj))
+        if self.feature_map is not None:
+            q, k = self.feature_map(q), self.feature_map(k)
+        return q, k, v
 
     def _output(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return self.o_proj(self.o_norm(o, split_heads(self.g_proj(x), self.heads)).flatten(-2))
+        gate = split_heads(self.g_proj(x), self.heads) if self.g_proj is not None else None
+        return self.o_proj(self.o_norm(o, gate).flatten(-2))
 
     def forward(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         q, k, v = self._project(x)
-        g = self.log_decay.expand(x.shape[0], x.shape[1], self.heads)
-        o, S = chunk_simple_gla(q, k, v, g, initial_state=state["recurrent_state"], output_final_state=True)
+        T, theta = x.shape[1], self.options.rope_theta
+        S0 = state["recurrent_state"]
+        if self.options.rotary:
+            # Positions 0..T-1 within the chunk; the carried state enters one step behind position 0.
+            pos = torch.arange(T, device=x.device)
+            q = rotate(q.transpose(1, 2), pos, theta).transpose(1, 2)
+            k = rotate(k.transpose(1, 2), pos, theta).transpose(1, 2)
+            S0 = rotate_state(S0, 1, theta)
+        g = self.log_decay.expand(x.shape[0], T, self.heads)
+        o, S = chunk_simple_gla(q, k, v, g, initial_state=S0, output_final_state=True)
+        if self.options.rotary:
+            S = rotate_state(S, T - 1, theta)  # back to the frame of the last token
         return self._output(o.to(x.dtype), x), {"recurrent_state": S}
 
     def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         q, k, v = (t[:, 0] for t in self._project(x))
-        S = state["recurrent_state"] * self.log_decay.exp()[:, None, None] + k[..., :, None] * v[..., None, :]
+        S = state["recurrent_state"]
+        if self.options.rotary:
+            S = rotate_state(S, 1, self.options.rope_theta)
+        S = S * self.log_decay.exp()[:, None, None] + k[..., :, None] * v[..., None, :]
         o = torch.einsum("bhk,bhkv->bhv", q * q.shape[-1] ** -0.5, S)
         return self._output(o[:, None], x), {"recurrent_state": S}

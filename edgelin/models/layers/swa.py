@@ -26,6 +26,9 @@ class SWAOptions:
     qk_norm: bool = False
     bias: bool = False
     norm_eps: float = 1e-5
+    # True: the source model has full (unbounded) attention, exported as a KV cache capped at
+    # `window` tokens (the manifest's max_context); past it the oldest tokens drop out.
+    full_attention: bool = False
 
 
 def rotate(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
@@ -48,6 +51,7 @@ class SlidingWindowAttention(TokenMixer):
         if self.heads % self.kv_heads:
             raise ValueError(f"swa: n_heads {self.heads} is not a multiple of n_kv_heads {self.kv_heads}")
         self.window = o.window
+        self.max_context = o.window if o.full_attention else None
         self.q_proj = nn.Linear(d, self.heads * self.head_dim, bias=o.bias)
         self.k_proj = nn.Linear(d, self.kv_heads * self.head_dim, bias=o.bias)
         self.v_proj = nn.Linear(d, self.kv_heads * self.head_dim, bias=o.bias)

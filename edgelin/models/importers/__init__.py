@@ -1,0 +1,57 @@
+"""Import checkpoints from other layouts (Hugging Face transformers, flash-linear-attention) as edgelin LMs.
+
+Each importer maps config.json to an LMConfig exactly (or refuses what it cannot reproduce) and
+the safetensors weight names to edgelin's. Neither transformers nor fla is imported here.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edgelin.errors import EdgelinError
+from edgelin.models.importers import fla_deltanet, fla_gated_deltanet, fla_gla, fla_retnet, hf_lfm2, hf_mamba, hf_mamba2
+from edgelin.models.importers.common import Importer, Weights, build, read_config, read_safetensors
+from edgelin.models.lm import LM
+
+IMPORTERS: dict[str, Importer] = {
+    t: m.IMPORTER for m in (hf_mamba2, hf_mamba, hf_lfm2, fla_gla, fla_gated_deltanet, fla_deltanet, fla_retnet) for t in m.IMPORTER.model_types
+}
+DEFAULT_MAX_CONTEXT = 2048  # KV cache length for full-attention layers (LFM2)
+
+
+def is_foreign(cfg: dict[str, Any]) -> bool:
+    """A config.json that is not edgelin's own (edgelin writes "architecture": "edgelin-lm" and no model_type)."""
+    return cfg.get("architecture") != "edgelin-lm" and ("model_type" in cfg or "architectures" in cfg)
+
+
+def detect(cfg: dict[str, Any], path: Path) -> Importer:
+    model_type = cfg.get("model_type")
+    if model_type not in IMPORTERS:
+        raise EdgelinError(
+            f"{path / 'config.json'}: unknown model_type {model_type!r}; importable: {', '.join(sorted(IMPORTERS))}"
+        )
+    return IMPORTERS[model_type]
+
+
+def import_checkpoint(path: str | Path, *, max_context: int = DEFAULT_MAX_CONTEXT) -> tuple[LM, str]:
+    """Read a transformers / fla checkpoint directory into an edgelin LM.
+
+    Args:
+        path: directory with config.json and model.safetensors (or shards with model.safetensors.index.json).
+        max_context: KV cache length for layers with full attention (LFM2); see docs/FORMAT.md.
+    Returns:
+        (model in eval mode, source layout name such as "hf-mamba2" or "fla-gla").
+    """
+    path = Path(path)
+    cfg = read_config(path)
+    importer = detect(cfg, path)
+    if max_context < 1:
+        raise EdgelinError(f"max_context must be >= 1, got {max_context}")
+    try:
+        config = importer.to_config(cfg, max_context)
+    except (TypeError, ValueError) as e:
+        raise EdgelinError(f"{path / 'config.json'} ({importer.layout}): {e}") from None
+    weights = Weights(read_safetensors(path), str(path))
+    state = importer.to_state(cfg, config, weights)
+    weights.check()
+    return build(config, state, f"{path} ({importer.layout})"), importer.layout

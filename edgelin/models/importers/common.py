@@ -1,0 +1,189 @@
+"""What every importer shares: config.json, (sharded) safetensors, a checked weight map, the LM build."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from edgelin.errors import EdgelinError
+from edgelin.models.config import LMConfig
+from edgelin.models.lm import LM
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((path / "config.json").read_text())
+    except FileNotFoundError:
+        raise EdgelinError(f"no config.json in {path}") from None
+    except json.JSONDecodeError as e:
+        raise EdgelinError(f"{path / 'config.json'} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise EdgelinError(f"{path / 'config.json'} must hold a JSON object")
+    return data
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint: model.safetensors, or the shards named by model.safetensors.index.json."""
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+            raise EdgelinError(f"{index} has no usable weight_map: {e}") from None
+        files = [path / s for s in shards]
+    elif (path / "model.safetensors").exists():
+        files = [path / "model.safetensors"]
+    else:
+        files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise EdgelinError(f"missing weights: no model.safetensors (or shards) in {path}")
+    tensors: dict[str, torch.Tensor] = {}
+    for f in files:
+        if not f.exists():
+            raise EdgelinError(f"missing weights: shard {f.name} named in {index.name} is not in {path}")
+        try:
+            tensors.update(load_file(str(f)))
+        except (SafetensorError, OSError) as e:
+            raise EdgelinError(f"corrupt safetensors file {f}: {e}") from None
+    return tensors
+
+
+def require(cfg: dict[str, Any], key: str, where: str) -> Any:
+    if key not in cfg:
+        raise EdgelinError(f"{where} config.json has no {key!r}")
+    return cfg[key]
+
+
+def refuse(cond: bool, message: str) -> None:
+    """An option of the source layout that edgelin does not reproduce exactly: refuse, never approximate."""
+    if cond:
+        raise EdgelinError(message)
+
+
+class Weights:
+    """The source tensors by name; `take` records what was used and names everything missing at once."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor], source: str):
+        self.tensors, self.source = tensors, source
+        self.missing: list[str] = []
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.tensors
+
+    def take(self, name: str) -> torch.Tensor:
+        if name not in self.tensors:
+            self.missing.append(name)
+            return torch.zeros(0)
+        return self.tensors[name].float()
+
+    def first(self, *names: str) -> torch.Tensor:
+        """The first of several accepted names (e.g. renamed keys across versions)."""
+        for name in names:
+            if name in self.tensors:
+                return self.tensors[name].float()
+        self.missing.append(" or ".join(names))
+        return torch.zeros(0)
+
+    def check(self) -> None:
+        if self.missing:
+            more = f" (and {len(self.missing) - 8} more)" if len(self.missing) > 8 else ""
+            raise EdgelinError(f"missing weights in {self.source}: {', '.join(self.missing[:8])}{more}")
+
+
+def repeat_heads(w: torch.Tensor, groups: int, head_dim: int) -> torch.Tensor:
+    """Rows of a per-kv-head tensor [(kv_heads * head_dim), ...] repeated for grouped heads: head j reads kv head j // groups."""
+    if groups == 1:
+        return w
+    return w.reshape(-1, 1, head_dim, *w.shape[1:]).expand(-1, groups, head_dim, *w.shape[1:]).reshape(-1, *w.shape[1:])
+
+
+def build(config: LMConfig, state: dict[str, torch.Tensor], source: str) -> LM:
+    """The LM for `config` with `state` loaded; every expected weight must be there with its shape."""
+    model = LM(config)
+    expected = model.state_dict()
+    if config.tie_embeddings:
+        expected.pop("lm_head.weight")
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise EdgelinError(f"{source}: no source weight for {', '.join(missing[:8])}")
+    for name, tensor in state.items():
+        if name not in expected:
+            raise EdgelinError(f"{source}: importer produced unknown weight {name}")
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise EdgelinError(
+                f"{source}: {name} has shape {tuple(tensor.shape)}, config.json implies {tuple(expected[name].shape)}"
+            )
+    model.load_state_dict({k: v.float().contiguous() for k, v in state.items()}, strict=False)
+    return model.eval()
+
+
+@dataclass(frozen=True)
+class Importer:
+    """One source layout: its model_type(s), the manifest's source_layout name, and the two maps."""
+
+    layout: str
+    model_types: tuple[str, ...]
+    to_config: Callable[[dict[str, Any], int], LMConfig]  # (config.json, max_context)
+    to_state: Callable[[dict[str, Any], LMConfig, Weights], dict[str, torch.Tensor]]
+
+
+def gated_mlp(state: dict, w: Weights, i: int, src: str, names: tuple[str, str, str] = ("gate_proj", "up_proj", "down_proj")) -> None:
+    """SwiGLU weights of block i from the source's (gate, up, down) names under `src`."""
+    for ours, theirs in zip(("gate_proj", "up_proj", "down_proj"), names):
+        state[f"blocks.{i}.mlp.{ours}.weight"] = w.take(f"{src}.{theirs}.weight")
+
+
+def embeddings_and_head(state: dict, w: Weights, cfg: dict, config: LMConfig, embed: tuple[str, ...], norm: str, head: str = "lm_head.weight") -> None:
+    state["embed.weight"] = w.first(*embed)
+    state["norm.weight"] = w.take(norm)
+    if not config.tie_embeddings:
+        state["lm_head.weight"] = w.take(head)
+
+
+# flash-linear-attention hub layout: model.embeddings, model.layers.{i}.{attn_norm, attn, mlp_norm, mlp}, model.norm, lm_head.
+
+
+def fla_checks(cfg: dict[str, Any], where: str) -> None:
+    refuse(cfg.get("attn") is not None, f"{where}: hybrid layers with softmax attention (config 'attn') are not supported")
+    refuse(cfg.get("attnres_block_size") is not None, f"{where}: attention residuals (attnres_block_size) are not supported")
+    refuse(cfg.get("hidden_act", "swish") != "swish", f"{where}: hidden_act {cfg.get('hidden_act')!r} is not supported (swish only)")
+
+
+def fla_ffn_dim(cfg: dict[str, Any]) -> int:
+    """fla's GatedMLP size: intermediate_size, else 2/3 * hidden_ratio * hidden rounded up to 256."""
+    if cfg.get("intermediate_size"):
+        return int(cfg["intermediate_size"])
+    ratio = cfg.get("hidden_ratio") or 4
+    ff = int(cfg["hidden_size"] * ratio * 2 / 3)
+    return 256 * ((ff + 255) // 256)
+
+
+def fla_block(state: dict, w: Weights, i: int) -> None:
+    src, dst = f"model.layers.{i}", f"blocks.{i}"
+    state[f"{dst}.mixer_norm.weight"] = w.take(f"{src}.attn_norm.weight")
+    state[f"{dst}.mlp_norm.weight"] = w.take(f"{src}.mlp_norm.weight")
+    gated_mlp(state, w, i, f"{src}.mlp")
+
+
+def fla_short_convs(w: Weights, attn: str, bias: bool, repeat: tuple[int, int, int] = (1, 1, 1), head_dims: tuple[int, int, int] = (1, 1, 1)) -> dict[str, torch.Tensor]:
+    """fla's q/k/v_conv1d (one depthwise conv each) as edgelin's one conv over [q, k, v] channels."""
+    out = {"weight": torch.cat([repeat_heads(w.take(f"{attn}.{p}_conv1d.weight"), g, hd) for p, g, hd in zip("qkv", repeat, head_dims)])}
+    if bias:
+        out["bias"] = torch.cat([repeat_heads(w.take(f"{attn}.{p}_conv1d.bias"), g, hd) for p, g, hd in zip("qkv", repeat, head_dims)])
+    return out
+
+
+def fla_output_norm(w: Weights, attn: str, dim: int, affine: bool) -> torch.Tensor:
+    """The per-head output norm weight: fused (g_norm_swish_gate), plain (g_norm / o_norm), or ones without affine."""
+    if not affine:
+        return torch.ones(dim)
+    return w.first(f"{attn}.g_norm_swish_gate.weight", f"{attn}.g_norm.weight", f"{attn}.o_norm.weight")
+
+
+def fla_embeddings_and_head(state: dict, w: Weights, cfg: dict, config: LMConfig) -> None:
+    embeddings_and_head(state, w, cfg, config, ("model.embeddings.weight",), "model.norm.weight")
