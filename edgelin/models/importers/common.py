@@ -70,23 +70,24 @@ class Weights:
 
     def __init__(self, tensors: dict[str, torch.Tensor], source: str):
         self.tensors, self.source = tensors, source
+        self.prefix = ""
         self.missing: list[str] = []
 
-    def __contains__(self, name: str) -> bool:
-        return name in self.tensors
+    def strip(self, prefix: str) -> None:
+        """Names below are given without `prefix` (e.g. "backbone." of a *ForCausalLM), when the checkpoint uses it."""
+        if any(k.startswith(prefix) for k in self.tensors):
+            self.prefix = prefix
 
     def take(self, name: str) -> torch.Tensor:
-        if name not in self.tensors:
-            self.missing.append(name)
-            return torch.zeros(0)
-        return self.tensors[name].float()
+        return self.first(name)
 
     def first(self, *names: str) -> torch.Tensor:
         """The first of several accepted names (e.g. renamed keys across versions)."""
         for name in names:
-            if name in self.tensors:
-                return self.tensors[name].float()
-        self.missing.append(" or ".join(names))
+            for full in (self.prefix + name, name):
+                if full in self.tensors:
+                    return self.tensors[full].float()
+        self.missing.append(" or ".join(self.prefix + n for n in names))
         return torch.zeros(0)
 
     def check(self) -> None:

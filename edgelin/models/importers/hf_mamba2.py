@@ -37,7 +37,7 @@ def to_config(cfg: dict[str, Any], max_context: int) -> LMConfig:
 
 
 def to_state(cfg: dict[str, Any], config: LMConfig, w: Weights) -> dict[str, torch.Tensor]:
-    w.tensors = {k.removeprefix("backbone."): v for k, v in w.tensors.items()}
+    w.strip("backbone.")
     state: dict[str, torch.Tensor] = {}
     for i in range(config.n_layers):
         src, dst = f"layers.{i}", f"blocks.{i}"

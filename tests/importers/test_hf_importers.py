@@ -1,0 +1,121 @@
+"""Transformers checkpoints (Mamba2, Mamba, LFM2) made here with transformers' own classes and
+save_pretrained, imported and exported: logits equal transformers' forward, and the ONNX decode
+graph follows transformers' cached greedy generation step by step."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from edgelin.errors import EdgelinError  # noqa: E402
+from edgelin.exporters.package import export_package  # noqa: E402
+from edgelin.models.loading import load_model  # noqa: E402
+from edgelin.runtime import Session  # noqa: E402
+
+VOCAB, SEQ, DECODE_STEPS, PROMPT = 128, 64, 32, 16
+TOL = 1e-4
+MAX_CONTEXT = 64  # LFM2's attention cache; PROMPT + DECODE_STEPS stays below it, so the export is exact
+
+FAMILIES = {
+    # n_groups 2 and head_dim 16: grouped B/C and the grouped gated norm are exercised.
+    "mamba2": lambda: transformers.Mamba2ForCausalLM(transformers.Mamba2Config(
+        vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_heads=8, head_dim=16, state_size=16,
+        n_groups=2, expand=2, conv_kernel=4, chunk_size=16)),
+    "mamba": lambda: transformers.MambaForCausalLM(transformers.MambaConfig(
+        vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, state_size=8, expand=2, conv_kernel=4)),
+    # GQA (4 heads, 2 kv heads), q/k norms, rotary, conv and attention layers interleaved, tied embeddings.
+    "lfm2": lambda: transformers.Lfm2ForCausalLM(transformers.Lfm2Config(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=192, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, layer_types=["conv", "full_attention", "conv", "full_attention"], norm_eps=1e-5,
+        max_position_embeddings=512)),
+}
+LAYOUTS = {"mamba2": "hf-mamba2", "mamba": "hf-mamba", "lfm2": "hf-lfm2"}
+
+
+def scale_up(model):
+    """Random weights large enough that the logits are O(1) and a mismatch cannot hide in small numbers."""
+    gen = torch.Generator().manual_seed(0)
+    for name, p in model.named_parameters():
+        if p.dim() >= 2 and "embed" not in name and "lm_head" not in name:
+            p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+    return model
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def checkpoint(request, tmp_path_factory):
+    torch.manual_seed(0)
+    with torch.no_grad():
+        hf = scale_up(FAMILIES[request.param]()).eval()
+    path = tmp_path_factory.mktemp("hf") / request.param
+    hf.save_pretrained(path)
+    return request.param, hf, path
+
+
+def test_logits_equal_transformers_forward(checkpoint):
+    family, hf, path = checkpoint
+    loaded = load_model(str(path), max_context=MAX_CONTEXT)
+    assert loaded.source_layout == LAYOUTS[family]
+    ids = torch.randint(0, VOCAB, (2, SEQ), generator=torch.Generator().manual_seed(1))
+    ref = hf(ids).logits
+    ours, _ = loaded.model(ids)
+    assert ref.abs().max() > 0.1
+    diff = (ref - ours).abs().max().item()
+    assert diff <= TOL, f"{family}: max |edgelin - transformers| = {diff:.2e}"
+
+
+def test_onnx_decode_follows_transformers_cached_generation(checkpoint, tmp_path):
+    family, hf, path = checkpoint
+    loaded = load_model(str(path), max_context=MAX_CONTEXT)
+    pkg = export_package(loaded.model, tmp_path / "pkg", prefill_tokens=8, source_layout=loaded.source_layout)
+    prompt = torch.randint(0, VOCAB, (1, PROMPT), generator=torch.Generator().manual_seed(2))
+    out = hf.generate(prompt, max_new_tokens=DECODE_STEPS, do_sample=False, output_logits=True,
+                      return_dict_in_generate=True, use_cache=True, pad_token_id=0)
+    generated = out.sequences[0, PROMPT:].numpy()
+    session = Session(pkg, threads=2)
+    logits, state = session.forward(prompt.numpy(), session.new_state(1))  # prefill graph (2 chunks)
+    worst = 0.0
+    for t in range(DECODE_STEPS):
+        ref = out.logits[t][0].numpy()
+        worst = max(worst, float(np.abs(logits[0, -1] - ref).max()))
+        assert int(logits[0, -1].argmax()) == int(generated[t]), f"{family}: step {t} picks another token"
+        logits, state = session.forward(generated[None, t : t + 1], state)  # decode graph
+    assert worst <= TOL, f"{family}: max |ONNX - transformers cached step| = {worst:.2e}"
+    manifest = json.loads((pkg / "manifest.json").read_text())
+    assert manifest["source_layout"] == LAYOUTS[family]
+    if family == "lfm2":
+        assert manifest["max_context"] == MAX_CONTEXT
+    else:
+        assert "max_context" not in manifest
+
+
+def test_sharded_checkpoint_imports_the_same(checkpoint, tmp_path):
+    family, hf, path = checkpoint
+    if family != "mamba2":
+        pytest.skip("sharding is layout-independent; once is enough")
+    hf.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").exists()
+    a = load_model(str(path)).model.state_dict()
+    b = load_model(str(tmp_path / "sharded")).model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_missing_weight_and_unknown_model_type_are_one_clear_error(checkpoint, tmp_path):
+    family, hf, path = checkpoint
+    if family != "mamba":
+        pytest.skip("error paths are layout-independent")
+    from safetensors.torch import load_file, save_file
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text((path / "config.json").read_text())
+    tensors = load_file(str(path / "model.safetensors"))
+    del tensors["backbone.layers.1.mixer.A_log"]
+    save_file(tensors, str(bad / "model.safetensors"))
+    with pytest.raises(EdgelinError, match=r"missing weights.*backbone\.layers\.1\.mixer\.A_log"):
+        load_model(str(bad))
+    cfg = json.loads((path / "config.json").read_text())
+    (bad / "config.json").write_text(json.dumps({**cfg, "model_type": "falcon_mamba_xl"}))
+    with pytest.raises(EdgelinError, match="unknown model_type 'falcon_mamba_xl'"):
+        load_model(str(bad))
