@@ -74,13 +74,16 @@ class Session:
         files = (cls.graph_files(self.manifest) if hasattr(cls, "graph_files")
                  else {name: g.file for name, g in self.manifest.graphs.items()})
         options = {"threads": threads} | ({"device": device} if device else {})
-        self.graphs = {name: cls(self.package_dir / file, **options)
-                       for name, file in files.items() if name in ("decode", "prefill")}
+        files = {name: spec if isinstance(spec, dict) else {"file": spec} for name, spec in files.items()
+                 if name in ("decode", "prefill")}
+        self.graphs = {name: cls(self.package_dir / spec["file"], **options,
+                                 **{k: v for k, v in spec.items() if k != "file"})
+                       for name, spec in files.items()}
         self.stateful = bool(getattr(cls, "stateful", False))
         self.batch = getattr(self.graphs["decode"], "batch", None)  # the one batch compiled for, if any
         self._version, self._holder, self._live = 0, None, None  # stateful back ends only
         for name, graph in self.graphs.items():
-            self._check_names(name, graph, files[name])
+            self._check_names(name, graph, files[name]["file"])
 
     def _check_names(self, name: str, graph, file: str) -> None:
         m = self.manifest

@@ -23,7 +23,8 @@ class Backend(Protocol):
     """One loaded step graph. Constructed as `cls(graph_path, threads=None, **options)`.
 
     Optional parts, used by `Session` when present:
-      `graph_files(manifest) -> {graph name: package-relative file}` (classmethod; default: the ONNX graphs);
+      `graph_files(manifest) -> {graph name: file or {"file": file, **constructor options}}` (classmethod;
+      default: the ONNX graphs);
       `batch`: the one batch size the compiled graph accepts (None: any);
       `stateful = True` with `reset()`, `get_state() -> State`, `set_state(State)`: the back end keeps the
       states inside the graph, which then takes only `input_ids` and returns only `logits`.

@@ -1,0 +1,126 @@
+"""A package's ONNX step graphs to TVM Relax shared libraries, for this CPU or cross-compiled for AArch64.
+
+Each graph is made static (batch 1, shape arithmetic folded: TVM's ONNX importer turns the traced
+`Shape -> Pow` chains into float64 scalars otherwise), imported with `relax.frontend.onnx`, given
+dlight's CPU schedules (GEMV, reductions) and built into a `.so` with the weights inside. AArch64
+libraries are linked with Debian's `aarch64-linux-gnu-gcc` (package gcc-aarch64-linux-gnu).
+"""
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+from pathlib import Path
+from tempfile import TemporaryDirectory
+
+import onnx
+
+from edgelin.errors import EdgelinError
+from edgelin.exporters.backend_files import attach_backend
+from edgelin.exporters.static import make_static
+from edgelin.runtime.package import read_package
+
+CROSS_GCC = {"aarch64": "aarch64-linux-gnu-gcc"}
+TRIPLES = {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu"}
+
+
+def _tvm():
+    try:
+        import tvm
+        from tvm import relax  # noqa: F401
+    except ImportError:
+        raise EdgelinError("TVM export needs apache-tvm: pip install apache-tvm") from None
+    return tvm
+
+
+def target_for(arch: str) -> dict:
+    """The TVM target (JSON form) for `arch`: the host's own CPU, or a generic AArch64 with NEON."""
+    if arch not in TRIPLES:
+        raise EdgelinError(f"unknown TVM target {arch!r}; choose from {', '.join(TRIPLES)}")
+    if arch == platform.machine():
+        return {"kind": "llvm", "mcpu": _tvm().target.codegen.llvm_get_system_cpu(), "num-cores": os.cpu_count() or 1}
+    return {"kind": "llvm", "mtriple": TRIPLES[arch], "mattr": ["+neon"]}
+
+
+def import_graph(proto: onnx.ModelProto):
+    """A static ONNX step graph as a Relax IRModule (weights as constants)."""
+    tvm = _tvm()
+    from tvm.relax.frontend.onnx import from_onnx
+
+    try:
+        return from_onnx(proto, keep_params_in_input=False)
+    except Exception as e:  # TVM raises TVMError / TypeError / ValueError with long texts
+        lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+        raise EdgelinError(f"TVM cannot import the graph: {lines[-1] if lines else type(e).__name__}") from None
+    finally:
+        del tvm
+
+
+def _skip_boolean_kernels(mod):
+    """Mark kernels that use bool tensors as scheduled: dlight's CPU rules vectorize them into
+    `and <16 x i1>, <16 x i8>`, which LLVM rejects (TVM 0.27); they keep TVM's default schedule."""
+    from tvm import tirx
+
+    for gv, func in list(mod.functions.items()):
+        if isinstance(func, tirx.PrimFunc) and '"bool"' in func.script():
+            mod[gv] = func.with_attr("tirx.is_scheduled", True)
+    return mod
+
+
+def build_library(proto: onnx.ModelProto, arch: str, out: Path) -> None:
+    """Compile one static ONNX graph for `arch` into the shared library `out`."""
+    tvm = _tvm()
+    from tvm import relax
+    from tvm.s_tir import dlight
+    from tvm.support import cc
+
+    mod = import_graph(proto)
+    target = tvm.target.Target(target_for(arch))
+    # the passes of TVM's default CPU pipeline (this module: its package does not export all four)
+    from tvm.relax.backend.cpu_generic import pipeline
+
+    with target:  # TVM's default CPU pipeline, with dlight's CPU schedules after legalization
+        mod = tvm.transform.Sequential(
+            pipeline.library_dispatch_passes(target)
+            + pipeline.legalize_passes(target)
+            + [tvm.transform.module_pass(lambda m, _: _skip_boolean_kernels(m), opt_level=0), dlight.ApplyDefaultSchedule(dlight.cpu.GEMV(), dlight.cpu.Reduction())]
+            + pipeline.dataflow_lower_passes(target)
+            + pipeline.finalize_passes(target)
+        )(mod)
+    executable = relax.build(mod, target=target, relax_pipeline=None)
+    if arch == platform.machine():
+        executable.export_library(str(out))
+        return
+    gcc = CROSS_GCC[arch]
+    if shutil.which(gcc) is None:
+        raise EdgelinError(f"cross-compiling for {arch} needs {gcc}: apt-get install gcc-{TRIPLES[arch]}")
+    executable.export_library(str(out), fcompile=cc.cross_compiler(gcc))
+
+
+def export_tvm(package_dir: str | os.PathLike, *, target: str | None = None) -> Path:
+    """Add TVM shared libraries of the package's step graphs under `tvm/<arch>/` and in the manifest.
+
+    Args:
+        package_dir: an existing package.
+        target: "x86_64" or "aarch64"; default: this machine's architecture.
+    Returns:
+        The package directory.
+    Example:
+        >>> export_tvm("out/gla-10m", target="aarch64")  # doctest: +SKIP
+    """
+    tvm = _tvm()
+    arch = target or platform.machine()
+    root = Path(package_dir)
+    manifest = read_package(root)
+    entry, files = {"batch": 1, "target": target_for(arch), "tvm": tvm.__version__}, {}
+    with TemporaryDirectory(prefix="edgelin-tvm-") as tmp:
+        for name, g in manifest.graphs.items():
+            so = Path(tmp) / f"{name}.so"
+            proto = make_static(onnx.load(str(root / g.file)), batch=1)
+            build_library(proto, arch, so)
+            # the library's main() takes the graph inputs in order and returns the outputs in order
+            entry[name] = {"file": f"tvm/{arch}/{so.name}", "inputs": [i.name for i in proto.graph.input],
+                           "outputs": [o.name for o in proto.graph.output]}
+            files[entry[name]["file"]] = so
+        attach_backend(root, "tvm", arch, entry, files)
+    return root

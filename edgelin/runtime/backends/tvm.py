@@ -1,0 +1,69 @@
+"""TVM back end: the Relax shared libraries `edgelin compile PKG --backend tvm` adds to a package.
+
+The library for this machine's architecture (`backends.tvm.<arch>` in the manifest) is loaded into
+a Relax VirtualMachine on the CPU. The graphs are compiled for batch 1.
+"""
+from __future__ import annotations
+
+import functools
+import platform
+from pathlib import Path
+
+import numpy as np
+
+from edgelin.errors import EdgelinError
+from edgelin.runtime.backends import register_backend
+from edgelin.runtime.backends._variants import backend_variant
+from edgelin.runtime.package import Manifest
+
+DEFAULT_THREADS = 2
+
+
+@functools.cache
+def _tvm():
+    try:
+        import tvm
+        from tvm import relax  # noqa: F401
+    except ImportError:
+        raise EdgelinError("the 'tvm' back end needs apache-tvm: pip install apache-tvm") from None
+    return tvm
+
+
+@register_backend("tvm")
+class TvmBackend:
+    """One step graph as a TVM Relax library (`main(*inputs) -> (*outputs)`).
+
+    Args:
+        graph_path: the .so file.
+        threads: TVM thread-pool size (default 2; the pool is process-wide).
+        inputs, outputs: the graph's input and output names in `main`'s order (from the manifest).
+    """
+
+    batch = 1
+
+    @classmethod
+    def graph_files(cls, manifest: Manifest) -> dict[str, dict]:
+        arch = platform.machine()
+        entry = backend_variant(manifest, "tvm", arch, hint=f"edgelin compile PKG --backend tvm --target {arch}")
+        return {name: entry[name] for name in manifest.graphs}
+
+    def __init__(self, graph_path: Path, *, threads: int | None = None, inputs: list[str], outputs: list[str]) -> None:
+        tvm = _tvm()
+        from tvm import relax
+
+        tvm.get_global_func("runtime.config_threadpool")(1, DEFAULT_THREADS if threads is None else int(threads))
+        try:
+            self._vm = relax.VirtualMachine(tvm.runtime.load_module(str(graph_path)), tvm.cpu())
+        except Exception as e:  # TVMError and friends
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise EdgelinError(f"TVM cannot load {graph_path}: {first}") from None
+        self._main = self._vm["main"]
+        self._device = tvm.cpu()
+        self.input_names, self.output_names = list(inputs), list(outputs)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the graph once; returns every output by name."""
+        tvm = _tvm()
+        args = [tvm.runtime.tensor(np.ascontiguousarray(feeds[n]), self._device) for n in self.input_names]
+        out = self._main(*args)
+        return {name: t.numpy() for name, t in zip(self.output_names, out)}
