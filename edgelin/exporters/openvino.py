@@ -40,6 +40,34 @@ def _name_ports(model, manifest: Manifest) -> None:
         port.get_tensor().set_names(names)
 
 
+def _float_state_ports(model, manifest: Manifest) -> None:
+    """Carry integer states (INT16 packages) as f32 across the graph boundary, in place.
+
+    OpenVINO's CPU plugin keeps no i16 variables; int16 values are exact in f32, so the stateful
+    IR stores them as f32 and converts at the edges (the runtime casts back to the manifest dtype).
+    """
+    ov = _openvino()
+    from openvino import opset13 as ops
+
+    params = {p.output(0).get_any_name(): p for p in model.get_parameters()}
+    results = {r.output(0).get_any_name(): r for r in model.get_results()}
+    for s in manifest.states:
+        if s.np_dtype.kind == "f":
+            continue
+        old = params[s.input]
+        new = ops.parameter(old.get_partial_shape(), ov.Type.f32, name=old.get_friendly_name())
+        old.output(0).replace(ops.convert(new, old.get_element_type()).output(0))
+        new.output(0).get_tensor().set_names({s.input})
+        model.replace_parameter(model.get_parameter_index(old), new)
+        source = results[s.output].input(0).get_source_output()
+        names = source.get_names()
+        source.get_tensor().set_names(set())
+        converted = ops.convert(source, ov.Type.f32)
+        converted.output(0).get_tensor().set_names(names)
+        results[s.output].input(0).replace_source_output(converted.output(0))
+    model.validate_nodes_and_infer_types()
+
+
 def make_stateful(model, manifest: Manifest) -> None:
     """Turn each state input/output pair of `model` (static batch) into an OpenVINO variable, in place."""
     _openvino()
@@ -77,6 +105,7 @@ def convert_graph(onnx_path: Path, manifest: Manifest, *, stateful: bool, work: 
         raise EdgelinError(f"OpenVINO cannot convert {onnx_path.name}: {str(e).strip().splitlines()[0]}") from None
     _name_ports(model, manifest)
     if stateful:
+        _float_state_ports(model, manifest)
         make_stateful(model, manifest)
     return model
 

@@ -163,7 +163,8 @@ class Session:
         return logits, self._live
 
     def _read_live(self) -> State:
-        return self.graphs[self._holder].get_state()
+        live = self.graphs[self._holder].get_state()
+        return {s.input: live[s.input].astype(s.np_dtype, copy=False) for s in self.manifest.states}
 
     def forward(self, ids: np.ndarray, state: State) -> tuple[np.ndarray, State]:
         """Feed `ids` [B, T] after `state`; return logits [B, T, V] and the new state.

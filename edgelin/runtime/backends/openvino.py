@@ -104,5 +104,5 @@ class OpenVinoStatefulBackend(OpenVinoBackend):
     def set_state(self, state: dict[str, np.ndarray]) -> None:
         """Overwrite every state variable from `state` (keyed by state input name)."""
         ov, _ = _core()
-        for name, v in self._variables.items():
-            v.state = ov.Tensor(np.ascontiguousarray(state[name]))
+        for name, v in self._variables.items():  # integer states are held as f32 (see exporters/openvino.py)
+            v.state = ov.Tensor(np.ascontiguousarray(state[name], dtype=v.state.data.dtype))
