@@ -17,6 +17,16 @@ def export(
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Package directory (default: out/MODEL)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing package."),
     prefill_tokens: int = typer.Option(64, help="Token count of the prefill graph (a fixed chunk)."),
+    int8: bool = typer.Option(False, "--int8", help="Quantize: W8A8 (INT16 states), then validate against FP32."),
+    int16: bool = typer.Option(False, "--int16", help="Quantize: W8A16 (16-bit activations, NPU layout)."),
+    int4: bool = typer.Option(False, "--int4", help="Quantize: W4A16 (4-bit block-wise weights)."),
+    w4a8: bool = typer.Option(False, "--w4a8", help="Quantize: W4A8."),
+    group_size: int = typer.Option(32, "--group-size", help="4-bit block size: 32, 64 or 128."),
+    gptq: bool = typer.Option(False, "--gptq", help="GPTQ instead of round-to-nearest for 4-bit weights."),
+    calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration text (default: the shipped sample)."),
+    rotate: bool = typer.Option(False, "--rotate", help="Hadamard-rotate the residual stream before quantizing."),
+    smooth: Optional[float] = typer.Option(None, "--smooth", help="SmoothQuant alpha (e.g. 0.5) folded into the norms."),
+    max_loss_increase: Optional[float] = typer.Option(None, "--max-loss-increase", help="Mixed precision: loss budget in %."),
 ) -> None:
     """Export MODEL to a package of loop-free ONNX step graphs (decode + prefill) with a manifest."""
     from edgelin.exporters.package import export_package
@@ -24,12 +34,20 @@ def export(
 
     if prefill_tokens < 2:
         raise EdgelinError(f"--prefill-tokens must be >= 2, got {prefill_tokens}")
+    from edgelin.cli.quantize import build_scheme, export_quantized
+
+    scheme = build_scheme(int8, int16, int4, w4a8, group_size=group_size, gptq=gptq, smooth=smooth, rotate=rotate)
+    if scheme is None and (rotate or smooth is not None or max_loss_increase is not None or calib or gptq):
+        raise EdgelinError("--calib, --rotate, --smooth, --gptq and --max-loss-increase need --int8, --int16, --int4 or --w4a8")
     with console.status("loading model"):
         loaded = load_model(model)
-    out = output or Path("out") / loaded.name
+    out = output or Path("out") / (loaded.name if scheme is None else f"{loaded.name}-{scheme.name}")
     refuse_existing(out, force)
     if not loaded.trained:
         console.print(f"[yellow]note:[/] {loaded.name} has no trained weights here; exporting its seeded random init")
+    if scheme is not None:
+        return export_quantized(loaded, out, scheme, calib=calib, prefill_tokens=prefill_tokens,
+                                max_loss_increase=max_loss_increase, force=force)
     with console.status(f"exporting {loaded.name} ({loaded.model.num_parameters() / 1e6:.1f}M parameters)"):
         export_package(loaded.model, out, prefill_tokens=prefill_tokens, force=force,
                        source_layout=loaded.source_layout, tokenizer_json=loaded.tokenizer_json)

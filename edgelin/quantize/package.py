@@ -10,7 +10,7 @@ import onnx
 
 from edgelin.calibration.table import CalibrationTable
 from edgelin.errors import EdgelinError
-from edgelin.quantize.qdq import quantize_graph, state_qparams
+from edgelin.quantize.qdq import canonical_layer_names, quantize_graph, state_qparams
 from edgelin.quantize.schemes import QuantScheme
 from edgelin.runtime.package import read_package, write_package
 
@@ -28,9 +28,11 @@ def quantize_protos(fp_dir: str | Path, scheme: QuantScheme, table: CalibrationT
         raise EdgelinError(f"{root} is already quantized ({m.precision.get('scheme')}); quantize the FP package")
     entries = m.raw["states"]
     sq = state_qparams(entries, table, scheme)
+    fp = {name: onnx.load(str(root / g.file)) for name, g in m.graphs.items()}
+    names = canonical_layer_names(fp)
     protos, precision = {}, {}
-    for name, g in m.graphs.items():
-        protos[name], prec = quantize_graph(onnx.load(str(root / g.file)), name, scheme, table, sq, entries)
+    for name, proto in fp.items():
+        protos[name], prec = quantize_graph(proto, name, scheme, table, sq, entries, names[name])
         precision.update(prec)
     states = []
     for s in entries:

@@ -16,6 +16,8 @@ Integers come from `edgelin.quantize.primitives`, so QAT and export round identi
 """
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper, version_converter
@@ -43,11 +45,39 @@ def layer_name(node_name: str) -> str:
     return name
 
 
+def canonical_layer_names(protos: dict[str, onnx.ModelProto]) -> dict[str, dict[str, str]]:
+    """graph -> MatMul node name -> one layer name shared by every graph.
+
+    The tracer scopes the decode graph (step methods) and the prefill graph (module calls)
+    differently ('blocks.0.q_proj' vs 'model.blocks.0.mixer.q_proj'), so layers are matched by
+    their weight bytes and named after the most complete scope, without the 'model.' prefix.
+    """
+    keyed: dict[str, list[tuple[str, str]]] = {}
+    for graph, proto in protos.items():
+        inits = {i.name: i for i in proto.graph.initializer}
+        for node in weight_matmuls(proto):
+            w = numpy_helper.to_array(inits[node.input[1]])
+            key = hashlib.sha1(np.ascontiguousarray(w).tobytes() + bytes(str(w.shape), "ascii")).hexdigest()
+            keyed.setdefault(key, []).append((graph, node.name))
+    out: dict[str, dict[str, str]] = {g: {} for g in protos}
+    for refs in keyed.values():
+        names = [layer_name(n).removeprefix("model.") for _, n in refs]
+        best = max(names, key=lambda n: (len(n), n))
+        for graph, node_name in refs:
+            out[graph][node_name] = best
+    return out
+
+
+def is_weight_matmul(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> bool:
+    """A MatMul whose second input is a 2-D float initializer: one of the model's linear layers."""
+    return (node.op_type == "MatMul" and node.input[1] in inits and len(inits[node.input[1]].dims) == 2
+            and inits[node.input[1]].data_type == TensorProto.FLOAT)
+
+
 def weight_matmuls(proto: onnx.ModelProto) -> list[onnx.NodeProto]:
-    """MatMul nodes whose second input is a 2-D float initializer: the model's linear layers."""
+    """The weight MatMul nodes of a graph, in graph order."""
     inits = {i.name: i for i in proto.graph.initializer}
-    return [n for n in proto.graph.node if n.op_type == "MatMul" and n.input[1] in inits
-            and len(inits[n.input[1]].dims) == 2 and inits[n.input[1]].data_type == TensorProto.FLOAT]
+    return [n for n in proto.graph.node if is_weight_matmul(n, inits)]
 
 
 class _Graph:
@@ -160,7 +190,8 @@ def _quantize_states(b: _Graph, qparams: dict[str, dict], entries: list[dict]) -
 
 
 def quantize_graph(proto: onnx.ModelProto, graph: str, scheme: QuantScheme, table: CalibrationTable,
-                   states: dict[str, dict], entries: list[dict]) -> tuple[onnx.ModelProto, dict[str, str]]:
+                   states: dict[str, dict], entries: list[dict], names: dict[str, str] | None = None
+                   ) -> tuple[onnx.ModelProto, dict[str, str]]:
     """Quantize one step graph (see the module docstring).
 
     Args:
@@ -170,6 +201,7 @@ def quantize_graph(proto: onnx.ModelProto, graph: str, scheme: QuantScheme, tabl
         table: calibration ranges of this package.
         states: `state_qparams(...)`, shared by every graph of the package.
         entries: the manifest's state entries.
+        names: MatMul node name -> layer name (`canonical_layer_names`); scope names otherwise.
     Returns:
         (quantized proto, effective precision per layer name).
     """
@@ -180,9 +212,10 @@ def quantize_graph(proto: onnx.ModelProto, graph: str, scheme: QuantScheme, tabl
     w_cache: dict[str, str] = {}
     replace: dict[int, onnx.NodeProto] = {}
     nodes = list(b.g.node)
-    index = {id(n): i for i, n in enumerate(nodes)}
-    for node in weight_matmuls(proto):
-        layer = layer_name(node.name)
+    for i, node in enumerate(nodes):
+        if not is_weight_matmul(node, b.inits):
+            continue
+        layer = (names or {}).get(node.name) or layer_name(node.name).removeprefix("model.")
         prec = scheme.precision_of(layer)
         w = numpy_helper.to_array(b.inits[node.input[1]])
         spec = scheme.weight_quant(prec)
@@ -195,9 +228,9 @@ def quantize_graph(proto: onnx.ModelProto, graph: str, scheme: QuantScheme, tabl
         if a not in b.inits:
             lo, hi = table.range(graph, a, scheme.observer if scheme.act_bits == 8 else "minmax")
             scale, zero = activation_qparams(lo, hi, scheme.activations)
-            a = _qdq_activation(b, a, scale, zero, scheme.activations, act_cache, index[id(node)])
+            a = _qdq_activation(b, a, scale, zero, scheme.activations, act_cache, i)
         if spec.bits == 4 and scheme.int4_format == Int4Format.MATMUL_NBITS:
-            replace[index[id(node)]] = _matmul_nbits(b, node, w, spec, a)
+            replace[i] = _matmul_nbits(b, node, w, spec, a)
             continue
         wname = node.input[1]
         key = f"{wname}:{spec}"
@@ -206,7 +239,7 @@ def quantize_graph(proto: onnx.ModelProto, graph: str, scheme: QuantScheme, tabl
         node.input[0], node.input[1] = a, w_cache[key]
     for node in nodes:
         if node.op_type == "Gather" and node.input[0] in b.inits and len(b.inits[node.input[0]].dims) == 2:
-            layer = layer_name(node.name)
+            layer = layer_name(node.name).removeprefix("model.")
             precision[layer] = scheme.embedding.value
             if scheme.embedding == LayerPrecision.INT8:
                 table_w = numpy_helper.to_array(b.inits[node.input[0]])

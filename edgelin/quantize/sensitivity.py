@@ -1,0 +1,111 @@
+"""Mixed precision: per-layer sensitivity and the greedy search behind `--max-loss-increase`.
+
+Sensitivity of a layer = the loss increase (%) when that layer alone is quantized by the scheme
+(every other layer and every state in float). The search starts from the whole scheme and, while
+the loss increase on the calibration streams is above the budget, lifts the most sensitive layer
+still at the scheme's precision one step (int4 -> int8, int8 -> fp32); only when every layer has
+taken a step does a layer take a second one.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+
+from edgelin.calibration.table import CalibrationTable
+from edgelin.quantize.qdq import canonical_layer_names, quantize_graph, state_qparams
+from edgelin.quantize.schemes import LayerPrecision, QuantScheme, StatePrecision
+from edgelin.runtime.package import read_package
+
+UP = {LayerPrecision.INT4: LayerPrecision.INT8, LayerPrecision.INT8: LayerPrecision.FP32}
+
+
+def _session(proto: onnx.ModelProto):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = 2
+    return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def prefill_loss(proto: onnx.ModelProto, ids: np.ndarray, chunk: int) -> float:
+    """Mean next-token NLL of a prefill step graph over `ids` [B, T] (states carried, zero-started)."""
+    sess = _session(proto)
+    feeds_state = {i.name: np.zeros([ids.shape[0] if not d.dim_value else d.dim_value for d in i.type.tensor_type.shape.dim],
+                                    onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type))
+                   for i in proto.graph.input if i.name != "input_ids"}
+    outs = [o.name for o in sess.get_outputs()]
+    total, count = 0.0, 0
+    for a in range(0, ids.shape[1] - chunk + 1, chunk):
+        r = dict(zip(outs, sess.run(None, {"input_ids": ids[:, a:a + chunk], **feeds_state})))
+        feeds_state = {k: r[k.replace("past_key_values.", "present.")] for k in feeds_state}
+        lg = r["logits"][:, :-1].astype(np.float64) if a + chunk >= ids.shape[1] else r["logits"].astype(np.float64)
+        tgt = ids[:, a + 1:a + 1 + lg.shape[1]]
+        lg = lg - lg.max(-1, keepdims=True)
+        lp = lg - np.log(np.exp(lg).sum(-1, keepdims=True))
+        total -= float(np.take_along_axis(lp, tgt[..., None], -1).sum())
+        count += tgt.size
+    return total / count
+
+
+class LossProbe:
+    """Quantize the prefill graph of an FP package in memory under any scheme and measure its loss."""
+
+    def __init__(self, fp_dir: str | Path, table: CalibrationTable, ids: np.ndarray):
+        root = Path(fp_dir)
+        m = read_package(root)
+        self.entries, self.table, self.ids = m.raw["states"], table, ids
+        fp = {name: onnx.load(str(root / g.file)) for name, g in m.graphs.items()}
+        self.names = canonical_layer_names(fp)["prefill"]
+        self.proto, self.chunk = fp["prefill"], m.graphs["prefill"].tokens
+        self.fp_loss = prefill_loss(self.proto, ids, self.chunk)
+
+    def layers(self) -> list[str]:
+        return sorted(set(self.names.values()))
+
+    def increase_pct(self, scheme: QuantScheme) -> float:
+        sq = state_qparams(self.entries, self.table, scheme)
+        q, _ = quantize_graph(self.proto, "prefill", scheme, self.table, sq, self.entries, self.names)
+        return 100.0 * (prefill_loss(q, self.ids, self.chunk) - self.fp_loss) / self.fp_loss
+
+
+def layer_sensitivity(probe: LossProbe, scheme: QuantScheme,
+                      progress: Callable[[int, int], None] | None = None) -> dict[str, float]:
+    """layer -> loss increase (%) when only that layer is quantized (states float)."""
+    layers = probe.layers()
+    base = replace(scheme, state=StatePrecision.FP32, layers={})
+    out = {}
+    for i, layer in enumerate(layers):
+        only = {other: LayerPrecision.FP32 for other in layers if other != layer}
+        out[layer] = probe.increase_pct(base.with_layers(only))
+        if progress:
+            progress(i + 1, len(layers))
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def mixed_precision(probe: LossProbe, scheme: QuantScheme, budget_pct: float, sensitivity: dict[str, float],
+                    progress: Callable[[float], None] | None = None) -> tuple[QuantScheme, float]:
+    """Lift the most sensitive layers until the loss increase is <= `budget_pct`.
+
+    Returns (the scheme with its per-layer overrides, the loss increase it reached).
+    """
+    layers = dict(scheme.layers)
+    current = scheme.with_layers(layers)
+    loss = probe.increase_pct(current)
+    order = list(sensitivity)
+    while loss > budget_pct:
+        # one step for every layer, most sensitive first, before any layer takes a second step
+        lift = next((l for l in order if current.precision_of(l) == scheme.precision_of(l) in UP), None) \
+            or next((l for l in order if current.precision_of(l) in UP), None)
+        if lift is None:
+            break
+        layers[lift] = UP[current.precision_of(lift)]
+        current = scheme.with_layers(layers)
+        loss = probe.increase_pct(current)
+        if progress:
+            progress(loss)
+    return current, loss
