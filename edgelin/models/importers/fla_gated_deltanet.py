@@ -31,7 +31,7 @@ def to_config(cfg: dict[str, Any], max_context: int) -> LMConfig:
             "heads": v_heads, "head_dim": cfg.get("head_dim", 256), "expand_v": cfg.get("expand_v", 2.0),
             "use_short_conv": cfg.get("use_short_conv", True), "conv_size": cfg.get("conv_size", 4), "conv_bias": False,
             "norm_eps": cfg.get("norm_eps", 1e-6), "use_gate": cfg.get("use_gate", True), "gate_activation": act,
-            "allow_neg_eigval": cfg.get("allow_neg_eigval", False),
+            "allow_neg_eigval": cfg.get("allow_neg_eigval", False), "l2norm_eps_inside": True,
         }},
     )
 

@@ -27,6 +27,7 @@ class TokenMixer(nn.Module):
 
 FEATURE_MAPS = {
     "relu": torch.relu,
+    "sqrelu": lambda x: torch.relu(x) ** 2,
     "swish": torch.nn.functional.silu,
     "silu": torch.nn.functional.silu,
     "sigmoid": torch.sigmoid,
@@ -43,6 +44,11 @@ def feature_map(name: str | None):
     if name not in FEATURE_MAPS:
         raise ValueError(f"unknown feature map {name!r}; known: {', '.join(sorted(FEATURE_MAPS))}")
     return FEATURE_MAPS[name]
+
+
+def l2norm(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """x / sqrt(sum x^2 + eps) over the last dim: fla's l2norm (F.normalize clamps the norm instead)."""
+    return x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True) + eps)
 
 
 def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:

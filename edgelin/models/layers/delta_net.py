@@ -12,7 +12,7 @@ from torch import nn
 
 from edgelin.kernels.dispatch import chunk_gated_delta_rule
 from edgelin.models.config import LMConfig, mixer_options
-from edgelin.models.layers.base import State, TokenMixer, feature_map, split_heads
+from edgelin.models.layers.base import State, TokenMixer, feature_map, l2norm, split_heads
 from edgelin.models.layers.conv import ShortConvolution
 from edgelin.models.layers.norm import GatedRMSNorm
 
@@ -76,7 +76,7 @@ class DeltaNet(TokenMixer):
         if self.qk_map is not None:
             q, k = self.qk_map(q), self.qk_map(k)
         if o.qk_norm == "l2":
-            q, k = F.normalize(q, dim=-1, eps=1e-6), F.normalize(k, dim=-1, eps=1e-6)
+            q, k = l2norm(q), l2norm(k)  # as fla's kernels: x / sqrt(|x|^2 + 1e-6)
         else:
             q, k = q / q.sum(-1, keepdim=True), k / k.sum(-1, keepdim=True)
         beta = torch.sigmoid(self.b_proj(x)) if self.b_proj is not None else x.new_ones(*x.shape[:2], self.heads)

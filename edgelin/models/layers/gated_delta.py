@@ -10,7 +10,7 @@ from torch import nn
 
 from edgelin.kernels.dispatch import chunk_gated_delta_rule
 from edgelin.models.config import LMConfig, mixer_options
-from edgelin.models.layers.base import State, TokenMixer, split_heads
+from edgelin.models.layers.base import State, TokenMixer, l2norm, split_heads
 from edgelin.models.layers.conv import ShortConvolution
 from edgelin.models.layers.norm import GatedRMSNorm
 
@@ -27,6 +27,7 @@ class GatedDeltaOptions:
     use_gate: bool = True  # False: o_norm without an output gate
     gate_activation: str = "swish"  # or "sigmoid" (fla's output_gate_activation)
     allow_neg_eigval: bool = False  # beta in (0, 2) instead of (0, 1)
+    l2norm_eps_inside: bool = False  # q, k / sqrt(|x|^2 + 1e-6) as fla's kernels, instead of / max(|x|, 1e-6)
 
 
 class GatedDelta(TokenMixer):
@@ -67,8 +68,11 @@ class GatedDelta(TokenMixer):
             q, k, v = qkv.split([self.key_dim, self.key_dim, self.value_dim], -1)
         else:
             q, k, v = F.silu(q), F.silu(k), F.silu(v)
-        q = F.normalize(split_heads(q, self.heads), dim=-1, eps=1e-6)
-        k = F.normalize(split_heads(k, self.heads), dim=-1, eps=1e-6)
+        q, k = split_heads(q, self.heads), split_heads(k, self.heads)
+        if self.options.l2norm_eps_inside:
+            q, k = l2norm(q), l2norm(k)
+        else:
+            q, k = F.normalize(q, dim=-1, eps=1e-6), F.normalize(k, dim=-1, eps=1e-6)
         g = -self.A_log.float().exp() * F.softplus(self.a_proj(x).float() + self.dt_bias)  # [B, T, H]
         beta = torch.sigmoid(self.b_proj(x))
         if self.options.allow_neg_eigval:
