@@ -6,6 +6,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import onnx
 
 from edgelin.calibration.table import CalibrationTable
@@ -15,8 +16,8 @@ from edgelin.quantize.schemes import QuantScheme
 from edgelin.runtime.package import read_package, write_package
 
 
-def quantize_protos(fp_dir: str | Path, scheme: QuantScheme, table: CalibrationTable
-                    ) -> tuple[dict[str, onnx.ModelProto], dict, dict[str, dict]]:
+def quantize_protos(fp_dir: str | Path, scheme: QuantScheme, table: CalibrationTable,
+                    hessians: dict[str, np.ndarray] | None = None) -> tuple[dict[str, onnx.ModelProto], dict, dict[str, dict]]:
     """Quantize every step graph of an FP package in memory.
 
     Returns:
@@ -30,9 +31,9 @@ def quantize_protos(fp_dir: str | Path, scheme: QuantScheme, table: CalibrationT
     sq = state_qparams(entries, table, scheme)
     fp = {name: onnx.load(str(root / g.file)) for name, g in m.graphs.items()}
     names = canonical_layer_names(fp)
-    protos, precision = {}, {}
+    protos, precision, cache = {}, {}, {}
     for name, proto in fp.items():
-        protos[name], prec = quantize_graph(proto, name, scheme, table, sq, entries, names[name])
+        protos[name], prec = quantize_graph(proto, name, scheme, table, sq, entries, names[name], hessians, cache)
         precision.update(prec)
     states = []
     for s in entries:
@@ -49,6 +50,7 @@ def quantize_protos(fp_dir: str | Path, scheme: QuantScheme, table: CalibrationT
 
 def quantize_package(fp_dir: str | Path, out_dir: str | Path, scheme: QuantScheme, table: CalibrationTable, *,
                      force: bool = False, extra_files: dict[str, Path | bytes] | None = None,
+                     hessians: dict[str, np.ndarray] | None = None,
                      progress: Callable[[str], None] | None = None) -> Path:
     """Apply `scheme` to the FP package at `fp_dir` and write the quantized package to `out_dir`.
 
@@ -58,6 +60,7 @@ def quantize_package(fp_dir: str | Path, out_dir: str | Path, scheme: QuantSchem
         scheme: W8A8(), W8A16(), W4A16(), W4A8() (with options and per-layer overrides).
         table: the calibration table of `fp_dir` (`calibrate_package`); stored as calibration.json.
         extra_files: more package files (e.g. report/...).
+        hessians: layer -> Hessian for GPTQ (`edgelin.quantize.gptq.collect_hessians`).
     Returns:
         `out_dir`.
     Example:
@@ -66,7 +69,7 @@ def quantize_package(fp_dir: str | Path, out_dir: str | Path, scheme: QuantSchem
     """
     root = Path(fp_dir)
     m = read_package(root)
-    protos, fields, _ = quantize_protos(root, scheme, table)
+    protos, fields, _ = quantize_protos(root, scheme, table, hessians)
     with tempfile.TemporaryDirectory(prefix="edgelin-quantize-") as tmp:
         files: dict[str, Path | bytes] = {}
         for name, proto in protos.items():

@@ -74,7 +74,14 @@ def run_pipeline(fp_dir: str | Path, out_dir: str | Path, scheme: QuantScheme, t
             sensitivity = layer_sensitivity(probe, scheme, progress=lambda d, t: step("sensitivity", d, t))
             scheme, reached = mixed_precision(probe, scheme, max_loss_increase, sensitivity)
             step("mixed precision", 1, 1)
-        staged = quantize_package(src, Path(tmp) / "quantized", scheme, table)
+        hessians = None
+        if scheme.gptq:
+            from edgelin.quantize.gptq import collect_hessians
+
+            step("gptq hessians", 0, 1)
+            hessians = collect_hessians(src, make_streams(load_tokenizer(src, read_package(src)).encode(calib), streams, tokens))
+            step("gptq hessians", 1, 1)
+        staged = quantize_package(src, Path(tmp) / "quantized", scheme, table, hessians=hessians)
         step("quantize", 1, 1)
         result: dict[str, Any] = {}
         extra: dict[str, bytes] = {}

@@ -123,8 +123,8 @@ def _int8_weight(b: _Graph, name: str, w: np.ndarray) -> str:
     return f"{name}_dq"
 
 
-def _int4_qdq_weight(b: _Graph, name: str, w: np.ndarray, spec: WeightQuant) -> str:
-    q, scale, zero = quantize_weight_np(w.T, spec)  # [N, K], [N, K/G]
+def _int4_qdq_weight(b: _Graph, name: str, ints: tuple, spec: WeightQuant) -> str:
+    q, scale, zero = ints  # [N, K], [N, K/G], [N, K/G]
     qn = b.add_init(f"{name}_uint4", np.ascontiguousarray(q.T), TensorProto.UINT4)
     sn = b.add_init(f"{name}_scale", np.ascontiguousarray(scale.T))
     zn = b.add_init(f"{name}_zero_point", np.ascontiguousarray(zero.T.astype(np.uint8)), TensorProto.UINT4)
@@ -133,10 +133,10 @@ def _int4_qdq_weight(b: _Graph, name: str, w: np.ndarray, spec: WeightQuant) -> 
     return f"{name}_dq"
 
 
-def _matmul_nbits(b: _Graph, node: onnx.NodeProto, w: np.ndarray, spec: WeightQuant, a_input: str) -> onnx.NodeProto:
-    K, N = w.shape
+def _matmul_nbits(b: _Graph, node: onnx.NodeProto, ints: tuple, spec: WeightQuant, a_input: str) -> onnx.NodeProto:
+    q, scale, zero = ints  # [N, K] 0..15, [N, K/G], [N, K/G]
+    N, K = q.shape
     G = spec.group_size
-    q, scale, zero = quantize_weight_np(w.T, spec)  # [N, K] 0..15, [N, K/G], [N, K/G]
     nb = K // G
     qb = q.reshape(N, nb, G // 2, 2)
     packed = (qb[..., 0] | (qb[..., 1] << 4)).astype(np.uint8)  # element 2i in the low nibble
@@ -149,6 +149,22 @@ def _matmul_nbits(b: _Graph, node: onnx.NodeProto, w: np.ndarray, spec: WeightQu
            b.add_init(f"{base}_nbits_zero_point", zp_packed.reshape(-1))]
     return helper.make_node("MatMulNBits", ins, list(node.output), name=node.name + "NBits", domain="com.microsoft",
                             K=K, N=N, bits=4, block_size=G)
+
+
+def _int4_ints(layer: str, w: np.ndarray, spec: WeightQuant, scheme: QuantScheme,
+               hessians: dict[str, np.ndarray] | None, cache: dict) -> tuple:
+    """(q, scale, zero) in torch layout for a 4-bit layer: RTN, or GPTQ when the scheme asks."""
+    key = (layer, spec)
+    if key not in cache:
+        if scheme.gptq:
+            if not hessians or layer not in hessians:
+                raise EdgelinError(f"GPTQ needs calibration inputs for layer {layer}; run it through the pipeline")
+            from edgelin.quantize.gptq import gptq_quantize
+
+            cache[key] = gptq_quantize(w.T, hessians[layer], spec)
+        else:
+            cache[key] = quantize_weight_np(w.T, spec)
+    return cache[key]
 
 
 def state_qparams(entries: list[dict], table: CalibrationTable, scheme: QuantScheme) -> dict[str, dict]:
@@ -190,7 +206,8 @@ def _quantize_states(b: _Graph, qparams: dict[str, dict], entries: list[dict]) -
 
 
 def quantize_graph(proto: onnx.ModelProto, graph: str, scheme: QuantScheme, table: CalibrationTable,
-                   states: dict[str, dict], entries: list[dict], names: dict[str, str] | None = None
+                   states: dict[str, dict], entries: list[dict], names: dict[str, str] | None = None,
+                   hessians: dict[str, np.ndarray] | None = None, cache: dict | None = None
                    ) -> tuple[onnx.ModelProto, dict[str, str]]:
     """Quantize one step graph (see the module docstring).
 
@@ -202,6 +219,8 @@ def quantize_graph(proto: onnx.ModelProto, graph: str, scheme: QuantScheme, tabl
         states: `state_qparams(...)`, shared by every graph of the package.
         entries: the manifest's state entries.
         names: MatMul node name -> layer name (`canonical_layer_names`); scope names otherwise.
+        hessians: layer name -> GPTQ Hessian (`gptq.collect_hessians`), needed when `scheme.gptq`.
+        cache: 4-bit integers by layer, shared between the graphs of one package (GPTQ runs once).
     Returns:
         (quantized proto, effective precision per layer name).
     """
@@ -229,13 +248,16 @@ def quantize_graph(proto: onnx.ModelProto, graph: str, scheme: QuantScheme, tabl
             lo, hi = table.range(graph, a, scheme.observer if scheme.act_bits == 8 else "minmax")
             scale, zero = activation_qparams(lo, hi, scheme.activations)
             a = _qdq_activation(b, a, scale, zero, scheme.activations, act_cache, i)
+        ints = None
+        if spec.bits == 4:
+            ints = _int4_ints(layer, w, spec, scheme, hessians, cache if cache is not None else {})
         if spec.bits == 4 and scheme.int4_format == Int4Format.MATMUL_NBITS:
-            replace[i] = _matmul_nbits(b, node, w, spec, a)
+            replace[i] = _matmul_nbits(b, node, ints, spec, a)
             continue
         wname = node.input[1]
         key = f"{wname}:{spec}"
         if key not in w_cache:
-            w_cache[key] = _int8_weight(b, wname, w) if spec.bits == 8 else _int4_qdq_weight(b, wname, w, spec)
+            w_cache[key] = _int8_weight(b, wname, w) if spec.bits == 8 else _int4_qdq_weight(b, wname, ints, spec)
         node.input[0], node.input[1] = a, w_cache[key]
     for node in nodes:
         if node.op_type == "Gather" and node.input[0] in b.inits and len(b.inits[node.input[0]].dims) == 2:

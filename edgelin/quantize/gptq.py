@@ -1,0 +1,82 @@
+"""GPTQ (Frantar et al. 2023) for 4-bit block-wise weights, in the same integer format as RTN.
+
+Columns (input channels) are quantized left to right; each column's rounding error is spread over
+the columns not yet quantized, weighted by the inverse Hessian H = 2 X^T X / n of the layer's
+calibration inputs. A block's scale and zero point are chosen by the RTN formula of
+`edgelin.quantize.primitives` on the block's weights as they stand when the loop reaches it, so the
+result dequantizes with the same `dequantize_weight` as RTN.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from edgelin.quantize.primitives import WeightQuant, quantize_weight
+from edgelin.runtime.package import read_package
+
+DAMP = 0.01
+
+
+def collect_hessians(fp_dir: str | Path, ids: np.ndarray) -> dict[str, np.ndarray]:
+    """Layer name -> H = 2 X^T X / n over `ids` [B, T] streamed through the prefill graph (states carried)."""
+    import onnxruntime as ort
+
+    from edgelin.quantize.qdq import canonical_layer_names, weight_matmuls
+
+    root = Path(fp_dir)
+    m = read_package(root)
+    protos = {name: onnx.load(str(root / g.file)) for name, g in m.graphs.items()}
+    names = canonical_layer_names(protos)["prefill"]
+    proto = protos["prefill"]
+    inputs = {}
+    for node in weight_matmuls(proto):
+        inputs.setdefault(node.input[0], []).append(names[node.name])
+    proto.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in inputs)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    outs = [o.name for o in sess.get_outputs()]
+    C = m.graphs["prefill"].tokens
+    state = {s.input: np.zeros(s.shape_for(ids.shape[0]), s.np_dtype) for s in m.states}
+    acc: dict[str, np.ndarray] = {}
+    n = 0
+    for a in range(0, ids.shape[1] - C + 1, C):
+        r = dict(zip(outs, sess.run(None, {"input_ids": ids[:, a:a + C], **state})))
+        state = {s.input: r[s.output] for s in m.states}
+        n += ids.shape[0] * C
+        for t in inputs:
+            x = r[t].reshape(-1, r[t].shape[-1]).astype(np.float64)
+            acc[t] = acc.get(t, 0) + x.T @ x
+    return {layer: 2 * acc[t] / max(n, 1) for t, layers in inputs.items() if t in acc for layer in layers}
+
+
+@torch.no_grad()
+def gptq_quantize(w: np.ndarray, hessian: np.ndarray, spec: WeightQuant) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """GPTQ-quantize `w` [out, in] (torch layout) with `hessian` [in, in]; returns (q, scale, zero) like
+    `quantize_weight_np` (q uint8 0..15 [out, in], scale float32 and zero int32 [out, in / G])."""
+    W = torch.tensor(w, dtype=torch.float64)
+    H = torch.tensor(hessian, dtype=torch.float64).clone()
+    K, G = W.shape[1], spec.group_size
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    H += DAMP * torch.mean(torch.diag(H)) * torch.eye(K, dtype=torch.float64)
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    Q = torch.zeros(W.shape, dtype=torch.uint8)
+    scales, zeros = [], []
+    for i in range(K):
+        if i % G == 0:
+            _, s, z = quantize_weight(W[:, i:i + G].float(), spec)  # the RTN formula on the current block
+            scale, zero = s[:, 0].double(), z[:, 0].double()
+            scales.append(s[:, 0])
+            zeros.append(z[:, 0])
+        col = W[:, i]
+        q = torch.clamp(torch.round((col.float() / scale.float()).double()) + zero, 0, 15)
+        err = (col - (q - zero) * scale) / Hinv[i, i]
+        W[:, i + 1:] -= err[:, None] * Hinv[i, i + 1:][None, :]
+        Q[:, i] = q.to(torch.uint8)
+    return Q.numpy(), torch.stack(scales, 1).numpy(), torch.stack(zeros, 1).numpy()
