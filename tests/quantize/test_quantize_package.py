@@ -1,0 +1,158 @@
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, numpy_helper
+
+from edgelin.errors import EdgelinError
+from edgelin.quantize.package import quantize_package
+from edgelin.quantize.primitives import WeightQuant, quantize_weight_np
+from edgelin.quantize.qdq import canonical_layer_names, weight_matmuls
+from edgelin.quantize.schemes import (
+    W4A8, W4A16, W8A8, W8A16, Int4Format, LayerPrecision, PerChannel, PerGroup, QuantScheme, StatePrecision,
+)
+from edgelin.runtime import Session, read_package
+
+from quant_helpers import TINY
+
+IDS = np.array([[(7 * i + 3) % 256 for i in range(40)], [(11 * i + 5) % 256 for i in range(40)]])
+
+
+def rms_ratio(ref, out):
+    return float(np.sqrt(np.mean((ref - out) ** 2)) / np.sqrt(np.mean(ref ** 2)))
+
+
+def run(pkg):
+    s = Session(pkg)
+    logits, state = s.forward(IDS, s.new_state(2))
+    return logits, state
+
+
+def weight_of(proto, name):
+    """(kind, initializer) behind a MatMul's weight input: ("float", W), ("dq", Wq), or (None, None)
+    when the input is an activation (e.g. q . state)."""
+    inits = {i.name: i for i in proto.graph.initializer}
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    if name in inits:
+        return ("float", inits[name]) if len(inits[name].dims) == 2 else (None, None)
+    node = producer.get(name)
+    if node is not None and node.op_type == "DequantizeLinear" and node.input[0] in inits:
+        return "dq", inits[node.input[0]]
+    return None, None
+
+
+STORED = {"int8": TensorProto.INT8, "int4": TensorProto.UINT4, "fp32": TensorProto.FLOAT}
+
+
+def check_weights(pkg):
+    """Every linear layer of every graph is stored as the manifest's precision map says."""
+    m = read_package(pkg)
+    layers = m.precision["layers"]
+    for g in m.graphs.values():
+        proto = onnx.load(str(pkg / g.file))
+        stored = []
+        for node in proto.graph.node:
+            if node.op_type == "MatMulNBits":
+                assert {a.name: a.i for a in node.attribute}["bits"] == 4
+                stored.append(TensorProto.UINT4)
+            elif node.op_type == "MatMul":
+                kind, init = weight_of(proto, node.input[1])
+                if kind is not None:
+                    stored.append(init.data_type)
+        want = sorted(STORED[v] for k, v in layers.items() if k != "embed")
+        assert sorted(stored) == want, g.file
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_w8a8_runs_in_runtime_close_to_fp(tmp_path, fp_package, table_of, name):
+    fp = fp_package(name)
+    q = quantize_package(fp, tmp_path / "q", W8A8(), table_of(name))
+    ref, _ = run(fp)
+    out, state = run(q)
+    assert rms_ratio(ref, out) < 0.05
+    m = read_package(q)
+    assert m.precision["scheme"] == "w8a8"
+    assert all(v == "int8" for v in m.precision["layers"].values())
+    for s in m.states:
+        assert state[s.input].dtype == (np.float32 if s.kind == "window_mask" else np.int16)
+        assert s.dtype == state[s.input].dtype.name
+    check_weights(q)
+
+
+@pytest.mark.parametrize("scheme", [W4A16(), W4A8(granularity=PerGroup(64)), W4A16(int4_format=Int4Format.QDQ)],
+                         ids=["w4a16-nbits", "w4a8-g64", "w4a16-qdq"])
+def test_int4_every_weight_4bit_or_recorded(tmp_path, fp_package, table_of, scheme):
+    fp = fp_package("hybrid-tiny")
+    q = quantize_package(fp, tmp_path / "q", scheme, table_of("hybrid-tiny"))
+    ref, _ = run(fp)
+    out, _ = run(q)
+    assert rms_ratio(ref, out) < 0.15
+    layers = read_package(q).precision["layers"]
+    assert layers["lm_head"] == "int8" and layers["embed"] == "int8"  # the scheme keeps these at int8
+    assert sum(v == "int4" for v in layers.values()) >= 20
+    check_weights(q)
+
+
+def test_int4_fallback_only_where_group_does_not_divide(tmp_path, fp_package, table_of):
+    # gla-tiny's low-rank gate (gk_proj.1) has K = 16 < 32: it falls back to int8, and the manifest says so
+    fp = fp_package("gla-tiny")
+    q = quantize_package(fp, tmp_path / "q", W4A16(), table_of("gla-tiny"))
+    layers = read_package(q).precision["layers"]
+    assert layers["blocks.0.mixer.gk_proj.1"] == "int8"
+    assert layers["blocks.0.mixer.q_proj"] == "int4"
+    check_weights(q)
+
+
+def test_stored_integers_are_the_primitives(tmp_path, fp_package, table_of):
+    fp = fp_package("gla-tiny")
+    q = quantize_package(fp, tmp_path / "q", W8A8(), table_of("gla-tiny"))
+    fp_proto, q_proto = onnx.load(str(fp / "decode.onnx")), onnx.load(str(q / "decode.onnx"))
+    fp_inits = {i.name: numpy_helper.to_array(i) for i in fp_proto.graph.initializer}
+    q_by_name = {n.name: n for n in q_proto.graph.node}
+    checked = 0
+    for node in weight_matmuls(fp_proto):
+        w = fp_inits[node.input[1]]
+        kind, init = weight_of(q_proto, q_by_name[node.name].input[1])
+        want, _, _ = quantize_weight_np(w.T, WeightQuant(8))
+        assert kind == "dq" and np.array_equal(numpy_helper.to_array(init), want.T)
+        checked += 1
+    assert checked > 10
+
+
+def test_mixed_precision_overrides_and_state_fp32(tmp_path, fp_package, table_of):
+    fp = fp_package("gla-tiny")
+    scheme = W8A16(state=StatePrecision.FP32, lm_head=LayerPrecision.FP32,
+                   layers={"blocks.1.mlp.down_proj": LayerPrecision.FP32})
+    q = quantize_package(fp, tmp_path / "q", scheme, table_of("gla-tiny"))
+    m = read_package(q)
+    assert m.precision["layers"]["lm_head"] == "fp32" and m.precision["layers"]["blocks.1.mlp.down_proj"] == "fp32"
+    assert all(s.dtype == "float32" for s in m.states)
+    names = canonical_layer_names({"decode": onnx.load(str(fp / "decode.onnx"))})["decode"]
+    proto = onnx.load(str(q / "decode.onnx"))
+    float_weights = [n.name for n in proto.graph.node if n.op_type == "MatMul" and n.name in names
+                     and weight_of(proto, n.input[1])[0] == "float"]
+    assert sorted(names[n] for n in float_weights) == ["blocks.1.mlp.down_proj", "lm_head"]
+    assert QuantScheme.from_dict(m.precision).precision_of("lm_head") == LayerPrecision.FP32
+    run(q)
+
+
+def test_scheme_json_roundtrip_and_checks():
+    for s in (W8A8(), W8A16(observer="mse"), W4A16(granularity=PerGroup(128), gptq=True), W4A8(smooth=0.5)):
+        assert QuantScheme.from_dict(s.to_dict()) == s
+    with pytest.raises(EdgelinError, match="PerGroup"):
+        W4A16(granularity=PerChannel())
+    with pytest.raises(EdgelinError, match="group size"):
+        PerGroup(48)
+    with pytest.raises(EdgelinError, match="observer"):
+        W8A8(observer="max")
+    with pytest.raises(EdgelinError, match="state"):
+        W8A8(state="int4")
+    with pytest.raises(EdgelinError, match="GPTQ"):
+        W8A8(gptq=True)
+    with pytest.raises(EdgelinError, match="unknown quantization scheme"):
+        QuantScheme.from_dict({"scheme": "w2a2"})
+
+
+def test_refuses_quantized_input(tmp_path, fp_package, table_of):
+    q = quantize_package(fp_package("gla-tiny"), tmp_path / "q", W8A8(), table_of("gla-tiny"))
+    with pytest.raises(EdgelinError, match="already quantized"):
+        quantize_package(q, tmp_path / "qq", W8A8(), table_of("gla-tiny"))
