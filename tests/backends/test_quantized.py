@@ -1,0 +1,55 @@
+"""Quantized (QDQ) packages on OpenVINO and TVM: close to ONNX Runtime's result on the same graphs."""
+import warnings
+
+import numpy as np
+import pytest
+
+from edgelin.errors import EdgelinError
+from edgelin.runtime import Session, generate
+
+INT8_TOL = 0.02  # max |logits - ORT INT8| relative to max |logits|: OpenVINO runs true int8 kernels
+
+
+@pytest.fixture(scope="module")
+def int8_package(fp_packages, tmp_path_factory):
+    from edgelin.calibration import calibrate_package, default_text
+    from edgelin.exporters.openvino import export_openvino
+    from edgelin.exporters.tvm import export_tvm
+    from edgelin.quantize.package import quantize_package
+    from edgelin.quantize.schemes import W8A8
+
+    fp = fp_packages["gla-tiny"]
+    table = calibrate_package(fp, default_text()[:20000], streams=2, tokens=256)
+    out = quantize_package(fp, tmp_path_factory.mktemp("q") / "int8", W8A8(), table)
+    export_openvino(out)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_tvm(out)
+    return out
+
+
+@pytest.mark.parametrize("backend", ["openvino", "openvino-stateful", "tvm"])
+def test_int8_close_to_ort_int8(int8_package, backend):
+    ort, other = Session(int8_package, threads=1), Session(int8_package, backend=backend, threads=1)
+    ids = np.random.default_rng(0).integers(0, 256, (1, 48))
+    ref, ref_state = ort.forward(ids, ort.new_state())
+    out, state = other.forward(ids, other.new_state())
+    rel = float(np.abs(ref - out).max() / np.abs(ref).max())
+    assert rel <= INT8_TOL, f"{backend}: max |INT8 logits - ORT INT8| / max |logits| = {rel:.3e}"
+    for s in ort.manifest.states:  # int16 states keep their dtype through every back end
+        assert state[s.input].dtype == ref_state[s.input].dtype == s.np_dtype
+    assert list(generate(ort, [72, 105], 16)) == list(generate(other, [72, 105], 16))
+
+
+def test_tvm_names_what_it_cannot_import(fp_packages, tmp_path):
+    """MatMulNBits (ORT's 4-bit kernel, a com.microsoft op) has no TVM importer: the error says so."""
+    from edgelin.calibration import calibrate_package, default_text
+    from edgelin.exporters.tvm import export_tvm
+    from edgelin.quantize.package import quantize_package
+    from edgelin.quantize.schemes import W4A16
+
+    fp = fp_packages["gla-tiny"]
+    table = calibrate_package(fp, default_text()[:5000], streams=1, tokens=256)
+    out = quantize_package(fp, tmp_path / "int4", W4A16(), table)
+    with pytest.raises(EdgelinError, match="MatMulNBits"):
+        export_tvm(out)
