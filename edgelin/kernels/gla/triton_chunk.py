@@ -87,7 +87,10 @@ def gla_fwd_intra_kernel(
     row_i = (i_b * T + o_i).to(tl.int64) * H + i_h
     row_j = (i_b * T + o_j).to(tl.int64) * H + i_h
     row_n = (i_b * T + r0).to(tl.int64) * H + i_h
+    # [BC, BC] lower triangle of the diagonal block
+    m_d = (o_i[:, None] >= o_i[None, :]) & m_i[:, None]
     b_A = tl.zeros([BC, BT], dtype=tl.float32)
+    b_Ad = tl.zeros([BC, BC], dtype=tl.float32)
     for i_k in range(tl.cdiv(K, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = o_k < K
@@ -104,16 +107,15 @@ def gla_fwd_intra_kernel(
         b_qg = b_q * tl.exp(tl.where(m_ik, b_gq - b_gn[None, :], 0))
         b_kg = b_k * tl.exp(tl.where(m_jk, b_gn[None, :] - b_gk, 0))
         b_A += tl.dot(b_qg, tl.trans(b_kg))
-        for j in range(0, BC):
-            r_j = r0 + j
-            p_j = ((i_b * T + r_j).to(tl.int64) * H + i_h) * K + o_k
-            m_kj = m_k & (r_j < T)
-            b_kj = tl.load(k + p_j, mask=m_kj, other=0).to(tl.float32)
-            b_gj = tl.load(gc + p_j, mask=m_kj, other=0)
-            m_d = (o_i >= r_j)[:, None] & m_ik
-            b_a = tl.sum(tl.where(m_d, b_q * b_kj[None, :] * tl.exp(tl.where(m_d, b_gq - b_gj[None, :], 0)), 0), 1)
-            b_A += tl.where(o_c[None, :] == i_i * BC + j, b_a[:, None], 0)
-    tl.store(A + row_i[:, None] * BT + o_c[None, :], b_A * scale, mask=m_i[:, None])
+        # the diagonal block, exactly: [BC, BC, BK] with exponents g_i - g_j <= 0 for i >= j
+        b_kd = tl.load(k + row_i[:, None] * K + o_k[None, :], mask=m_ik, other=0).to(tl.float32)
+        b_e = tl.exp(tl.where(m_d[:, :, None], b_gq[:, None, :] - b_gq[None, :, :], 0))
+        b_Ad += tl.sum(b_q[:, None, :] * b_kd[None, :, :] * b_e, 2)
+    # earlier columns (and zeros after the block), then the diagonal block: disjoint stores
+    m_off = (o_c < i_i * BC) | (o_c >= i_i * BC + BC)
+    tl.store(A + row_i[:, None] * BT + o_c[None, :], b_A * scale, mask=m_i[:, None] & m_off[None, :])
+    b_Ad = tl.where(m_d, b_Ad * scale, 0)
+    tl.store(A + row_i[:, None] * BT + i_i * BC + tl.arange(0, BC)[None, :], b_Ad, mask=m_i[:, None])
 
 
 @autotune(warps_stages(), key=["H", "K", "V", "T"])
@@ -295,22 +297,14 @@ def gla_bwd_intra_kernel(
     b_dAl = tl.load(dA + row_j[:, None] * BT + (i_i * BC + tl.arange(0, BC))[None, :], mask=m_l[:, None], other=0)
     b_dk = tl.dot(tl.trans(b_dAl), b_ql) * tl.exp(tl.where(m_ik, b_gm[None, :] - b_g, 0))
 
-    # the diagonal BC x BC block, one row/column at a time
-    for j in range(0, BC):
-        r_j = r0 + j
-        row_r = (i_b * T + r_j).to(tl.int64) * H + i_h
-        m_kj = m_k & (r_j < T)
-        b_qr = tl.load(q + row_r * K + o_k, mask=m_kj, other=0).to(tl.float32)
-        b_kr = tl.load(k + row_r * K + o_k, mask=m_kj, other=0).to(tl.float32)
-        b_gr = tl.load(gc + row_r * K + o_k, mask=m_kj, other=0)
-        # dq_i += dA[i, r] k_r exp(g_i - g_r), i >= r
-        m_lo = (o_i >= r_j)[:, None] & m_ik
-        b_dAc = tl.load(dA + row_i * BT + i_i * BC + j, mask=m_i & (o_i >= r_j), other=0)
-        b_dq += tl.where(m_lo, b_dAc[:, None] * b_kr[None, :] * tl.exp(tl.where(m_lo, b_g - b_gr[None, :], 0)), 0)
-        # dk_i += dA[r, i] q_r exp(g_r - g_i), i <= r
-        m_up = (o_i <= r_j)[:, None] & m_ik & (r_j < T)
-        b_dAr = tl.load(dA + row_r * BT + i_i * BC + tl.arange(0, BC), mask=(o_i <= r_j) & (r_j < T), other=0)
-        b_dk += tl.where(m_up, b_dAr[:, None] * b_qr[None, :] * tl.exp(tl.where(m_up, b_gr[None, :] - b_g, 0)), 0)
+    # the diagonal block: [BC(i), BC(j), BK] weights dA[i, j] exp(g_i - g_j), i >= j
+    b_q = tl.load(q + row_i[:, None] * K + o_k[None, :], mask=m_ik, other=0).to(tl.float32)
+    b_k = tl.load(k + row_i[:, None] * K + o_k[None, :], mask=m_ik, other=0).to(tl.float32)
+    m_d = (o_i[:, None] >= o_i[None, :]) & m_i[:, None]
+    b_dAd = tl.load(dA + row_i[:, None] * BT + i_i * BC + tl.arange(0, BC)[None, :], mask=m_i[:, None] & m_d, other=0)
+    b_w = b_dAd[:, :, None] * tl.exp(tl.where(m_d[:, :, None], b_g[:, None, :] - b_g[None, :, :], 0))
+    b_dq += tl.sum(b_w * b_k[None, :, :], 1)
+    b_dk += tl.sum(b_w * b_q[:, None, :], 0)
     tl.store(dq + row_i[:, None] * K + o_k[None, :], b_dq, mask=m_ik)
     tl.store(dk + row_i[:, None] * K + o_k[None, :], b_dk, mask=m_ik)
 
@@ -381,7 +375,9 @@ def chunk_gla_fwd(q, k, v, g, scale, initial_state, output_final_state, BT=BT_DE
         USE_H0=initial_state is not None, STORE_HT=output_final_state,
     )
     A = q.new_empty(B, T, H, BT, dtype=torch.float32)
-    gla_fwd_intra_kernel[(triton.cdiv(T, BC), B * H)](q, k, gc, A, scale, T, H=H, K=K, BT=BT, BC=BC, BK=BK)
+    gla_fwd_intra_kernel[(triton.cdiv(T, BC), B * H)](
+        q, k, gc, A, scale, T, H=H, K=K, BT=BT, BC=BC, BK=next_block(K, 32),
+    )
     o = torch.empty_like(v)
     BVo = next_block(V, 64)
     gla_fwd_o_kernel[(triton.cdiv(V, BVo), NT, B * H)](
@@ -410,8 +406,9 @@ def chunk_gla_bwd(q, k, v, gc, h, A, do, dht, scale, has_h0, BT=BT_DEFAULT, BC=B
     )
     dq_in = torch.empty_like(gc)
     dk_in = torch.empty_like(gc)
-    gla_bwd_intra_kernel[(triton.cdiv(K, BK), triton.cdiv(T, BC), B * H)](
-        q, k, gc, dA, dq_in, dk_in, T, H=H, K=K, BT=BT, BC=BC, BK=BK,
+    BKi = next_block(K, 32)
+    gla_bwd_intra_kernel[(triton.cdiv(K, BKi), triton.cdiv(T, BC), B * H)](
+        q, k, gc, dA, dq_in, dk_in, T, H=H, K=K, BT=BT, BC=BC, BK=BKi,
     )
     dq, dk, dg = torch.empty_like(q), torch.empty_like(k), torch.empty_like(gc)
     gla_bwd_inter_kernel[(triton.cdiv(K, BK), NT, B * H)](
