@@ -65,7 +65,7 @@ def calibrate_package(package_dir: str | Path, text: str, *, streams: int = 4, t
         package_dir: an FP32 package (a quantized one is refused).
         text: calibration text (non-empty); tokenized with the package's tokenizer.
         streams, tokens: how many parallel streams and how many tokens each.
-        decode_every: every n-th chunk runs through the decode graph (0: prefill only).
+        decode_every: every n-th chunk runs through the decode graph (>= 1).
         percentile, bits: the percentile observer's level, the bit width the MSE/KL search targets.
         progress: called as progress(done_chunks, total_chunks).
     Returns:
@@ -77,6 +77,8 @@ def calibrate_package(package_dir: str | Path, text: str, *, streams: int = 4, t
         raise EdgelinError(f"{root} is already quantized ({manifest.precision.get('scheme')}); calibrate an FP package")
     if not text or not text.strip():
         raise EdgelinError("the calibration text is empty")
+    if decode_every < 1:
+        raise EdgelinError(f"decode_every must be >= 1 (the decode graph needs ranges too), got {decode_every}")
     ids = make_streams(load_tokenizer(root, manifest).encode(text), streams, tokens)
     graphs = {name: onnx.load(str(root / g.file)) for name, g in manifest.graphs.items() if name in ("decode", "prefill")}
     roles = {name: observed_tensors(p) for name, p in graphs.items()}
@@ -96,7 +98,7 @@ def calibrate_package(package_dir: str | Path, text: str, *, streams: int = 4, t
     state = {s.input: np.zeros(s.shape_for(n), s.np_dtype) for s in manifest.states}
     chunks = [(p, min(p + C, T)) for p in range(0, T, C)]
     for i, (a, b) in enumerate(chunks):
-        use_decode = "prefill" not in graphs or b - a < C or (decode_every and i % decode_every == 0)
+        use_decode = "prefill" not in graphs or b - a < C or i % decode_every == 0
         if use_decode:
             for t in range(a, b):
                 state = run("decode", ids[:, t:t + 1], state)
@@ -110,7 +112,8 @@ def calibrate_package(package_dir: str | Path, text: str, *, streams: int = 4, t
         for name, o in obs.items():
             if o.count == 0:
                 continue  # a graph never run (text shorter than one prefill chunk)
-            entry = {"role": roles[graph][name], **o.summary(bits, percentile)}
+            role = roles[graph][name]
+            entry = {"role": role, **o.summary(bits, percentile, search=role == "matmul_input")}
             if entry["role"] == "matmul_input" and o.channel_absmax is not None:
                 entry["channel_absmax"] = [float(v) for v in o.channel_absmax]
             tables[graph][name] = entry

@@ -86,33 +86,36 @@ class TensorObserver:
         return max(float(lo), self.lo), min(float(hi), self.hi)
 
     def _search(self, bits: int, kind: str) -> tuple[float, float]:
-        self._flush()
-        c, p = self._centers(), self.hist / max(self.hist.sum(), 1.0)
+        """Best clip range c * [min, max] over CLIP_FACTORS, all factors evaluated at once."""
+        c = self._centers()
+        p = self.hist / max(self.hist.sum(), 1.0)
         lo0, hi0 = min(self.lo, 0.0), max(self.hi, 0.0)
         levels = (1 << bits) - 1
-        best, best_range = np.inf, (lo0, hi0)
-        for f in CLIP_FACTORS:
-            lo, hi = lo0 * f, hi0 * f
-            step = (hi - lo) / levels or 1.0
-            q = np.clip(np.round((c - lo) / step), 0, levels) * step + lo  # each bin's value after Q/DQ
-            if kind == "mse":
-                err = float(np.sum(p * (c - q) ** 2))
-            else:  # KL of the bin mass moved onto the quantized grid
-                idx = np.clip(np.round((c - lo) / step), 0, levels).astype(int)
-                mass = np.bincount(idx, weights=p, minlength=levels + 1)
-                width = np.bincount(idx, weights=(p > 0).astype(float), minlength=levels + 1)
-                qp = np.where(p > 0, mass[idx] / np.maximum(width[idx], 1), 0)
-                nz = p > 0
-                err = float(np.sum(p[nz] * np.log(p[nz] / np.maximum(qp[nz], 1e-12))))
-            if err < best - 1e-15:
-                best, best_range = err, (lo, hi)
-        return float(best_range[0]), float(best_range[1])
+        lo, hi = lo0 * CLIP_FACTORS[:, None], hi0 * CLIP_FACTORS[:, None]  # [F, 1]
+        step = np.where(hi > lo, (hi - lo) / levels, 1.0)
+        idx = np.clip(np.round((c[None, :] - lo) / step), 0, levels)  # [F, BINS]: each bin's grid point
+        if kind == "mse":
+            err = np.sum(p * (c - (idx * step + lo)) ** 2, axis=1)
+        else:  # KL(p || p moved onto the grid and spread evenly over the bins that feed each point)
+            nz = p > 0
+            flat = (idx + np.arange(len(CLIP_FACTORS))[:, None] * (levels + 1)).astype(np.int64)
+            size = len(CLIP_FACTORS) * (levels + 1)
+            mass = np.bincount(flat.ravel(), weights=np.broadcast_to(p, flat.shape).ravel(), minlength=size)
+            width = np.bincount(flat.ravel(), weights=np.broadcast_to(nz, flat.shape).ravel().astype(float), minlength=size)
+            q = mass[flat] / np.maximum(width[flat], 1)
+            err = np.sum(np.where(nz, p * np.log(np.where(nz, p, 1) / np.maximum(q, 1e-12)), 0), axis=1)
+        best = int(np.argmin(err))
+        return float(lo[best, 0]), float(hi[best, 0])
 
-    def summary(self, bits: int = 8, percentile: float = 99.99) -> dict:
-        """The ranges of every method, as JSON-ready floats."""
+    def summary(self, bits: int = 8, percentile: float = 99.99, search: bool = True) -> dict:
+        """The ranges of every method, as JSON-ready floats (mse and entropy fall back to minmax
+        when `search` is False, e.g. for states, which must never clip)."""
         if self.count == 0:
             raise EdgelinError(f"calibration never saw tensor {self.name}")
-        ranges = {"minmax": [self.lo, self.hi], "percentile": list(self.percentile_range(percentile)),
-                  "mse": list(self._search(bits, "mse")), "entropy": list(self._search(bits, "entropy"))}
+        self._flush()
+        mm = (self.lo, self.hi)
+        ranges = {"minmax": mm, "percentile": self.percentile_range(percentile),
+                  "mse": self._search(bits, "mse") if search else mm,
+                  "entropy": self._search(bits, "entropy") if search else mm}
         return {"min": self.lo, "max": self.hi, "count": self.count,
                 "ranges": {k: [float(a), float(b)] for k, (a, b) in ranges.items()}}

@@ -17,7 +17,7 @@ def calibrate(
     calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration text (default: the shipped sample)."),
     streams: int = typer.Option(4, help="Parallel text streams."),
     tokens: int = typer.Option(2048, help="Tokens per stream (states carried across the whole stream)."),
-    decode_every: int = typer.Option(4, help="Every n-th chunk runs through the decode graph (0: never)."),
+    decode_every: int = typer.Option(4, help="Every n-th chunk runs through the decode graph."),
     force: bool = typer.Option(False, "--force", help="Replace an existing table."),
 ) -> None:
     """Observe every quantized tensor (MatMul inputs, states, gates) over real text; write the table."""
