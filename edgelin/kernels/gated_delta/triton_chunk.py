@@ -42,13 +42,14 @@ def unit_lower_inverse(b_A, N: tl.constexpr):
     return b_T
 
 
-@autotune(_configs((64,)), key=["H", "K", "V", "T"])
+@autotune([triton.Config({"BKC": 64}, num_warps=w, num_stages=2) for w in (2, 4)], key=["H", "K", "T"])
 @triton.jit(do_not_specialize=["T"])
-def gdn_wy_fwd_kernel(
-    k, v, beta, gc, Ai, w, u, T,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+def gdn_kkt_inverse_kernel(
+    k, beta, gc, Ai, T,
+    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BKC: tl.constexpr,
 ):
+    # Ai = (I + Akk)^-1 of one chunk, from two 32x32 diagonal blocks; few warps keep the
+    # row-by-row substitution inside a warp
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
     HB: tl.constexpr = BT // 2
@@ -58,28 +59,31 @@ def gdn_wy_fwd_kernel(
     m_1, m_2 = o_1 < T, o_2 < T
     row1 = (i_b * T + o_1).to(tl.int64) * H + i_h
     row2 = (i_b * T + o_2).to(tl.int64) * H + i_h
-    o_k = tl.arange(0, BK)
-    m_k = o_k < K
-    # [HB, BK]
-    b_k1 = tl.load(k + row1[:, None] * K + o_k[None, :], mask=m_1[:, None] & m_k[None, :], other=0)
-    b_k2 = tl.load(k + row2[:, None] * K + o_k[None, :], mask=m_2[:, None] & m_k[None, :], other=0)
+    # [HB, HB] blocks of k k^T
+    b_A11 = tl.zeros([HB, HB], dtype=tl.float32)
+    b_A22 = tl.zeros([HB, HB], dtype=tl.float32)
+    b_A21 = tl.zeros([HB, HB], dtype=tl.float32)
+    for i_k in range(tl.cdiv(K, BKC)):
+        o_k = i_k * BKC + tl.arange(0, BKC)
+        m_k = o_k < K
+        # [HB, BKC]
+        b_k1 = tl.load(k + row1[:, None] * K + o_k[None, :], mask=m_1[:, None] & m_k[None, :], other=0)
+        b_k2 = tl.load(k + row2[:, None] * K + o_k[None, :], mask=m_2[:, None] & m_k[None, :], other=0)
+        b_A11 += tl.dot(b_k1, tl.trans(b_k1))
+        b_A22 += tl.dot(b_k2, tl.trans(b_k2))
+        b_A21 += tl.dot(b_k2, tl.trans(b_k1))
     # [HB]
     b_b1 = tl.load(beta + row1, mask=m_1, other=0).to(tl.float32)
     b_b2 = tl.load(beta + row2, mask=m_2, other=0).to(tl.float32)
     b_g1 = tl.load(gc + row1, mask=m_1, other=0)
     b_g2 = tl.load(gc + row2, mask=m_2, other=0)
-
     m_lo = o_a[:, None] > o_a[None, :]
     m_11 = m_lo & m_1[:, None]
     m_22 = m_lo & m_2[:, None]
     m_21 = m_2[:, None] & m_1[None, :]
-    # [HB, HB] blocks of Akk
-    b_A11 = tl.dot(b_k1, tl.trans(b_k1)) * b_b1[:, None] * tl.exp(tl.where(m_11, b_g1[:, None] - b_g1[None, :], 0))
-    b_A22 = tl.dot(b_k2, tl.trans(b_k2)) * b_b2[:, None] * tl.exp(tl.where(m_22, b_g2[:, None] - b_g2[None, :], 0))
-    b_A21 = tl.dot(b_k2, tl.trans(b_k1)) * b_b2[:, None] * tl.exp(tl.where(m_21, b_g2[:, None] - b_g1[None, :], 0))
-    b_A11 = tl.where(m_11, b_A11, 0)
-    b_A22 = tl.where(m_22, b_A22, 0)
-    b_A21 = tl.where(m_21, b_A21, 0)
+    b_A11 = tl.where(m_11, b_A11 * b_b1[:, None] * tl.exp(tl.where(m_11, b_g1[:, None] - b_g1[None, :], 0)), 0)
+    b_A22 = tl.where(m_22, b_A22 * b_b2[:, None] * tl.exp(tl.where(m_22, b_g2[:, None] - b_g2[None, :], 0)), 0)
+    b_A21 = tl.where(m_21, b_A21 * b_b2[:, None] * tl.exp(tl.where(m_21, b_g2[:, None] - b_g1[None, :], 0)), 0)
     b_T11 = unit_lower_inverse(b_A11, HB)
     b_T22 = unit_lower_inverse(b_A22, HB)
     b_T21 = -tl.dot(tl.dot(b_T22, b_A21, input_precision="ieee"), b_T11, input_precision="ieee")
@@ -90,25 +94,38 @@ def gdn_wy_fwd_kernel(
     tl.store(p_A2, b_T21, mask=m_2[:, None])
     tl.store(p_A2 + HB, b_T22, mask=m_2[:, None])
 
+
+@autotune(_configs((64,)), key=["H", "K", "V", "T"])
+@triton.jit(do_not_specialize=["T"])
+def gdn_wy_fwd_kernel(
+    k, v, beta, gc, Ai, w, u, T,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+):
+    # w = Ai (beta exp(gc) k), u = Ai (beta v)
+    i_t, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    o_t = i_t * BT + tl.arange(0, BT)
+    o_c = tl.arange(0, BT)
+    o_k = tl.arange(0, BK)
+    m_t, m_k = o_t < T, o_k < K
+    m_tk = m_t[:, None] & m_k[None, :]
+    row = (i_b * T + o_t).to(tl.int64) * H + i_h
     dt = k.dtype.element_ty
-    b_T11, b_T21, b_T22 = b_T11.to(dt), b_T21.to(dt), b_T22.to(dt)
-    b_x1 = (b_k1 * (b_b1 * tl.exp(b_g1))[:, None]).to(dt)
-    b_x2 = (b_k2 * (b_b2 * tl.exp(b_g2))[:, None]).to(dt)
-    b_w1 = tl.dot(b_T11, b_x1)
-    b_w2 = tl.dot(b_T21, b_x1) + tl.dot(b_T22, b_x2)
-    tl.store(w + row1[:, None] * K + o_k[None, :], b_w1.to(dt), mask=m_1[:, None] & m_k[None, :])
-    tl.store(w + row2[:, None] * K + o_k[None, :], b_w2.to(dt), mask=m_2[:, None] & m_k[None, :])
+    # [BT, BT]
+    b_A = tl.load(Ai + row[:, None] * BT + o_c[None, :], mask=m_t[:, None], other=0).to(dt)
+    b_b = tl.load(beta + row, mask=m_t, other=0).to(tl.float32)
+    b_g = tl.load(gc + row, mask=m_t, other=0)
+    # [BT, BK]
+    b_k = tl.load(k + row[:, None] * K + o_k[None, :], mask=m_tk, other=0)
+    b_w = tl.dot(b_A, (b_k * (b_b * tl.exp(b_g))[:, None]).to(dt))
+    tl.store(w + row[:, None] * K + o_k[None, :], b_w.to(dt), mask=m_tk)
     for i_v in range(tl.cdiv(V, BV)):
         o_v = i_v * BV + tl.arange(0, BV)
-        m_1v = m_1[:, None] & (o_v < V)[None, :]
-        m_2v = m_2[:, None] & (o_v < V)[None, :]
-        # [HB, BV]
-        b_y1 = (tl.load(v + row1[:, None] * V + o_v[None, :], mask=m_1v, other=0) * b_b1[:, None]).to(dt)
-        b_y2 = (tl.load(v + row2[:, None] * V + o_v[None, :], mask=m_2v, other=0) * b_b2[:, None]).to(dt)
-        b_u1 = tl.dot(b_T11, b_y1)
-        b_u2 = tl.dot(b_T21, b_y1) + tl.dot(b_T22, b_y2)
-        tl.store(u + row1[:, None] * V + o_v[None, :], b_u1.to(u.dtype.element_ty), mask=m_1v)
-        tl.store(u + row2[:, None] * V + o_v[None, :], b_u2.to(u.dtype.element_ty), mask=m_2v)
+        m_tv = m_t[:, None] & (o_v < V)[None, :]
+        b_v = tl.load(v + row[:, None] * V + o_v[None, :], mask=m_tv, other=0)
+        b_u = tl.dot(b_A, (b_v * b_b[:, None]).to(dt))
+        tl.store(u + row[:, None] * V + o_v[None, :], b_u.to(u.dtype.element_ty), mask=m_tv)
 
 
 @autotune(STATE_CONFIGS, key=["H", "K", "V", "T"])
@@ -250,7 +267,7 @@ def gdn_bwd_dh_kernel(
         # [BT, BV]
         b_dvn = tl.load(dvl + row[:, None] * V + o_v[None, :], mask=m_tv, other=0)
         b_dvn += tl.dot(b_kd, b_dh.to(b_k.dtype))
-        tl.store(dvn + row[:, None] * V + o_v[None, :], b_dvn, mask=m_tv)
+        tl.store(dvn + row[:, None] * V + o_v[None, :], b_dvn.to(dvn.dtype.element_ty), mask=m_tv)
         # [BK, BT]
         b_qt = tl.load(q + row[None, :] * K + o_k[:, None], mask=m_kt, other=0)
         b_wt = tl.load(w + row[None, :] * K + o_k[:, None], mask=m_kt, other=0)
@@ -261,19 +278,20 @@ def gdn_bwd_dh_kernel(
         tl.store(dh0 + i_bh.to(tl.int64) * K * V + o_kv, b_dh, mask=m_kv)
 
 
-@autotune(_configs((64, 32), warps=(8, 4)), key=["H", "K", "V", "T"])
+@autotune(_configs((64, 32), warps=(4, 8)), key=["H", "K", "V", "T"])
 @triton.jit(do_not_specialize=["T", "NT"])
 def gdn_bwd_dqkw_kernel(
     q, k, vn, gc, h, do, dh, dvn, dq, dk, dw, dgc, scale, T, NT,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NK: tl.constexpr,
 ):
-    # dq (final), dk and dgc from the output and state paths, dw = -dvn h^T
-    i_t, i_bh = tl.program_id(0), tl.program_id(1)
+    # one K block: dq (final), dk and dgc (partial over K blocks) from the output and state
+    # paths, dw = -dvn h^T
+    i_k, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
     o_t = i_t * BT + tl.arange(0, BT)
     o_c = tl.arange(0, BT)
-    o_k = tl.arange(0, BK)
+    o_k = i_k * BK + tl.arange(0, BK)
     m_t, m_k = o_t < T, o_k < K
     m_tk = m_t[:, None] & m_k[None, :]
     row = (i_b * T + o_t).to(tl.int64) * H + i_h
@@ -317,18 +335,19 @@ def gdn_bwd_dqkw_kernel(
     b_dg += tl.where(o_t == i_last, b_dgl_all, 0)
     tl.store(dq + row[:, None] * K + o_k[None, :], b_dq.to(dq.dtype.element_ty), mask=m_tk)
     tl.store(dk + row[:, None] * K + o_k[None, :], b_dk, mask=m_tk)
-    tl.store(dw + row[:, None] * K + o_k[None, :], -b_dw, mask=m_tk)
-    tl.store(dgc + row, b_dg, mask=m_t)
+    tl.store(dw + row[:, None] * K + o_k[None, :], (-b_dw).to(dw.dtype.element_ty), mask=m_tk)
+    tl.store(dgc + row * NK + i_k, b_dg, mask=m_t)
 
 
-@autotune(_configs((64, 32), warps=(8, 4)), key=["H", "K", "V", "T"])
+@autotune(_configs((64, 32), warps=(4, 8)), key=["H", "K", "V", "T"])
 @triton.jit(do_not_specialize=["T"])
 def gdn_bwd_wy_kernel(
     k, v, beta, gc, Ai, dw, du, dk_in, dgc_in, dk, dv, dbeta, dg, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NK: tl.constexpr, NKP: tl.constexpr,
 ):
-    # back through w = Ai x, u = Ai y (x = beta exp(gc) k, y = beta v) and Ai = (I + Akk)^-1
+    # back through w = Ai x, u = Ai y (x = beta exp(gc) k, y = beta v) and Ai = (I + Akk)^-1;
+    # matrix products in k's dtype, sums in float32
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
     o_t = i_t * BT + tl.arange(0, BT)
@@ -337,43 +356,45 @@ def gdn_bwd_wy_kernel(
     m_t, m_k = o_t < T, o_k < K
     m_tk = m_t[:, None] & m_k[None, :]
     row = (i_b * T + o_t).to(tl.int64) * H + i_h
+    dt = k.dtype.element_ty
     # [BT, BT] Ai transposed
-    b_Ait = tl.load(Ai + row[None, :] * BT + o_c[:, None], mask=m_t[None, :], other=0)
+    b_Ait = tl.load(Ai + row[None, :] * BT + o_c[:, None], mask=m_t[None, :], other=0).to(dt)
     # [BT, BK]
-    b_k = tl.load(k + row[:, None] * K + o_k[None, :], mask=m_tk, other=0).to(tl.float32)
+    b_k = tl.load(k + row[:, None] * K + o_k[None, :], mask=m_tk, other=0)
     b_b = tl.load(beta + row, mask=m_t, other=0).to(tl.float32)
-    b_g = tl.load(gc + row, mask=m_t, other=0)
-    b_bg = b_b * tl.exp(b_g)
-    b_x = b_k * b_bg[:, None]
-    b_dw = tl.load(dw + row[:, None] * K + o_k[None, :], mask=m_tk, other=0)
+    b_eg = tl.exp(tl.load(gc + row, mask=m_t, other=0))
+    b_dw = tl.load(dw + row[:, None] * K + o_k[None, :], mask=m_tk, other=0).to(dt)
     b_dx = tl.dot(b_Ait, b_dw)
-    b_dAi = tl.dot(b_dw, tl.trans(b_x))
-    b_dk = b_dx * b_bg[:, None]
-    b_dbeta = tl.sum(b_dx * b_k, 1) * tl.exp(b_g)
-    b_dg = tl.sum(b_dx * b_x, 1)
+    b_dAi = tl.dot(b_dw, tl.trans((b_k * (b_b * b_eg)[:, None]).to(dt)))
+    b_dk = b_dx * (b_b * b_eg)[:, None]
+    b_dbx = tl.sum(b_dx * b_k.to(tl.float32), 1) * b_eg
+    b_dg = b_dbx * b_b
+    b_dbeta = b_dbx
     for i_v in range(tl.cdiv(V, BV)):
         o_v = i_v * BV + tl.arange(0, BV)
         m_tv = m_t[:, None] & (o_v < V)[None, :]
         # [BT, BV]
-        b_v = tl.load(v + row[:, None] * V + o_v[None, :], mask=m_tv, other=0).to(tl.float32)
-        b_du = tl.load(du + row[:, None] * V + o_v[None, :], mask=m_tv, other=0)
+        b_v = tl.load(v + row[:, None] * V + o_v[None, :], mask=m_tv, other=0)
+        b_du = tl.load(du + row[:, None] * V + o_v[None, :], mask=m_tv, other=0).to(dt)
         b_dy = tl.dot(b_Ait, b_du)
-        b_dAi += tl.dot(b_du, tl.trans(b_v * b_b[:, None]))
-        b_dbeta += tl.sum(b_dy * b_v, 1)
+        b_dAi += tl.dot(b_du, tl.trans((b_v * b_b[:, None]).to(dt)))
+        b_dbeta += tl.sum(b_dy * b_v.to(tl.float32), 1)
         tl.store(dv + row[:, None] * V + o_v[None, :], (b_dy * b_b[:, None]).to(dv.dtype.element_ty), mask=m_tv)
     # dAkk = -Ai^T dAi Ai^T on the strictly lower triangle
     m_lo = (o_c[:, None] > o_c[None, :]) & m_t[:, None]
-    b_dA = -tl.dot(tl.dot(b_Ait, b_dAi), b_Ait)
+    b_dA = -tl.dot(tl.dot(b_Ait, b_dAi.to(dt)).to(dt), b_Ait)
+    b_g = tl.load(gc + row, mask=m_t, other=0)
     b_e = tl.exp(tl.where(m_lo, b_g[:, None] - b_g[None, :], 0))
     b_kk = tl.dot(b_k, tl.trans(b_k))
     b_m = tl.where(m_lo, b_dA * b_e, 0)
     b_mb = b_m * b_b[:, None]
-    b_dk += tl.dot(b_mb, b_k) + tl.dot(tl.trans(b_mb), b_k)
+    b_dk += tl.dot(b_mb.to(dt), b_k) + tl.dot(tl.trans(b_mb).to(dt), b_k)
     b_dbeta += tl.sum(b_m * b_kk, 1)
     b_da = b_mb * b_kk
     b_dg += tl.sum(b_da, 1) - tl.sum(b_da, 0)
     b_dk += tl.load(dk_in + row[:, None] * K + o_k[None, :], mask=m_tk, other=0)
-    b_dg += tl.load(dgc_in + row, mask=m_t, other=0)
+    o_n = tl.arange(0, NKP)
+    b_dg += tl.sum(tl.load(dgc_in + row[:, None] * NK + o_n[None, :], mask=m_t[:, None] & (o_n < NK)[None, :], other=0), 1)
     b_dg = tl.cumsum(b_dg, axis=0, reverse=True)
     tl.store(dk + row[:, None] * K + o_k[None, :], b_dk.to(dk.dtype.element_ty), mask=m_tk)
     tl.store(dbeta + row, b_dbeta, mask=m_t)
@@ -387,6 +408,7 @@ def chunk_gated_delta_rule_fwd(q, k, v, g, beta, scale, initial_state, output_fi
     BK = next_block(K, 256)
     gc = chunk_local_cumsum(g, BT)
     Ai = q.new_empty(B, T, H, BT, dtype=torch.float32)
+    gdn_kkt_inverse_kernel[(NT, B * H)](k, beta, gc, Ai, T, H=H, K=K, BT=BT)
     w, u = torch.empty_like(k), torch.empty_like(v)
     gdn_wy_fwd_kernel[(NT, B * H)](k, v, beta, gc, Ai, w, u, T, H=H, K=K, V=V, BT=BT, BK=BK)
     h = k.new_empty(B, NT, H, K, V)
@@ -412,7 +434,7 @@ def chunk_gated_delta_rule_bwd(q, k, v, beta, gc, Ai, w, h, vn, do, dht, scale, 
     dvl = q.new_empty(B, T, H, V, **f32)
     gdn_bwd_dv_local_kernel[(NT, B * H)](q, k, do, gc, dvl, scale, T, H=H, K=K, V=V, BT=BT, BK=BK)
     dh = torch.empty_like(h)
-    dvn = torch.empty_like(dvl)
+    dvn = torch.empty_like(v)
     dh0 = q.new_empty(B, H, K, V, **f32) if has_h0 else None
     gdn_bwd_dh_kernel[lambda meta: (triton.cdiv(V, meta["BV"]), B * H)](
         q, k, w, do, dvl, gc, dh, dvn, dht, dh0, scale, T, NT, H=H, K=K, V=V, BT=BT, BK=BK,
@@ -420,17 +442,19 @@ def chunk_gated_delta_rule_bwd(q, k, v, beta, gc, Ai, w, h, vn, do, dht, scale, 
     )
     dq = torch.empty_like(q)
     dk_in = q.new_empty(B, T, H, K, **f32)
-    dw = torch.empty_like(dk_in)
-    dgc = torch.empty_like(gc)
-    gdn_bwd_dqkw_kernel[(NT, B * H)](
+    dw = torch.empty_like(k)
+    BKd = next_block(K, 64)
+    NK = triton.cdiv(K, BKd)
+    dgc = q.new_empty(B, T, H, NK, **f32)
+    gdn_bwd_dqkw_kernel[(NK, NT, B * H)](
         q, k, vn, gc, h, do, dh, dvn, dq, dk_in, dw, dgc, scale, T, NT,
-        H=H, K=K, V=V, BT=BT, BK=BK,
+        H=H, K=K, V=V, BT=BT, BK=BKd, NK=NK,
     )
     dk, dv = torch.empty_like(k), torch.empty_like(v)
     dbeta, dg = torch.empty_like(gc), torch.empty_like(gc)
     gdn_bwd_wy_kernel[(NT, B * H)](
         k, v, beta, gc, Ai, dw, dvn, dk_in, dgc, dk, dv, dbeta, dg, T,
-        H=H, K=K, V=V, BT=BT, BK=BK,
+        H=H, K=K, V=V, BT=BT, BK=BK, NK=NK, NKP=triton.next_power_of_2(NK),
     )
     return dq, dk, dv, dg, dbeta, dh0
 
