@@ -31,25 +31,26 @@ STATE_CONFIGS = _configs((32, 16, 64), warps=(4,))
 
 
 @triton.jit
-def unit_lower_inverse(b_A, N: tl.constexpr):
-    # (I + A)^-1 for a strictly lower [N, N] A: row i = e_i - A[i, :] @ (rows above, already final)
+def unit_lower_inverse_t(p_A, stride, n_rows, N: tl.constexpr):
+    # ((I + A)^-1)^T for the strictly lower [N, N] A whose row i is at p_A + i * stride, rows >= n_rows
+    # zero. Column i of the result is e_i - result @ A[i, :]: a row load and a reduction along
+    # the rows of the tile, which stay inside one warp.
     o = tl.arange(0, N)
-    b_T = tl.where(o[:, None] == o[None, :], 1.0, 0.0)
+    b_Y = tl.where(o[:, None] == o[None, :], 1.0, 0.0)
     for i in range(1, N):
-        b_a = tl.sum(tl.where(o[:, None] == i, b_A, 0), 0)
-        b_r = tl.sum(b_a[:, None] * b_T, 0)
-        b_T = tl.where(o[:, None] == i, b_T - b_r[None, :], b_T)
-    return b_T
+        b_a = tl.load(p_A + i * stride + o, mask=(o < i) & (i < n_rows), other=0)
+        b_r = tl.sum(b_Y * b_a[None, :], 1)
+        b_Y = tl.where(o[None, :] == i, b_Y - b_r[:, None], b_Y)
+    return b_Y
 
 
-@autotune([triton.Config({"BKC": 64}, num_warps=w, num_stages=2) for w in (2, 4)], key=["H", "K", "T"])
+@autotune([triton.Config({"BKC": 64}, num_warps=w, num_stages=2) for w in (4, 2)], key=["H", "K", "T"])
 @triton.jit(do_not_specialize=["T"])
 def gdn_kkt_inverse_kernel(
     k, beta, gc, Ai, T,
     H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BKC: tl.constexpr,
 ):
-    # Ai = (I + Akk)^-1 of one chunk, from two 32x32 diagonal blocks; few warps keep the
-    # row-by-row substitution inside a warp
+    # Ai = (I + Akk)^-1 of one chunk, from its two 32x32 diagonal blocks
     i_t, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
     HB: tl.constexpr = BT // 2
@@ -84,11 +85,19 @@ def gdn_kkt_inverse_kernel(
     b_A11 = tl.where(m_11, b_A11 * b_b1[:, None] * tl.exp(tl.where(m_11, b_g1[:, None] - b_g1[None, :], 0)), 0)
     b_A22 = tl.where(m_22, b_A22 * b_b2[:, None] * tl.exp(tl.where(m_22, b_g2[:, None] - b_g2[None, :], 0)), 0)
     b_A21 = tl.where(m_21, b_A21 * b_b2[:, None] * tl.exp(tl.where(m_21, b_g2[:, None] - b_g1[None, :], 0)), 0)
-    b_T11 = unit_lower_inverse(b_A11, HB)
-    b_T22 = unit_lower_inverse(b_A22, HB)
-    b_T21 = -tl.dot(tl.dot(b_T22, b_A21, input_precision="ieee"), b_T11, input_precision="ieee")
     p_A1 = Ai + row1[:, None] * BT + o_a[None, :]
     p_A2 = Ai + row2[:, None] * BT + o_a[None, :]
+    # the diagonal blocks go through the output as scratch: the substitution reads them by rows
+    tl.store(p_A1, b_A11, mask=m_1[:, None])
+    tl.store(p_A2 + HB, b_A22, mask=m_2[:, None])
+    tl.debug_barrier()
+    n_1 = tl.minimum(T - i_t * BT, HB)
+    n_2 = tl.minimum(T - i_t * BT - HB, HB)
+    base = ((i_b * T + i_t * BT).to(tl.int64) * H + i_h) * BT
+    b_T11 = tl.trans(unit_lower_inverse_t(Ai + base, H * BT, n_1, HB))
+    b_T22 = tl.trans(unit_lower_inverse_t(Ai + base + HB * H * BT + HB, H * BT, n_2, HB))
+    tl.debug_barrier()
+    b_T21 = -tl.dot(tl.dot(b_T22, b_A21, input_precision="ieee"), b_T11, input_precision="ieee")
     tl.store(p_A1, b_T11, mask=m_1[:, None])
     tl.store(p_A1 + HB, tl.zeros([HB, HB], dtype=tl.float32), mask=m_1[:, None])
     tl.store(p_A2, b_T21, mask=m_2[:, None])
