@@ -27,6 +27,7 @@ def export(
     rotate: bool = typer.Option(False, "--rotate", help="Hadamard-rotate the residual stream before quantizing."),
     smooth: Optional[float] = typer.Option(None, "--smooth", help="SmoothQuant alpha (e.g. 0.5) folded into the norms."),
     max_loss_increase: Optional[float] = typer.Option(None, "--max-loss-increase", help="Mixed precision: loss budget in %."),
+    profile: Optional[str] = typer.Option(None, "--profile", help="Target: ort-cpu, qnn-htp or openvino-npu (static shapes, batch 1)."),
 ) -> None:
     """Export MODEL to a package of loop-free ONNX step graphs (decode + prefill) with a manifest."""
     from edgelin.exporters.package import export_package
@@ -34,6 +35,10 @@ def export(
 
     if prefill_tokens < 2:
         raise EdgelinError(f"--prefill-tokens must be >= 2, got {prefill_tokens}")
+    from edgelin.exporters.profiles import EXPORT_PROFILES
+
+    if profile is not None and profile not in EXPORT_PROFILES:
+        raise EdgelinError(f"--profile must be one of {', '.join(EXPORT_PROFILES)}, not {profile!r}")
     from edgelin.cli.quantize import build_scheme, export_quantized
 
     scheme = build_scheme(int8, int16, int4, w4a8, group_size=group_size, gptq=gptq, smooth=smooth, rotate=rotate)
@@ -46,9 +51,29 @@ def export(
     if not loaded.trained:
         console.print(f"[yellow]note:[/] {loaded.name} has no trained weights here; exporting its seeded random init")
     if scheme is not None:
-        return export_quantized(loaded, out, scheme, calib=calib, prefill_tokens=prefill_tokens,
-                                max_loss_increase=max_loss_increase, force=force)
-    with console.status(f"exporting {loaded.name} ({loaded.model.num_parameters() / 1e6:.1f}M parameters)"):
-        export_package(loaded.model, out, prefill_tokens=prefill_tokens, force=force,
-                       source_layout=loaded.source_layout, tokenizer_json=loaded.tokenizer_json)
-    console.print(f"wrote [bold]{out}[/]")
+        export_quantized(loaded, out, scheme, calib=calib, prefill_tokens=prefill_tokens,
+                         max_loss_increase=max_loss_increase, force=force)
+    else:
+        with console.status(f"exporting {loaded.name} ({loaded.model.num_parameters() / 1e6:.1f}M parameters)"):
+            export_package(loaded.model, out, prefill_tokens=prefill_tokens, force=force,
+                           source_layout=loaded.source_layout, tokenizer_json=loaded.tokenizer_json)
+        console.print(f"wrote [bold]{out}[/]")
+    if profile is not None:
+        _apply_profile(out, profile)
+
+
+def _apply_profile(out: Path, profile: str) -> None:
+    from collections import Counter
+
+    from edgelin.check import check_package
+    from edgelin.exporters.profiles import apply_profile
+
+    with console.status(f"making {out} static for {profile}"):
+        apply_profile(out, profile)
+        left = Counter(v.rule for v in check_package(out, profile))
+    if left:
+        console.print(f"[yellow]note:[/] {out} still breaks {profile}'s rules ("
+                      + ", ".join(f"{n} {rule}" for rule, n in sorted(left.items()))
+                      + f"); see `edgelin check {out} --target {profile}`")
+    else:
+        console.print(f"{out} fits {profile}")

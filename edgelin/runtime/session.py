@@ -80,7 +80,8 @@ class Session:
                                  **{k: v for k, v in spec.items() if k != "file"})
                        for name, spec in files.items()}
         self.stateful = bool(getattr(cls, "stateful", False))
-        self.batch = getattr(self.graphs["decode"], "batch", None)  # the one batch compiled for, if any
+        # the one batch the graphs accept, if fixed (compiled back ends, profile exports)
+        self.batch = getattr(self.graphs["decode"], "batch", None) or (self.manifest.raw.get("profile") or {}).get("batch")
         self._version, self._holder, self._live = 0, None, None  # stateful back ends only
         for name, graph in self.graphs.items():
             self._check_names(name, graph, files[name]["file"])
@@ -126,7 +127,7 @@ class Session:
             raise EdgelinError(f"token id {int(bad[0])} is outside the vocabulary [0, {self.vocab_size})")
         batch = ids.shape[0]
         if self.batch is not None and batch != self.batch:
-            raise EdgelinError(f"the {self.backend} graphs of this package are compiled for batch {self.batch}, "
+            raise EdgelinError(f"the {self.backend} graphs of this package are fixed to batch {self.batch}, "
                                f"not {batch}")
         if isinstance(state, LiveState) and state._session is self:
             if not state.current:
