@@ -3,7 +3,7 @@
     python benchmarks/kernels.py --json out/kernels.json           # the speed table
     python benchmarks/kernels.py --check                           # bf16 accuracy vs the fp32 recurrence
     python benchmarks/kernels.py --profile                         # per-kernel time, one shape
-    python benchmarks/kernels.py --speed --check --profile         # all three, one process
+    python benchmarks/kernels.py --speed --check --profile         # all three, one process (check first)
 
 bf16, H=16, head dim 128; forward (no grad) and forward+backward milliseconds from
 triton.testing.do_bench (median). fla is optional: its columns are blank where it is not importable.
@@ -185,9 +185,9 @@ if __name__ == "__main__":
     p.add_argument("--speed", action="store_true", help="the speed table (the default when nothing else is asked)")
     a = p.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
-    if a.speed or a.json or not (a.check or a.profile):
-        run_speed(a)
     if a.check:
         run_check(a)
+    if a.speed or a.json or not (a.check or a.profile):
+        run_speed(a)
     if a.profile:
         run_profile(a)
