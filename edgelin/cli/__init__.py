@@ -18,7 +18,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Linear-recur
 console = Console()
 err_console = Console(stderr=True)
 
-COMMAND_MODULES = ["export", "generate", "inspect", "calibrate", "quantize", "validate", "compile", "check", "bench"]
+COMMAND_MODULES = ["export", "generate", "inspect", "train", "calibrate", "quantize", "validate", "compile", "check", "bench"]
 
 
 def user_errors(fn):

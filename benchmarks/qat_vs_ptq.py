@@ -1,0 +1,100 @@
+"""QAT vs PTQ: held-out loss increase of int4 weights, post-training vs after quantization-aware fine-tuning.
+
+From one trained checkpoint (default: the shipped gla-10m) it measures, on the held-out last 10%
+of the text, in float32:
+
+  fp          the checkpoint as it is
+  ptq         its weights quantized as the export does (edgelin.quantize.primitives, same layers)
+  ft + ptq    a control: plain fine-tuning with the same steps and data, then quantized
+  qat         fine-tuning with fake quantization (--qat), then quantized the same way
+
+The quantized weights are exactly what an exported package holds (weight-only: the export's
+16-bit activations and int16 states are not simulated here). Prints a table, writes JSON.
+
+    python benchmarks/qat_vs_ptq.py --text ../shared/data/tinyshakespeare.txt --json out/qat_vs_ptq.json
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from edgelin.models.checkpoint import load_checkpoint  # noqa: E402
+from edgelin.models.loading import load_model  # noqa: E402
+from edgelin.train import ByteData, QATScheme, TrainConfig, evaluate, quantize_weights_, train  # noqa: E402
+
+
+def quantized_loss(model, scheme, data, cfg, device) -> float:
+    q = copy.deepcopy(model).float()
+    quantize_weights_(q, scheme)
+    return evaluate(q.to(device), data, cfg, amp=False)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="gla-10m", help="checkpoint dir or zoo name with shipped weights")
+    ap.add_argument("--text", required=True)
+    ap.add_argument("--bits", type=int, default=4, choices=(4, 8))
+    ap.add_argument("--group-size", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--dropout", type=float, default=0.2)
+    ap.add_argument("--time-budget", type=float, default=0.0, help="seconds per fine-tuning run (0 = none)")
+    ap.add_argument("--eval-windows", type=int, default=0, help="held-out windows per evaluation (0 = all)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--json", type=Path, default=Path("out/qat_vs_ptq.json"))
+    args = ap.parse_args()
+
+    device = torch.device("cuda" if args.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    loaded = load_model(args.model)
+    base = loaded.model.float()
+    data = ByteData.from_file(args.text, args.seq_len)
+    scheme = QATScheme.parse(f"int{args.bits}", args.group_size)
+    ecfg = TrainConfig(seq_len=args.seq_len, eval_windows=args.eval_windows)
+    rows: dict[str, dict] = {}
+
+    fp = evaluate(copy.deepcopy(base).to(device), data, ecfg, amp=False)
+    rows["fp"] = {"loss": fp}
+    rows["ptq"] = {"loss": quantized_loss(base, scheme, data, ecfg, device)}
+    print(f"fp {fp:.4f}  ptq {rows['ptq']['loss']:.4f}", flush=True)
+
+    for name, qat in (("ft + ptq", None), ("qat", scheme)):
+        cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
+                          warmup=min(50, args.steps // 10), dropout=args.dropout, eval_every=max(1, args.steps // 4),
+                          time_budget=args.time_budget, seed=1, qat=qat, eval_windows=args.eval_windows,
+                          keep_state=False)
+        t0 = time.time()
+        with tempfile.TemporaryDirectory() as tmp:
+            result = train(copy.deepcopy(base), data, cfg, tmp, device=str(device.type), title=name)
+            tuned = load_checkpoint(Path(tmp) / "best")
+        rows[name] = {"loss": quantized_loss(tuned, scheme, data, ecfg, device), "fp_loss_after": evaluate(tuned.to(device), data, ecfg, amp=False),
+                      "steps": result.steps_done, "best_step": result.best_step, "seconds": round(time.time() - t0, 1)}
+        print(f"{name}: {rows[name]}", flush=True)
+
+    for row in rows.values():
+        row["increase"] = row["loss"] - fp
+        row["increase_pct"] = 100 * (row["loss"] - fp) / fp
+    label = f"int{args.bits}" + (f" g{args.group_size}" if args.bits == 4 else "")
+    print(f"\n{loaded.name}: held-out loss (nats/byte, float32 eval), weights {label}, {len(data.val):,} held-out bytes")
+    print(f"{'':<10} {'loss':>8} {'vs fp':>9} {'vs fp %':>8}")
+    for name, row in rows.items():
+        print(f"{name:<10} {row['loss']:8.4f} {row['increase']:+9.4f} {row['increase_pct']:+7.2f}%")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"model": loaded.name, "scheme": {"bits": args.bits, "group_size": args.group_size, "head_int8": True},
+                                     "settings": {k: str(v) for k, v in vars(args).items()}, "device": str(device),
+                                     "rows": rows}, indent=1) + "\n")
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""`edgelin train` and `edgelin finetune`: byte-level language-model training on a text file.
+
+Both write a run directory that is also a checkpoint: config.json + model.safetensors (the best
+held-out loss), train_log.json, loss.png, command.txt and last/ (what --resume needs). The run is
+built in a hidden temporary directory beside -o and renamed into place when it ends. Under torchrun
+every process runs the same command and rank 0 writes.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from edgelin.cli import app, console, refuse_existing, user_errors
+from edgelin.errors import EdgelinError
+
+
+def _resolve_config(spec: str):
+    from edgelin.models.config import LMConfig
+    from edgelin.models.zoo import ZOO, zoo_config
+
+    path = Path(spec)
+    if path.is_dir():
+        return LMConfig.load(path / "config.json")
+    if path.is_file():
+        return LMConfig.load(path)
+    if spec in ZOO:
+        return zoo_config(spec)
+    raise EdgelinError(f"--config {spec!r} is neither a config.json, a checkpoint directory nor a built-in model ({', '.join(ZOO)})")
+
+
+def _train_config(**kwargs):
+    from edgelin.train.loop import TrainConfig
+    from edgelin.train.qat import QATScheme
+
+    qat, group, head = kwargs.pop("qat"), kwargs.pop("qat_group_size"), kwargs.pop("qat_head")
+    scheme = QATScheme.parse(qat, group, head) if qat else None
+    return TrainConfig(**kwargs, qat=scheme)
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _finish(work: Path, out: Path) -> None:
+    """best/ becomes the run directory's own checkpoint; the directory is renamed into place."""
+    best = work / "best"
+    if best.is_dir():
+        for name in ("config.json", "model.safetensors"):
+            os.replace(best / name, work / name)
+        shutil.rmtree(best)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(work, out)
+
+
+def _run(model, text: Path, out: Path, force: bool, resume: Optional[Path], device: str, title: str, cfg_kwargs: dict) -> None:
+    from edgelin.train.data import ByteData
+    from edgelin.train.loop import read_resume_state, train
+
+    cfg = _train_config(**cfg_kwargs)
+    if device not in ("auto", "cpu", "cuda"):
+        raise EdgelinError(f"--device must be auto, cpu or cuda, got {device!r}")
+    refuse_existing(out, force)
+    if resume is not None:
+        read_resume_state(resume)  # fails now, before any work, if there is nothing to resume
+    data = ByteData.from_file(text, cfg.seq_len)
+    main = _rank() == 0
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent)) if main else out.parent / f".{out.name}.rank{_rank()}"
+    if main:
+        (work / "command.txt").write_text(shlex.join(["edgelin", *sys.argv[1:]]) + "\n")
+        console.print(f"training {title}: {model.num_parameters() / 1e6:.2f}M parameters, "
+                      f"{len(data.train):,} train / {len(data.val):,} held-out bytes, run dir {work}", soft_wrap=True)
+    try:
+        result = train(model, data, cfg, work, resume=resume, device=device, title=title, progress=_printer() if main else None)
+    except BaseException:
+        if main:
+            if (work / "last").is_dir():
+                console.print(f"[yellow]note:[/] interrupted; the partial run is kept at {work} (continue with --resume {work})")
+            else:
+                shutil.rmtree(work, ignore_errors=True)
+        raise
+    if main:
+        _finish(work, out)
+        console.print(f"best held-out loss {result.best_val:.4f} at step {result.best_step} "
+                      f"({result.steps_done} steps, stopped by {result.stopped_by}); wrote [bold]{out}[/]", soft_wrap=True)
+
+
+def _printer():
+    """Progress lines: a rich bar on a terminal, plain lines at each evaluation otherwise."""
+    state = {"train_loss": float("nan")}
+
+    def report(event: dict) -> None:
+        state.update(event)
+        if "val_loss" in event:
+            console.print(f"step {event['step']:>6}  train {state['train_loss']:.4f}  "
+                          f"held-out {event['val_loss']:.4f}  best {event['best_val']:.4f}", highlight=False)
+
+    return report
+
+
+TEXT = typer.Option(..., "--text", help="Training text file: the first 90% trains, the last 10% is held out.")
+OUT = typer.Option(..., "-o", "--output", help="Run directory to write (a checkpoint plus log, plot and resume state).")
+
+
+def _common(steps, batch_size, seq_len, lr, min_lr, warmup, weight_decay, grad_clip, dropout, eval_every, eval_windows,
+            seed, time_budget, save_dtype, qat, qat_group_size, qat_head) -> dict:
+    return dict(steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, min_lr=min_lr, warmup=warmup,
+                weight_decay=weight_decay, grad_clip=grad_clip, dropout=dropout, eval_every=eval_every,
+                eval_windows=eval_windows, seed=seed,
+                time_budget=time_budget, save_dtype=save_dtype, qat=qat, qat_group_size=qat_group_size, qat_head=qat_head)
+
+
+@app.command("train")
+@user_errors
+def train_cmd(
+    text: Path = TEXT,
+    config: str = typer.Option(..., "--config", help="Built-in model name, config.json, or checkpoint directory (its config)."),
+    output: Path = OUT,
+    steps: int = typer.Option(5000, help="Optimizer steps."),
+    batch_size: int = typer.Option(64, help="Sequences per step (global, split over torchrun processes)."),
+    seq_len: int = typer.Option(256, help="Bytes per training sequence."),
+    lr: float = typer.Option(1e-3, help="Peak learning rate."),
+    min_lr: float = typer.Option(-1.0, help="Final learning rate of the cosine (-1 = lr / 10)."),
+    warmup: int = typer.Option(100, help="Linear warmup steps."),
+    weight_decay: float = typer.Option(0.1, help="AdamW weight decay (matrices and embeddings only)."),
+    grad_clip: float = typer.Option(1.0, help="Gradient norm clip (0 = off)."),
+    dropout: float = typer.Option(0.0, help="Residual dropout during training."),
+    eval_every: int = typer.Option(250, help="Steps between held-out evaluations (and checkpoints)."),
+    eval_windows: int = typer.Option(0, help="Held-out windows per evaluation (0 = all of the last 10%)."),
+    seed: int = typer.Option(0, help="Seed of the init, the batches and dropout."),
+    time_budget: float = typer.Option(0.0, help="Seconds; the run ends itself in time to evaluate and save (0 = none)."),
+    save_dtype: str = typer.Option("float32", help="dtype of the saved best weights: float32, bfloat16 or float16."),
+    qat: Optional[str] = typer.Option(None, help="Quantization-aware training: int8 or int4."),
+    qat_group_size: int = typer.Option(32, help="Block size of --qat int4 (32, 64 or 128)."),
+    qat_head: bool = typer.Option(True, "--qat-head/--qat-no-head", help="Fake-quantize LM head and embedding at int8 (the export default)."),
+    resume: Optional[Path] = typer.Option(None, help="Continue an interrupted or finished run from its directory."),
+    device: str = typer.Option("auto", help="auto (CUDA when present), cuda or cpu."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output directory."),
+) -> None:
+    """Train a model from scratch on a text file (byte-level)."""
+    from edgelin.models.lm import LM
+
+    cfg_kwargs = _common(steps, batch_size, seq_len, lr, min_lr, warmup, weight_decay, grad_clip, dropout, eval_every,
+                         eval_windows, seed, time_budget, save_dtype, qat, qat_group_size, qat_head)
+    _train_config(**dict(cfg_kwargs))  # every bad option fails before the model is built
+    model_config = _resolve_config(config)
+    model = LM(model_config).init_weights(seed)
+    _run(model, text, output, force, resume, device, Path(config).name if Path(config).exists() else config, cfg_kwargs)
+
+
+@app.command("finetune")
+@user_errors
+def finetune_cmd(
+    checkpoint: str = typer.Argument(..., help="Checkpoint directory, or a built-in model that ships trained weights."),
+    text: Path = TEXT,
+    output: Path = OUT,
+    steps: int = typer.Option(1000, help="Optimizer steps."),
+    batch_size: int = typer.Option(64, help="Sequences per step (global, split over torchrun processes)."),
+    seq_len: int = typer.Option(256, help="Bytes per training sequence."),
+    lr: float = typer.Option(3e-4, help="Peak learning rate."),
+    min_lr: float = typer.Option(-1.0, help="Final learning rate of the cosine (-1 = lr / 10)."),
+    warmup: int = typer.Option(50, help="Linear warmup steps."),
+    weight_decay: float = typer.Option(0.1, help="AdamW weight decay (matrices and embeddings only)."),
+    grad_clip: float = typer.Option(1.0, help="Gradient norm clip (0 = off)."),
+    dropout: float = typer.Option(0.0, help="Residual dropout during training."),
+    eval_every: int = typer.Option(100, help="Steps between held-out evaluations (and checkpoints)."),
+    eval_windows: int = typer.Option(0, help="Held-out windows per evaluation (0 = all of the last 10%)."),
+    seed: int = typer.Option(0, help="Seed of the batches and dropout."),
+    time_budget: float = typer.Option(0.0, help="Seconds; the run ends itself in time to evaluate and save (0 = none)."),
+    save_dtype: str = typer.Option("float32", help="dtype of the saved best weights: float32, bfloat16 or float16."),
+    qat: Optional[str] = typer.Option(None, help="Quantization-aware fine-tuning: int8 or int4."),
+    qat_group_size: int = typer.Option(32, help="Block size of --qat int4 (32, 64 or 128)."),
+    qat_head: bool = typer.Option(True, "--qat-head/--qat-no-head", help="Fake-quantize LM head and embedding at int8 (the export default)."),
+    resume: Optional[Path] = typer.Option(None, help="Continue an interrupted or finished run from its directory."),
+    device: str = typer.Option("auto", help="auto (CUDA when present), cuda or cpu."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output directory."),
+) -> None:
+    """Fine-tune a trained checkpoint on a text file (optionally quantization-aware: --qat int8|int4)."""
+    from edgelin.models.loading import load_model
+
+    cfg_kwargs = _common(steps, batch_size, seq_len, lr, min_lr, warmup, weight_decay, grad_clip, dropout, eval_every,
+                         eval_windows, seed, time_budget, save_dtype, qat, qat_group_size, qat_head)
+    _train_config(**dict(cfg_kwargs))
+    loaded = load_model(checkpoint)
+    if not loaded.trained:
+        raise EdgelinError(f"{checkpoint} has no trained weights to fine-tune; use `edgelin train --config {checkpoint}`")
+    _run(loaded.model.float(), text, output, force, resume, device, f"{loaded.name} finetune", cfg_kwargs)
