@@ -45,7 +45,7 @@ com.microsoft.SimplifiedLayerNormalization
 OPENVINO_NPU_OPS = frozenset("""
 Abs Add And Cast Clip Concat ConstantOfShape Conv Cos CumSum DequantizeLinear Div Einsum Equal Erf Exp Expand Flatten Gather Gelu
 Gemm Greater GreaterOrEqual Identity LayerNormalization Less LessOrEqual Log MatMul Max Min Mul Neg Not Or
-Pow QuantizeLinear Reciprocal ReduceMax ReduceMean ReduceSum Relu Reshape Sigmoid Sin Slice Softmax Softplus
+Pad Pow QuantizeLinear Reciprocal ReduceMax ReduceMean ReduceSum Relu Reshape Sigmoid Sin Slice Softmax Softplus
 Split Sqrt Squeeze Sub Tanh Tile Transpose Unsqueeze Where
 """.split())
 

@@ -39,6 +39,26 @@ def make_static(proto: onnx.ModelProto, batch: int = 1) -> onnx.ModelProto:
                 dim.Clear()
                 if i == 0:
                     dim.dim_value = batch
-    folded = onnxscript.optimizer.optimize(proto)
+    folded = _fold_constant_of_shape(onnxscript.optimizer.optimize(proto))
     onnx.checker.check_model(folded)
     return folded
+
+
+def _fold_constant_of_shape(proto: onnx.ModelProto, max_elements: int = 1 << 20) -> onnx.ModelProto:
+    """ConstantOfShape of a constant shape as an initializer (onnxscript leaves it; QNN HTP has no such op)."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in proto.graph.initializer}
+    keep = []
+    for node in proto.graph.node:
+        shape = inits.get(node.input[0]) if node.op_type == "ConstantOfShape" and node.input else None
+        dims = numpy_helper.to_array(shape).astype(np.int64) if shape is not None else None
+        if dims is None or int(np.prod(dims)) > max_elements:
+            keep.append(node)
+            continue
+        value = next((numpy_helper.to_array(a.t) for a in node.attribute if a.name == "value"), np.zeros(1, np.float32))
+        proto.graph.initializer.append(numpy_helper.from_array(np.full(dims, value.reshape(-1)[0]), node.output[0]))
+    del proto.graph.node[:]
+    proto.graph.node.extend(keep)
+    return proto
