@@ -18,6 +18,7 @@ from edgelin.quantize.primitives import WeightQuant, quantize_weight
 from edgelin.runtime.package import read_package
 
 DAMP = 0.01
+BLOCK = 128
 
 
 def collect_hessians(fp_dir: str | Path, ids: np.ndarray) -> dict[str, np.ndarray]:
@@ -68,15 +69,22 @@ def gptq_quantize(w: np.ndarray, hessian: np.ndarray, spec: WeightQuant) -> tupl
     Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
     Q = torch.zeros(W.shape, dtype=torch.uint8)
     scales, zeros = [], []
-    for i in range(K):
-        if i % G == 0:
-            _, s, z = quantize_weight(W[:, i:i + G].float(), spec)  # the RTN formula on the current block
-            scale, zero = s[:, 0].double(), z[:, 0].double()
-            scales.append(s[:, 0])
-            zeros.append(z[:, 0])
-        col = W[:, i]
-        q = torch.clamp(torch.round((col.float() / scale.float()).double()) + zero, 0, 15)
-        err = (col - (q - zero) * scale) / Hinv[i, i]
-        W[:, i + 1:] -= err[:, None] * Hinv[i, i + 1:][None, :]
-        Q[:, i] = q.to(torch.uint8)
+    block = max(G, BLOCK)  # lazy batch updates: the error reaches later blocks once per block
+    for b0 in range(0, K, block):
+        b1 = min(b0 + block, K)
+        W1, Hb = W[:, b0:b1].clone(), Hinv[b0:b1, b0:b1]
+        E1 = torch.zeros_like(W1)
+        for j in range(b1 - b0):
+            if (b0 + j) % G == 0:
+                _, s, z = quantize_weight(W1[:, j:j + G].float(), spec)  # the RTN formula on the current block
+                scale, zero = s[:, 0].double(), z[:, 0].double()
+                scales.append(s[:, 0])
+                zeros.append(z[:, 0])
+            col = W1[:, j]
+            q = torch.clamp(torch.round((col.float() / scale.float()).double()) + zero, 0, 15)
+            err = (col - (q - zero) * scale) / Hb[j, j]
+            W1[:, j + 1:] -= err[:, None] * Hb[j, j + 1:][None, :]
+            E1[:, j] = err
+            Q[:, b0 + j] = q.to(torch.uint8)
+        W[:, b1:] -= E1 @ Hinv[b0:b1, b1:]
     return Q.numpy(), torch.stack(scales, 1).numpy(), torch.stack(zeros, 1).numpy()
