@@ -51,8 +51,9 @@ CONFIGS = {
     "w4a16-g32-rotate": lambda: W4A16(rotate=True),
     "w4a8-g32": lambda: W4A8(),
     "w4a8-g32-smooth": lambda: W4A8(smooth=0.5),
+    "ort-static": None,  # onnxruntime's quantize_static, the generic baseline (see ort_static)
 }
-DEFAULT = ["w8a8", "w8a8-minmax", "w8a8-smooth", "w8a8-rotate", "w8a8-state-fp32", "w8a16",
+DEFAULT = ["ort-static", "w8a8", "w8a8-minmax", "w8a8-smooth", "w8a8-rotate", "w8a8-state-fp32", "w8a16",
            "w4a16-g32", "w4a16-g128", "w4a16-g32-gptq", "w4a16-g32-rotate", "w4a8-g32", "w4a8-g32-smooth"]
 
 
@@ -66,6 +67,47 @@ def decode_speed(pkg: Path, steps: int = 200) -> float:
     for _ in range(steps):
         _, state = s.forward(ids, state)
     return steps / (time.perf_counter() - t)
+
+
+def ort_static(fp: Path, out: Path, calib: str, streams: int, tokens: int) -> Path:
+    """Baseline: onnxruntime.quantization.quantize_static (QDQ, per-channel int8 weights, uint8
+    activations, MinMax) on each step graph, fed the same text with states carried. It quantizes
+    every op type it knows, state paths included; states stay float at the graph boundary."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from edgelin.runtime import read_package, write_package
+
+    m = read_package(fp)
+    ids = make_streams(ByteTokenizer().encode(calib), streams, tokens)
+    feeds = {"decode": [], "prefill": []}
+    sess, state, C = Session(fp), None, m.graphs["prefill"].tokens
+    state = sess.new_state(ids.shape[0])
+    for i, a in enumerate(range(0, ids.shape[1] - C + 1, C)):
+        if i % 4 == 0:  # as edgelin's calibration: every 4th chunk token by token through decode
+            for t in range(a, a + C):
+                feeds["decode"].append({"input_ids": ids[:, t:t + 1], **state})
+                _, state = sess._step("decode", ids[:, t:t + 1], state)
+        else:
+            feeds["prefill"].append({"input_ids": ids[:, a:a + C], **state})
+            _, state = sess._step("prefill", ids[:, a:a + C], state)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self, items):
+            self.items = iter(items)
+
+        def get_next(self):
+            return next(self.items, None)
+
+    files = {}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for name, g in m.graphs.items():
+        dst = out.parent / f"{out.name}-{g.file}"
+        quantize_static(str(fp / g.file), str(dst), Reader(feeds[name]), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        files[g.file] = dst
+    manifest = {k: v for k, v in m.raw.items() if k not in ("files", "format_version")}
+    manifest["precision"] = {"scheme": "ort-quantize_static", "layers": {}}
+    return write_package(out, files, manifest)
 
 
 def main() -> None:
@@ -106,13 +148,16 @@ def main() -> None:
 
             hessians = {}
             for cfg in args.configs:
-                scheme = CONFIGS[cfg]()
                 t = time.perf_counter()
-                src, table = source(scheme)
-                if scheme.gptq and src not in hessians:
-                    ids = make_streams(ByteTokenizer().encode(calib), args.calib_streams, args.calib_tokens)
-                    hessians[src] = collect_hessians(src, ids)
-                out = quantize_package(src, work / cfg, scheme, table, hessians=hessians.get(src))
+                if cfg == "ort-static":
+                    out = ort_static(fp, work / cfg, calib, args.calib_streams, args.calib_tokens)
+                else:
+                    scheme = CONFIGS[cfg]()
+                    src, table = source(scheme)
+                    if scheme.gptq and src not in hessians:
+                        ids = make_streams(ByteTokenizer().encode(calib), args.calib_streams, args.calib_tokens)
+                        hessians[src] = collect_hessians(src, ids)
+                    out = quantize_package(src, work / cfg, scheme, table, hessians=hessians.get(src))
                 r = compare_packages(fp, out, held_out, horizon=args.horizon, streams=args.eval_streams)
                 row = {"model": name, "trained": loaded.trained, "config": cfg, "seconds": time.perf_counter() - t,
                        "decode_tok_s": decode_speed(out), "decode_tok_s_fp32": fp_speed,
