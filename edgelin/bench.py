@@ -100,7 +100,16 @@ def _run_backend(package: str, backend: str, threads: int, device: str | None, d
     p50, p90 = _percentiles(times)
     return {"decode_tokens_per_s": len(times) / sum(times), "prefill_tokens_per_s": prompt.shape[1] / prefill_s,
             "ms_per_token_p50": p50, "ms_per_token_p90": p90,
-            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+            "peak_rss_bytes": peak_rss_bytes()}
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set (VmHWM). Not ru_maxrss: Linux carries that over exec from the parent."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def _child_main() -> None:
