@@ -169,7 +169,7 @@ def main() -> None:
                        "layers": r["precision"]["layers"]}
                 rows.append(row)
                 curves[f"{name}/{cfg}"] = r["drift"]
-                print(f"{name:<11}{'' if loaded.trained else '(untrained) '}{cfg:<18} loss {row['loss_reference']:.4f} -> "
+                print(f"{name} {'' if loaded.trained else '(untrained) '}{cfg:<18} loss {row['loss_reference']:.4f} -> "
                       f"{row['loss_candidate']:.4f} ({row['loss_increase_pct']:+.3f}%)  KL {row['kl_mean']:.2e}  "
                       f"top-1 {100 * row['top1_agreement']:.2f}%  size x{row['size_ratio']:.3f}  "
                       f"drift {row['drift_slope']:.2f}  decode {row['decode_tok_s']:.0f} tok/s "
@@ -186,7 +186,8 @@ def main() -> None:
 
 
 def markdown(result: dict) -> str:
-    lines = ["| model | scheme | loss FP32 | loss Q | increase | KL mean | KL p99 | top-1 | size ratio | drift | min state SNR dB | decode tok/s (FP32) |",
+    lines = [f"Calibration: {result['calibration']} of `{Path(result['text']).name}`; evaluation: {result['evaluation']}.", "",
+             "| model | scheme | loss FP32 | loss Q | increase | KL mean | KL p99 | top-1 | size ratio | drift | min state SNR dB | decode tok/s (FP32) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         lines.append(f"| {r['model']}{'' if r['trained'] else ' (untrained)'} | {r['config']} | {r['loss_reference']:.4f} | "
