@@ -2,7 +2,7 @@
 
 Each graph is made static (batch 1, shape arithmetic folded: TVM's ONNX importer turns the traced
 `Shape -> Pow` chains into float64 scalars otherwise), imported with `relax.frontend.onnx`, given
-dlight's CPU schedules (GEMV, reductions) and built into a `.so` with the weights inside. AArch64
+a matrix-vector schedule of our own plus dlight's CPU rules (GEMV, reductions), and built into a `.so` with the weights inside. AArch64
 libraries are linked with Debian's `aarch64-linux-gnu-gcc` (package gcc-aarch64-linux-gnu).
 """
 from __future__ import annotations
@@ -67,6 +67,50 @@ def _skip_boolean_kernels(mod):
     return mod
 
 
+MATMUL_BLOCKS = ("matmul", "T_matmul_NN", "T_matmul")
+
+
+def _schedule_matvec(mod, chunks: int = 8, lanes: int = 16):
+    """Schedule decode's matrix-vector products `y[n] = sum_k x[k] W[k, n]` for the CPU.
+
+    TVM legalizes MatMul against an ONNX weight [K, N] with the reduction outermost on a strided
+    column, which dlight's GEMV rule does not take (it wants W [N, K]), and FoldConstant undoes a
+    transposed copy. So: N split into `chunks` parallel blocks, then k, then N vectorized by
+    `lanes` - every k reads a contiguous run of W and the accumulators stay in L1.
+    """
+    from tvm import s_tir, tirx
+
+    for gv, func in list(mod.functions.items()):
+        if not isinstance(func, tirx.PrimFunc) or "tirx.is_scheduled" in func.attrs:
+            continue
+        sch, changed = s_tir.Schedule(func), False
+        for name in MATMUL_BLOCKS:
+            try:
+                block = sch.get_sblock(name)
+            except Exception:  # no such block in this kernel
+                continue
+            *spatial, k = sch.get_loops(block)
+            extents = [sch.get(loop).extent for loop in spatial]
+            if not spatial or not all(isinstance(e, tirx.IntImm) for e in extents):
+                continue
+            if any(int(e) != 1 for e in extents[:-1]) or int(extents[-1]) < 4 * lanes:
+                continue  # only vector x matrix: every spatial axis but the last is 1
+            n = spatial[-1]
+            if int(extents[-1]) % (chunks * lanes) == 0:
+                outer, mid, inner = sch.split(n, [chunks, None, lanes])
+                sch.reorder(outer, k, mid, inner)
+            else:
+                outer, inner = sch.split(n, [None, lanes])
+                sch.reorder(outer, k, inner)
+            sch.parallel(outer)
+            sch.vectorize(inner)
+            sch.decompose_reduction(block, k)
+            changed = True
+        if changed:
+            mod[gv] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+    return mod
+
+
 def build_library(proto: onnx.ModelProto, arch: str, out: Path) -> None:
     """Compile one static ONNX graph for `arch` into the shared library `out`."""
     tvm = _tvm()
@@ -83,7 +127,7 @@ def build_library(proto: onnx.ModelProto, arch: str, out: Path) -> None:
         mod = tvm.transform.Sequential(
             pipeline.library_dispatch_passes(target)
             + pipeline.legalize_passes(target)
-            + [tvm.transform.module_pass(lambda m, _: _skip_boolean_kernels(m), opt_level=0), dlight.ApplyDefaultSchedule(dlight.cpu.GEMV(), dlight.cpu.Reduction())]
+            + [tvm.transform.module_pass(lambda m, _: _schedule_matvec(_skip_boolean_kernels(m)), opt_level=0), dlight.ApplyDefaultSchedule(dlight.cpu.GEMV(), dlight.cpu.Reduction())]
             + pipeline.dataflow_lower_passes(target)
             + pipeline.finalize_passes(target)
         )(mod)
