@@ -91,3 +91,17 @@ def test_chunk_gated_delta_rejects_bad_shapes(device):
     q = torch.randn(1, 8, 2, 16, device=device)
     with pytest.raises(ValueError, match="beta must be"):
         chunk_gated_delta_rule(q, q, q, q[..., 0], q[:, :, :1, 0])
+
+
+def test_chunk_gated_delta_without_states_and_custom_scale(device):
+    (q, k, v, g, beta, _), do, _ = make_inputs(1, 70, 2, 16, 16, 1.0, False, device)
+    outs = []
+    for fn in (local_naive_gated_delta, chunk_gated_delta_rule):
+        o, ht = fn(q, k, v, g, beta, scale=0.3)
+        assert ht is None
+        (o * do).sum().backward()
+        outs.append([o] + [x.grad.clone() for x in (q, k, v, g, beta)])
+        for x in (q, k, v, g, beta):
+            x.grad = None
+    for name, r, x in zip(["o", "dq", "dk", "dv", "dg", "dbeta"], *outs):
+        assert_close(name, r, x, 1e-4)

@@ -88,3 +88,17 @@ def test_chunk_gla_rejects_bad_shapes(device):
     q = torch.randn(1, 8, 2, 16, device=device)
     with pytest.raises(ValueError, match="g must be"):
         chunk_gla(q, q, q, q[..., :8])
+
+
+def test_chunk_gla_without_states_and_custom_scale(device):
+    (q, k, v, g, _), do, _ = make_inputs(1, 70, 2, 16, 16, 1.0, False, device)
+    outs = []
+    for fn in (local_naive_gla, chunk_gla):
+        o, ht = fn(q, k, v, g, scale=0.3)
+        assert ht is None
+        (o * do).sum().backward()
+        outs.append([o] + [x.grad.clone() for x in (q, k, v, g)])
+        for x in (q, k, v, g):
+            x.grad = None
+    for name, r, x in zip(["o", "dq", "dk", "dv", "dg"], *outs):
+        assert_close(name, r, x, 1e-4)
