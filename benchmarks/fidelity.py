@@ -130,7 +130,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="edgelin-fidelity-") as tmp:
         for name in args.models:
             loaded = load_model(name)
-            work = Path(tmp) / name
+            work = Path(tmp) / Path(name).name
             fp = export_package(loaded.model, work / "fp32")
             fp_speed = decode_speed(fp)
             sources: dict[tuple, tuple] = {}  # (smooth, rotate) -> (package, table); calibrated once each
