@@ -21,10 +21,13 @@ from edgelin.kernels.gated_delta.triton_chunk import chunk_gated_delta_rule
 from edgelin.kernels.gla.triton_chunk import chunk_gla
 
 SHAPES = [(4, 2048), (2, 4096), (1, 16384)]
+NO_FLA = False
 H, D = 16, 128
 
 
 def fla_ops():
+    if NO_FLA:
+        return None
     try:
         from fla.ops.gated_delta_rule import chunk_gated_delta_rule as fla_gdn
         from fla.ops.gla import chunk_gla as fla_gla
@@ -183,7 +186,9 @@ if __name__ == "__main__":
     p.add_argument("--check", action="store_true", help="accuracy vs the fp32 reference")
     p.add_argument("--profile", action="store_true", help="per-kernel CUDA time at B4 T2048")
     p.add_argument("--speed", action="store_true", help="the speed table (the default when nothing else is asked)")
+    p.add_argument("--no-fla", action="store_true", help="leave fla out (its autotuning compiles for minutes)")
     a = p.parse_args()
+    NO_FLA = a.no_fla
     torch.backends.cuda.matmul.allow_tf32 = True
     if a.check:
         run_check(a)

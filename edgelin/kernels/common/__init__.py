@@ -1,3 +1,3 @@
-from edgelin.kernels.common.chunk_utils import autotune, chunk_local_cumsum, next_block, warps_stages
+from edgelin.kernels.common.chunk_utils import INTERPRET, autotune, chunk_local_cumsum, next_block, warps_stages
 
-__all__ = ["autotune", "chunk_local_cumsum", "next_block", "warps_stages"]
+__all__ = ["INTERPRET", "autotune", "chunk_local_cumsum", "next_block", "warps_stages"]

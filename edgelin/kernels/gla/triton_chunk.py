@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from edgelin.kernels.common import autotune, chunk_local_cumsum, next_block, warps_stages
+from edgelin.kernels.common import INTERPRET, autotune, chunk_local_cumsum, next_block, warps_stages
 
 BT_DEFAULT = 64
 BC_DEFAULT = 16
@@ -463,8 +463,10 @@ def chunk_gla(q, k, v, g, *, scale=None, initial_state=None, output_final_state=
         raise ValueError(f"v must be [B, T, H, V] = [{B}, {T}, {H}, V], got {tuple(v.shape)}")
     if g.shape != q.shape:
         raise ValueError(f"g must be [B, T, H, K] = {tuple(q.shape)}, got {tuple(g.shape)}")
-    if not (q.dtype == k.dtype == v.dtype):
-        raise ValueError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        raise ValueError(f"q, k, v must share one of bf16/fp16/fp32, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.is_cuda or INTERPRET):
+        raise ValueError(f"the Triton kernels need CUDA tensors (or TRITON_INTERPRET=1), got device {q.device}")
     if K > 256 or v.shape[-1] > 256:
         raise ValueError(f"head dims up to 256 are supported, got K={K}, V={v.shape[-1]}")
     if initial_state is not None:
