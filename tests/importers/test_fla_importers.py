@@ -41,8 +41,8 @@ def perturb(model):
     for name, p in model.named_parameters():
         if name.endswith("A_log"):
             continue
-        if p.dim() >= 2 and "embeddings" not in name and "lm_head" not in name:
-            p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+        if p.dim() >= 2:
+            p.add_(torch.randn(p.shape, generator=gen) * (0.1 if "embeddings" in name or "lm_head" in name else 0.05))
         elif p.dim() == 1:
             p.add_(torch.randn(p.shape, generator=gen) * 0.2)
     return model
@@ -72,7 +72,7 @@ def test_logits_equal_fla_reference(checkpoint):
     ref = fla_reference.forward(fla_model, ids)
     with torch.no_grad():
         ours, _ = loaded.model(ids)
-    assert ref.abs().max() > 0.1
+    assert ref.abs().max() > 1.0, "logits too small for the comparison to mean anything"
     diff = (ref - ours).abs().max().item()
     assert diff <= TOL, f"{name}: max |edgelin - fla reference| = {diff:.2e}"
 

@@ -33,7 +33,7 @@ def layer_types(cfg: dict[str, Any]) -> list[str]:
 
 
 def ffn_dim(cfg: dict[str, Any]) -> int:
-    ff = cfg.get("intermediate_size", cfg.get("block_ff_dim", 12288))
+    ff = cfg.get("block_ff_dim", cfg.get("intermediate_size", 12288))  # Lfm2Config lets block_ff_dim win
     if cfg.get("block_auto_adjust_ff_dim", True):
         ff = int(2 * ff / 3)
         mult = cfg.get("block_ffn_dim_multiplier", 1.0)
