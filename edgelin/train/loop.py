@@ -422,6 +422,7 @@ def train(
         write_plot(log, run_dir / PLOT_NAME)
     if dd.world > 1:
         dist.barrier()
+        dist.destroy_process_group()
     return TrainResult(run_dir, step, best_val, best_step, stopped_by, log)
 
 

@@ -5,6 +5,10 @@
 #
 #   TEXT=../shared/data/tinyshakespeare.txt OUT=out/reference bash examples/models/train_reference.sh
 #
+# On the GPU machine (edgelin from PYTHONPATH, text carried in .data/, results under $PACK_TO):
+#   D=$OUT; PYTHONPATH=. OUT=/tmp/ref TEXT=.data/tinyshakespeare.txt PACK_TO=$D bash examples/models/train_reference.sh
+# then here: cat models.tar.part-* | tar -x -C examples/models
+#
 # Recipe: nanoGPT's shakespeare_char (AdamW lr 1e-3 -> 1e-4 cosine, warmup 100, wd 0.1, betas 0.9/0.99,
 # clip 1.0, batch 64 x 256 bytes), byte-level, bf16 autocast, 4000 steps, best held-out checkpoint kept.
 set -u
@@ -14,15 +18,17 @@ BUDGET=${BUDGET:-420}
 STEPS=${STEPS:-4000}
 EXTRA=${EXTRA:-}
 QAT_EXTRA=${QAT_EXTRA:-}
-EDGELIN=${EDGELIN:-edgelin}
 mkdir -p "$OUT"
+edgelin_() {  # the installed command, or edgelin from PYTHONPATH (the GPU machine has its own torch)
+  if command -v edgelin > /dev/null; then edgelin "$@"
+  else python3 -c 'import sys; from edgelin.cli import main; sys.argv[0] = "edgelin"; main()' "$@"; fi
+}
 run() {  # config, run name, dropout
-  $EDGELIN train --text "$TEXT" --config "$1" -o "$OUT/$2" --steps "$STEPS" --dropout "$3" --eval-every 200 \
+  edgelin_ train --text "$TEXT" --config "$1" -o "$OUT/$2" --steps "$STEPS" --dropout "$3" --eval-every 200 \
     --save-dtype bfloat16 --time-budget "$BUDGET" --force $EXTRA > "$OUT/$2.txt" 2>&1
   echo "$2 exit $?: $(tail -n 1 "$OUT/$2.txt")"
 }
-run gla-10m gla-10m-d0.2 0.2 &
-run gla-10m gla-10m-d0.3 0.3 &
+for d in ${GLA_DROPOUTS:-0.2 0.3}; do run gla-10m "gla-10m-d$d" "$d" & done
 run hybrid-10m hybrid-10m-d0.2 0.2 &
 wait
 best=$(python3 - "$OUT" <<'PY'
@@ -33,6 +39,17 @@ PY
 )
 echo "better gla-10m run: $best"
 echo "$best" > "$OUT/best_gla.txt"
+if [ -n "${PACK_TO:-}" ]; then
+  # Ship layout (examples/models/NAME), tarred and split: a bf16 10.8M model is 21.6 MB and the
+  # GPU machine returns files of at most 16 MB.
+  S=$(mktemp -d)
+  for pair in "gla-10m:$best" "hybrid-10m:hybrid-10m-d0.2"; do
+    name=${pair%%:*}; run=${pair#*:}; mkdir -p "$S/$name"
+    cp "$OUT/$run"/{config.json,model.safetensors,train_log.json,loss.png,command.txt} "$S/$name/"
+  done
+  tar -C "$S" -cf "$S/models.tar" gla-10m hybrid-10m && (cd "$PACK_TO" && split -b 15M "$S/models.tar" models.tar.part-)
+  (cd "$OUT" && tar --exclude=last --exclude=model.safetensors -czf "$PACK_TO/runs-logs.tgz" *)
+fi
 [ "${QAT:-1}" = 0 ] && exit 0
 python3 benchmarks/qat_vs_ptq.py --model "$OUT/$best" --text "$TEXT" --steps "${QAT_STEPS:-500}" \
   --time-budget "${QAT_BUDGET:-40}" $QAT_EXTRA --json "$OUT/qat_vs_ptq.json" > "$OUT/qat_vs_ptq.txt" 2>&1
