@@ -1,4 +1,4 @@
-"""GPU check before training: model-level loss and gradients, Triton dispatch vs the torch reference (bf16 autocast), and step times.
+"""GPU check before training: model-level loss and gradients, Triton dispatch vs the torch reference (bf16 autocast), step times."""
 import time, torch, torch.nn.functional as F
 import edgelin.kernels.dispatch as dispatch
 from edgelin.models import LM, ZOO
