@@ -6,7 +6,8 @@ from typer.testing import CliRunner
 from edgelin.bench import weight_bytes_per_token
 from edgelin.cli import load_commands
 
-KEYS = {"package", "backend", "device", "threads", "precision", "decode_tokens_per_s", "prefill_tokens_per_s",
+KEYS = {"package", "backend", "device", "threads", "precision", "decode_tokens_per_s", "decode_tokens_per_s_mean",
+        "prefill_tokens_per_s",
         "ms_per_token_p50", "ms_per_token_p90", "peak_rss_bytes", "bytes_on_disk", "weight_bytes_per_token",
         "copy_bandwidth_bytes_per_s", "bandwidth_floor_ms_per_token", "bandwidth_floor_tokens_per_s",
         "fraction_of_floor", "torch_eager_fp32"}
@@ -20,7 +21,8 @@ def test_bench_json(fp_packages, tmp_path):
     assert r.exit_code == 0, r.output
     data = json.loads(out.read_text())
     assert set(data) == KEYS
-    assert set(data["torch_eager_fp32"]) == {"decode_tokens_per_s", "prefill_tokens_per_s", "ms_per_token_p50", "ms_per_token_p90"}
+    assert set(data["torch_eager_fp32"]) == {"decode_tokens_per_s", "decode_tokens_per_s_mean", "prefill_tokens_per_s",
+                                             "ms_per_token_p50", "ms_per_token_p90"}
     assert data["decode_tokens_per_s"] > 0 and data["peak_rss_bytes"] > 10 << 20
     assert data["ms_per_token_p50"] <= data["ms_per_token_p90"]
     assert 0 < data["fraction_of_floor"] == data["decode_tokens_per_s"] / data["bandwidth_floor_tokens_per_s"]
