@@ -159,7 +159,7 @@ def main() -> None:
                         hessians[src] = collect_hessians(src, ids)
                     out = quantize_package(src, work / cfg, scheme, table, hessians=hessians.get(src))
                 r = compare_packages(fp, out, held_out, horizon=args.horizon, streams=args.eval_streams)
-                row = {"model": name, "trained": loaded.trained, "config": cfg, "seconds": time.perf_counter() - t,
+                row = {"model": Path(name).name, "trained": loaded.trained, "config": cfg, "seconds": time.perf_counter() - t,
                        "decode_tok_s": decode_speed(out), "decode_tok_s_fp32": fp_speed,
                        **{k: r[k] for k in ("loss_reference", "loss_candidate", "loss_increase_pct", "kl_mean",
                                             "kl_p99", "top1_agreement", "size_bytes_reference",
@@ -168,8 +168,8 @@ def main() -> None:
                        "snr_db_layer_min": min(r["snr_db_layer"].values()) if r["snr_db_layer"] else None,
                        "layers": r["precision"]["layers"]}
                 rows.append(row)
-                curves[f"{name}/{cfg}"] = r["drift"]
-                print(f"{name} {'' if loaded.trained else '(untrained) '}{cfg:<18} loss {row['loss_reference']:.4f} -> "
+                curves[f"{Path(name).name}/{cfg}"] = r["drift"]
+                print(f"{Path(name).name} {'' if loaded.trained else '(untrained) '}{cfg:<18} loss {row['loss_reference']:.4f} -> "
                       f"{row['loss_candidate']:.4f} ({row['loss_increase_pct']:+.3f}%)  KL {row['kl_mean']:.2e}  "
                       f"top-1 {100 * row['top1_agreement']:.2f}%  size x{row['size_ratio']:.3f}  "
                       f"drift {row['drift_slope']:.2f}  decode {row['decode_tok_s']:.0f} tok/s "
