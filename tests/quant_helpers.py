@@ -8,7 +8,7 @@ from edgelin.calibration import calibrate_package, default_text
 from edgelin.exporters.package import export_package
 from edgelin.models import LM, ZOO
 
-TINY = ["gla-tiny", "gated-delta-tiny", "mamba2-tiny", "retention-tiny", "hybrid-tiny"]
+TINY = [name for name in ZOO if name.endswith("-tiny")]  # one per family, new families included
 _PACKAGES: dict = {}
 _TABLES: dict = {}
 

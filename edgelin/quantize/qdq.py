@@ -260,6 +260,8 @@ def quantize_graph(proto: onnx.ModelProto, graph: str, scheme: QuantScheme, tabl
             w_cache[key] = _int8_weight(b, wname, w) if spec.bits == 8 else _int4_qdq_weight(b, wname, ints, spec)
         node.input[0], node.input[1] = a, w_cache[key]
     for node in nodes:
+        if node.op_type == "Gemm" and node.input[1] in b.inits:  # not produced by edgelin's exporter: left float
+            precision[(names or {}).get(node.name) or layer_name(node.name).removeprefix("model.")] = "fp32"
         if node.op_type == "Gather" and node.input[0] in b.inits and len(b.inits[node.input[0]].dims) == 2:
             layer = layer_name(node.name).removeprefix("model.")
             precision[layer] = scheme.embedding.value
