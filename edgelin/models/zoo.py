@@ -12,6 +12,8 @@ ZOO: dict[str, LMConfig] = {
     "gated-delta-tiny": LMConfig(d_model=64, n_layers=2, n_heads=2, pattern=["gated_delta"]),
     "mamba2-tiny": LMConfig(d_model=64, n_layers=2, n_heads=2, d_ff=-1, pattern=["mamba2"], mixers={"mamba2": {"head_dim": 16, "state_size": 16}}),
     "retention-tiny": LMConfig(d_model=64, n_layers=2, n_heads=2, pattern=["retention"]),
+    "mamba-tiny": LMConfig(d_model=64, n_layers=2, n_heads=2, d_ff=-1, pattern=["mamba"], mixers={"mamba": {"state_size": 8}}),
+    "delta-net-tiny": LMConfig(d_model=64, n_layers=2, n_heads=2, pattern=["delta_net"]),
     "hybrid-tiny": LMConfig(
         d_model=64, n_layers=4, n_heads=2, pattern=["short_conv", "gla", "short_conv", "swa"], mixers={"swa": {"window": 16}}
     ),
