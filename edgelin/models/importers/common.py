@@ -41,6 +41,10 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     else:
         files = sorted(path.glob("*.safetensors"))
     if not files:
+        pickled = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
+        if pickled:
+            raise EdgelinError(f"missing weights: {path} has only pickle weights ({', '.join(pickled[:3])}), which edgelin "
+                               "never loads; convert them to safetensors first (transformers: save_pretrained(safe_serialization=True))")
         raise EdgelinError(f"missing weights: no model.safetensors (or shards) in {path}")
     tensors: dict[str, torch.Tensor] = {}
     for f in files:
