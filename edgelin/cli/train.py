@@ -12,6 +12,7 @@ import shlex
 import shutil
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -78,7 +79,8 @@ def _run(model, text: Path, out: Path, force: bool, resume: Optional[Path], devi
         console.print(f"training {title}: {model.num_parameters() / 1e6:.2f}M parameters, "
                       f"{len(data.train):,} train / {len(data.val):,} held-out bytes, run dir {work}", soft_wrap=True)
     try:
-        result = train(model, data, cfg, work, resume=resume, device=device, title=title, progress=_printer() if main else None)
+        with _progress(cfg.steps) as report:
+            result = train(model, data, cfg, work, resume=resume, device=device, title=title, progress=report if main else None)
     except BaseException:
         if main:
             if (work / "last").is_dir():
@@ -92,17 +94,25 @@ def _run(model, text: Path, out: Path, force: bool, resume: Optional[Path], devi
                       f"({result.steps_done} steps, stopped by {result.stopped_by}); wrote [bold]{out}[/]", soft_wrap=True)
 
 
-def _printer():
-    """Progress lines: a rich bar on a terminal, plain lines at each evaluation otherwise."""
+@contextmanager
+def _progress(steps: int):
+    """A rich progress bar on a terminal (plain lines otherwise), and a line at each evaluation."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
     state = {"train_loss": float("nan")}
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TimeRemainingColumn(), console=console, disable=not console.is_terminal)
+    task = bar.add_task("training", total=steps)
 
     def report(event: dict) -> None:
         state.update(event)
+        bar.update(task, completed=event["step"], description=f"loss {state['train_loss']:.4f}")
         if "val_loss" in event:
             console.print(f"step {event['step']:>6}  train {state['train_loss']:.4f}  "
                           f"held-out {event['val_loss']:.4f}  best {event['best_val']:.4f}", highlight=False)
 
-    return report
+    with bar:
+        yield report
 
 
 TEXT = typer.Option(..., "--text", help="Training text file: the first 90% trains, the last 10% is held out.")
