@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 
 from edgelin.calibration.table import CalibrationTable
+from edgelin.errors import EdgelinError
 from edgelin.quantize.qdq import canonical_layer_names, quantize_graph, state_qparams
 from edgelin.quantize.schemes import LayerPrecision, QuantScheme, StatePrecision
 from edgelin.runtime.package import read_package
@@ -49,6 +50,8 @@ def prefill_loss(proto: onnx.ModelProto, ids: np.ndarray, chunk: int) -> float:
         lp = lg - np.log(np.exp(lg).sum(-1, keepdims=True))
         total -= float(np.take_along_axis(lp, tgt[..., None], -1).sum())
         count += tgt.size
+    if count == 0:
+        raise EdgelinError(f"need at least one prefill chunk ({chunk} tokens) of text to measure a loss")
     return total / count
 
 
