@@ -146,7 +146,7 @@ def main() -> None:
                     sources[key] = (base, table)
                 return sources[key]
 
-            hessians = {}
+            hessians, ref_cache = {}, {}
             for cfg in args.configs:
                 t = time.perf_counter()
                 if cfg == "ort-static":
@@ -158,7 +158,8 @@ def main() -> None:
                         ids = make_streams(ByteTokenizer().encode(calib), args.calib_streams, args.calib_tokens)
                         hessians[src] = collect_hessians(src, ids)
                     out = quantize_package(src, work / cfg, scheme, table, hessians=hessians.get(src))
-                r = compare_packages(fp, out, held_out, horizon=args.horizon, streams=args.eval_streams)
+                r = compare_packages(fp, out, held_out, horizon=args.horizon, streams=args.eval_streams,
+                                     reference_cache=ref_cache)
                 row = {"model": Path(name).name, "trained": loaded.trained, "config": cfg, "seconds": time.perf_counter() - t,
                        "decode_tok_s": decode_speed(out), "decode_tok_s_fp32": fp_speed,
                        **{k: r[k] for k in ("loss_reference", "loss_candidate", "loss_increase_pct", "kl_mean",

@@ -41,8 +41,8 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 
 
 def compare_packages(reference: str | Path, candidate: str | Path, text: str, *, horizon: int = 8192,
-                     streams: int = 8, backend: str = "ort", progress: Callable[[int, int], None] | None = None
-                     ) -> dict[str, Any]:
+                     streams: int = 8, backend: str = "ort", progress: Callable[[int, int], None] | None = None,
+                     reference_cache: dict | None = None) -> dict[str, Any]:
     """Compare `candidate` with `reference` on `text`.
 
     Returns a JSON-ready dict: loss_reference, loss_candidate (nats/token), loss_increase_pct,
@@ -50,6 +50,10 @@ def compare_packages(reference: str | Path, candidate: str | Path, text: str, *,
     size_bytes_reference, size_bytes_candidate, size_ratio, tokens, streams, horizon,
     drift {position, kl, top1_agreement}, drift_slope, snr_db_state {state: dB},
     snr_db_layer {block: dB}, precision (the candidate's manifest precision).
+
+    `reference_cache` (a dict the caller keeps) holds the reference's log-probabilities between
+    calls with the same reference, text and stream layout, so comparing several candidates runs
+    the reference once.
     """
     ref_dir, cand_dir = Path(reference), Path(candidate)
     ref, cand = Session(ref_dir, backend=backend), Session(cand_dir, backend=backend)
@@ -65,14 +69,22 @@ def compare_packages(reference: str | Path, candidate: str | Path, text: str, *,
     agree = np.zeros((B, T), bool)
     states = [ref.new_state(B), cand.new_state(B)]
     segments = list(range(0, T, SEGMENT))
+    key = (str(ref_dir.resolve()), hash(text), B, T, backend)
+    cached = reference_cache.get(key) if reference_cache is not None else None
+    ref_logp: list[np.ndarray] = []
     for i, a in enumerate(segments):
         b = min(a + SEGMENT, T)
         logp = []
         for j, sess in enumerate((ref, cand)):
+            if j == 0 and cached is not None:
+                logp.append(cached["logp"][i])
+                continue
             logits, states[j] = sess.forward(ids[:, a:b], states[j])
             if not np.isfinite(logits).all():
                 raise EdgelinError(f"{sess.package_dir} produced NaN or Inf logits at tokens {a}..{b}")
             logp.append(_log_softmax(logits))
+        if cached is None:
+            ref_logp.append(logp[0])
         p_ref = np.exp(logp[0])
         kl[:, a:b] = np.sum(p_ref * (logp[0] - logp[1]), -1)
         agree[:, a:b] = logp[0].argmax(-1) == logp[1].argmax(-1)
@@ -83,6 +95,10 @@ def compare_packages(reference: str | Path, candidate: str | Path, text: str, *,
                 nll[j, :, a:tgt_hi] = -np.take_along_axis(logp[j][:, : tgt_hi - a], tgt[..., None], -1)[..., 0]
         if progress:
             progress(i + 1, len(segments))
+    if cached is not None:
+        states[0] = cached["state"]
+    elif reference_cache is not None:
+        reference_cache[key] = {"logp": ref_logp, "state": states[0]}
     loss_ref, loss_cand = float(nll[0].mean()), float(nll[1].mean())
     kl = np.maximum(kl, 0.0)
     curve = drift_curve(kl, agree)
