@@ -23,7 +23,7 @@ from pathlib import Path
 BACKENDS = ["ort", "openvino", "openvino-stateful", "tvm"]
 
 
-def build(name: str, root: Path, prefill: int, log) -> dict[str, Path]:
+def build(name: str, root: Path, prefill: int, log, rebuild: tuple[str, ...] = ()) -> dict[str, Path]:
     """FP32 / INT8 / INT4 (+ INT4 QDQ) packages of `name`, each compiled for OpenVINO and TVM where it can be."""
     from edgelin.calibration import calibrate_package, default_text
     from edgelin.exporters.openvino import export_openvino
@@ -47,7 +47,7 @@ def build(name: str, root: Path, prefill: int, log) -> dict[str, Path]:
     for prec, pkg in pkgs.items():
         backends = json.loads((pkg / "manifest.json").read_text()).get("backends", {})
         for be, fn in (("openvino", export_openvino), ("tvm", export_tvm)):
-            if be in backends:
+            if be in backends and be not in rebuild:
                 continue
             start = time.time()
             try:
@@ -80,6 +80,21 @@ print(json.dumps(out))
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def markdown(results: dict) -> str:
+    """The results as a markdown table (one row per model x precision x back end)."""
+    rows = ["| model | precision | back end | decode tok/s | ms/token p50 / p90 | prefill tok/s | peak RSS MiB "
+            "| weights read / token MiB | floor tok/s | fraction of floor | torch eager fp32 decode tok/s |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    torch = {r["model"]: r["torch_eager_fp32"]["decode_tokens_per_s"] for r in results["runs"] if "torch_eager_fp32" in r}
+    for r in results["runs"]:
+        rows.append(f"| {r['model']} | {r['precision_label']} | {r['backend']} | {r['decode_tokens_per_s']:.0f} "
+                    f"| {r['ms_per_token_p50']:.2f} / {r['ms_per_token_p90']:.2f} | {r['prefill_tokens_per_s']:.0f} "
+                    f"| {r['peak_rss_bytes'] / 2**20:.0f} | {r['weight_bytes_per_token'] / 2**20:.1f} "
+                    f"| {r['bandwidth_floor_tokens_per_s']:.0f} | {r['fraction_of_floor']:.0%} "
+                    f"| {torch.get(r['model'], float('nan')):.1f} |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["gla-10m", "hybrid-10m", "gla-130m"])
@@ -88,7 +103,13 @@ def main() -> None:
     ap.add_argument("--prefill", type=int, default=16)
     ap.add_argument("--rss-tokens", type=int, default=20000)
     ap.add_argument("--out", type=Path, default=Path("out/bench-backends"))
+    ap.add_argument("--markdown", action="store_true", help="Only print OUT/results.json as a markdown table.")
+    ap.add_argument("--backends", nargs="+", default=BACKENDS, help="Back ends to run (their old rows are replaced).")
+    ap.add_argument("--rebuild", nargs="*", default=[], help="Compile these back ends again (openvino, tvm).")
     args = ap.parse_args()
+    if args.markdown:
+        print(markdown(json.loads((args.out / "results.json").read_text())))
+        return
     from edgelin.bench import bench_package
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -100,10 +121,11 @@ def main() -> None:
         results["log"].append(msg)
 
     for name in args.models:
-        pkgs = build(name, args.out, args.prefill, log)
-        baseline_done = False
+        pkgs = build(name, args.out, args.prefill, log, tuple(args.rebuild))
+        results["runs"] = [r for r in results["runs"] if not (r["model"] == name and r["backend"] in args.backends)]
+        baseline_done = any(r["model"] == name and "torch_eager_fp32" in r for r in results["runs"])
         for prec, pkg in pkgs.items():
-            for backend in BACKENDS:
+            for backend in args.backends:
                 if prec == "int4-qdq" and backend == "ort":
                     continue  # ORT runs the MatMulNBits form
                 try:

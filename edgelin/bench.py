@@ -195,6 +195,7 @@ def bench_package(package: str | os.PathLike, *, backend: str = "ort", threads: 
     manifest = read_package(root)
     if threads < 1 or decode_tokens < 1 or prefill_chunks < 1:
         raise EdgelinError("threads, decode tokens and prefill chunks must be >= 1")
+    load_before = os.getloadavg()[0]
     run = _in_child(package=str(root), backend=backend, threads=threads, device=device,
                     decode_tokens=decode_tokens, prefill_chunks=prefill_chunks)
     bandwidth = copy_bandwidth(threads)
@@ -210,6 +211,8 @@ def bench_package(package: str | os.PathLike, *, backend: str = "ort", threads: 
         "bandwidth_floor_ms_per_token": floor_s * 1e3,
         "bandwidth_floor_tokens_per_s": 1 / floor_s,
         "fraction_of_floor": run["decode_tokens_per_s"] * floor_s,
+        # 1-minute load average before and after: other work on the machine slows every number here
+        "load_average": [load_before, os.getloadavg()[0]], "cpu_count": os.cpu_count(),
     }
     if baseline:
         prefill = manifest.graphs["prefill"].tokens * prefill_chunks if "prefill" in manifest.graphs else 16

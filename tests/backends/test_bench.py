@@ -10,7 +10,7 @@ KEYS = {"package", "backend", "device", "threads", "precision", "decode_tokens_p
         "prefill_tokens_per_s",
         "ms_per_token_p50", "ms_per_token_p90", "peak_rss_bytes", "bytes_on_disk", "weight_bytes_per_token",
         "copy_bandwidth_bytes_per_s", "bandwidth_floor_ms_per_token", "bandwidth_floor_tokens_per_s",
-        "fraction_of_floor", "torch_eager_fp32"}
+        "fraction_of_floor", "torch_eager_fp32", "load_average", "cpu_count"}
 
 
 def test_bench_json(fp_packages, tmp_path):
