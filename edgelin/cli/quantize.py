@@ -97,6 +97,7 @@ def quantize(
     group_size: int = typer.Option(32, "--group-size", help="4-bit block size: 32, 64 or 128."),
     gptq: bool = typer.Option(False, "--gptq", help="GPTQ instead of round-to-nearest for 4-bit weights."),
     calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration text (default: the shipped sample)."),
+    table: Optional[Path] = typer.Option(None, "--table", help="Calibration table from `edgelin calibrate` (skips calibrating)."),
     eval_text: Optional[Path] = typer.Option(None, "--eval-text", help="Validation text (default: the calibration text's tail)."),
     observer: Optional[str] = typer.Option(None, help="Activation ranges: minmax, percentile, entropy or mse."),
     state: str = typer.Option("int16", help="Recurrent state precision: int16 or fp32."),
@@ -113,7 +114,7 @@ def quantize(
 ) -> None:
     """Calibrate PACKAGE on real text, quantize it with one scheme, validate it against PACKAGE."""
     from edgelin.calibration.streams import read_text
-    from edgelin.quantize.pipeline import run_pipeline
+    from edgelin.quantize.pipeline import load_table, run_pipeline
 
     scheme = build_scheme(int8, int16, int4, w4a8, group_size=group_size, gptq=gptq, observer=observer, state=state,
                           embedding=embedding, lm_head=lm_head, int4_format=int4_format, smooth=smooth)
@@ -125,7 +126,8 @@ def quantize(
     with progress_bars() as on_progress:
         result = run_pipeline(package, out, scheme, text, eval_text=read_eval_text(eval_text), streams=streams,
                               tokens=tokens, max_loss_increase=max_loss_increase, horizon=horizon,
-                              validate=not no_validate, force=force, on_progress=on_progress)
+                              validate=not no_validate, force=force, on_progress=on_progress,
+                              table=load_table(table) if table else None)
     from edgelin.cli.validate import print_summary
 
     print_summary(result, out, report=out / "report" if result else None)

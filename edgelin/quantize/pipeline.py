@@ -41,7 +41,7 @@ def run_pipeline(fp_dir: str | Path, out_dir: str | Path, scheme: QuantScheme, t
                  eval_text: str | None = None, streams: int = 4, tokens: int = MIN_STREAM_TOKENS,
                  max_loss_increase: float | None = None, horizon: int = 8192, eval_streams: int = 8,
                  validate: bool = True, force: bool = False, reference_dir: str | Path | None = None,
-                 on_progress: Progress | None = None) -> dict[str, Any]:
+                 table: CalibrationTable | None = None, on_progress: Progress | None = None) -> dict[str, Any]:
     """Quantize the FP package `fp_dir` into `out_dir` (report/ inside) and return the validation result.
 
     Args:
@@ -49,6 +49,8 @@ def run_pipeline(fp_dir: str | Path, out_dir: str | Path, scheme: QuantScheme, t
             and validation the rest.
         max_loss_increase: budget in % for the mixed-precision search (None: the scheme as given).
         validate: run validation and ship report/ in the package.
+        table: a calibration table of `fp_dir` (from `edgelin calibrate`) to use instead of
+            calibrating again; `text` still drives GPTQ, sensitivity and validation.
         reference_dir: the package to validate against (default `fp_dir`; the unrotated FP package
             when `fp_dir` holds a rotated model).
     Returns:
@@ -62,7 +64,9 @@ def run_pipeline(fp_dir: str | Path, out_dir: str | Path, scheme: QuantScheme, t
     calib, rest = (text, eval_text) if eval_text is not None else split_text(fp_dir, text, streams, tokens)
     with tempfile.TemporaryDirectory(prefix="edgelin-pipeline-", dir=out.parent if out.parent.exists() else None) as tmp:
         src = fp_dir
-        table = calibrate_package(src, calib, streams=streams, tokens=tokens, progress=lambda d, t: step("calibrate", d, t))
+        if table is None:
+            table = calibrate_package(src, calib, streams=streams, tokens=tokens,
+                                      progress=lambda d, t: step("calibrate", d, t))
         if scheme.smooth is not None:
             src, _ = smooth_package(fp_dir, Path(tmp) / "smoothed", table, scheme.smooth)
             table = calibrate_package(src, calib, streams=streams, tokens=tokens,

@@ -107,6 +107,9 @@ def test_quantize_and_calibrate_commands(tmp_path, fp_package, text_file):
     result = run("calibrate", fp, "--calib", text_file, "--tokens", 256, "--streams", 2, "-o", table)
     assert result.exit_code == 0, result.output
     assert json.loads(table.read_text())["graphs"]["decode"]
+    result = run("quantize", fp, "--int8", "--table", table, "--calib", text_file, "--horizon", 256, "-o", tmp_path / "t8")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "t8" / "calibration.json").read_text() == table.read_text()
     out = tmp_path / "w4"
     result = run("quantize", fp, "--int4", "--group-size", 64, "--max-loss-increase", 0.0001, "--calib", text_file,
                  "--tokens", 512, "--horizon", 256, "-o", out)
