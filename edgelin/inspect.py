@@ -44,6 +44,7 @@ def inspect_package(path: str | Path) -> dict[str, Any]:
         "format_version": manifest.format_version,
         "producer": manifest.producer,
         "source_layout": manifest.raw.get("source_layout", "edgelin"),
+        "max_context": manifest.raw.get("max_context"),
         "architecture": manifest.architecture,
         "vocab_size": manifest.vocab_size,
         "tokenizer": manifest.tokenizer,

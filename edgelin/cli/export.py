@@ -28,6 +28,7 @@ def export(
     smooth: Optional[float] = typer.Option(None, "--smooth", help="SmoothQuant alpha (e.g. 0.5) folded into the norms."),
     max_loss_increase: Optional[float] = typer.Option(None, "--max-loss-increase", help="Mixed precision: loss budget in %."),
     profile: Optional[str] = typer.Option(None, "--profile", help="Target: ort-cpu, qnn-htp or openvino-npu (static shapes, batch 1)."),
+    max_context: int = typer.Option(2048, "--max-context", help="KV slots of imported full-attention layers (LFM2); past it they slide."),
 ) -> None:
     """Export MODEL to a package of loop-free ONNX step graphs (decode + prefill) with a manifest."""
     from edgelin.exporters.package import export_package
@@ -45,7 +46,7 @@ def export(
     if scheme is None and (rotate or smooth is not None or max_loss_increase is not None or calib or gptq):
         raise EdgelinError("--calib, --rotate, --smooth, --gptq and --max-loss-increase need --int8, --int16, --int4 or --w4a8")
     with console.status("loading model"):
-        loaded = load_model(model)
+        loaded = load_model(model, max_context=max_context)
     out = output or Path("out") / (loaded.name if scheme is None else f"{loaded.name}-{scheme.name}")
     refuse_existing(out, force)
     if not loaded.trained:

@@ -28,6 +28,8 @@ def inspect(
                   f"source layout [bold]{info['source_layout']}[/], precision {info['precision'].get('scheme')}")
     console.print(f"pattern {arch.get('pattern')} x {arch.get('n_layers')} layers, d_model {arch.get('d_model')}, "
                   f"vocab {info['vocab_size']}, tokenizer {info['tokenizer'].get('type')}, {info['size_bytes'] / 1e6:.2f} MB on disk")
+    if info["max_context"]:
+        console.print(f"full-attention layers keep a KV cache of {info['max_context']} tokens; past it they slide over the last {info['max_context']}")
     states = Table("state", "kind", "shape", "dtype", "bytes / sequence", title="states")
     for s in info["states"]:
         states.add_row(s["name"], s["kind"], str(s["shape"]), s["dtype"], f"{s['bytes_per_sequence']:,}")
