@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
+import signal
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -78,6 +79,7 @@ def _run(model, text: Path, out: Path, force: bool, resume: Optional[Path], devi
         (work / "command.txt").write_text(shlex.join(["edgelin", *sys.argv[1:]]) + "\n")
         console.print(f"training {title}: {model.num_parameters() / 1e6:.2f}M parameters, "
                       f"{len(data.train):,} train / {len(data.val):,} held-out bytes, run dir {work}", soft_wrap=True)
+    previous = signal.signal(signal.SIGTERM, _terminate)  # torchrun and job schedulers stop runs with SIGTERM
     try:
         with _progress(cfg.steps) as report:
             result = train(model, data, cfg, work, resume=resume, device=device, title=title, progress=report if main else None)
@@ -88,10 +90,16 @@ def _run(model, text: Path, out: Path, force: bool, resume: Optional[Path], devi
             else:
                 shutil.rmtree(work, ignore_errors=True)
         raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if main:
         _finish(work, out)
         console.print(f"best held-out loss {result.best_val:.4f} at step {result.best_step} "
                       f"({result.steps_done} steps, stopped by {result.stopped_by}); wrote [bold]{out}[/]", soft_wrap=True)
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 @contextmanager
