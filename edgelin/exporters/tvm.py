@@ -70,13 +70,14 @@ def _skip_boolean_kernels(mod):
 MATMUL_BLOCKS = ("matmul", "T_matmul_NN", "T_matmul")
 
 
-def _schedule_matvec(mod, chunks: int = 8, lanes: int = 16):
-    """Schedule decode's matrix-vector products `y[n] = sum_k x[k] W[k, n]` for the CPU.
+def _schedule_matvec(mod, chunks: int = 8, lanes: int = 16, max_rows: int = 64):
+    """Schedule `y[m, n] = sum_k x[m, k] W[k, n]` for a few rows m (decode: 1; prefill: a chunk) on the CPU.
 
     TVM legalizes MatMul against an ONNX weight [K, N] with the reduction outermost on a strided
     column, which dlight's GEMV rule does not take (it wants W [N, K]), and FoldConstant undoes a
-    transposed copy. So: N split into `chunks` parallel blocks, then k, then N vectorized by
-    `lanes` - every k reads a contiguous run of W and the accumulators stay in L1.
+    transposed copy. So: N split into `chunks` parallel blocks, then k, then the rows, then N
+    vectorized by `lanes` - every k reads a contiguous run of W once for all rows, and the
+    accumulators ([rows, N / chunks]) stay in L1/L2.
     """
     from tvm import s_tir, tirx
 
@@ -91,17 +92,20 @@ def _schedule_matvec(mod, chunks: int = 8, lanes: int = 16):
                 continue
             *spatial, k = sch.get_loops(block)
             extents = [sch.get(loop).extent for loop in spatial]
-            if not spatial or not all(isinstance(e, tirx.IntImm) for e in extents):
+            if len(spatial) < 2 or not all(isinstance(e, tirx.IntImm) for e in extents):
                 continue
-            if any(int(e) != 1 for e in extents[:-1]) or int(extents[-1]) < 4 * lanes:
-                continue  # only vector x matrix: every spatial axis but the last is 1
-            n = spatial[-1]
+            rows = 1
+            for e in extents[:-1]:
+                rows *= int(e)
+            if rows > max_rows or int(extents[-1]) < 4 * lanes:
+                continue  # only a few rows (decode: 1, prefill: a chunk) times a weight matrix
+            m, n = sch.fuse(*spatial[:-1]), spatial[-1]
             if int(extents[-1]) % (chunks * lanes) == 0:
                 outer, mid, inner = sch.split(n, [chunks, None, lanes])
-                sch.reorder(outer, k, mid, inner)
+                sch.reorder(outer, k, m, mid, inner)
             else:
                 outer, inner = sch.split(n, [None, lanes])
-                sch.reorder(outer, k, inner)
+                sch.reorder(outer, k, m, inner)
             sch.parallel(outer)
             sch.vectorize(inner)
             sch.decompose_reduction(block, k)
