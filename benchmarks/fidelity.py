@@ -175,15 +175,19 @@ def main() -> None:
                       f"top-1 {100 * row['top1_agreement']:.2f}%  size x{row['size_ratio']:.3f}  "
                       f"drift {row['drift_slope']:.2f}  decode {row['decode_tok_s']:.0f} tok/s "
                       f"(fp32 {fp_speed:.0f})  [{row['seconds']:.0f}s]", flush=True)
+                save(args, rows, curves)  # after every row, so an interrupted run keeps what it measured
+    save(args, rows, curves)
+    print(f"wrote {args.json}" + (f" and {args.markdown}" if args.markdown else ""))
+
+
+def save(args: argparse.Namespace, rows: list, curves: dict) -> None:
     result = {"text": args.text, "calibration": f"first 90% ({args.calib_streams} streams x {args.calib_tokens} tokens)",
               "evaluation": f"last 10% ({args.eval_streams} streams x up to {args.horizon} tokens)",
               "rows": rows, "drift": curves}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {args.json}")
     if args.markdown:
         Path(args.markdown).write_text(markdown(result))
-        print(f"wrote {args.markdown}")
 
 
 def markdown(result: dict) -> str:
