@@ -30,7 +30,7 @@ def rotation_matrix(d: int, seed: int = 0) -> torch.Tensor:
     m = d // k
     r = torch.linalg.qr(torch.randn(m, m, generator=gen, dtype=torch.float64))[0] if m > 1 else torch.ones(1, 1, dtype=torch.float64)
     signs = torch.randint(0, 2, (d,), generator=gen).double() * 2 - 1
-    return signs[:, None] * torch.kron(h, r)
+    return signs[:, None] * torch.kron(h.contiguous(), r.contiguous())
 
 
 def _trace(block: nn.Module, x: torch.Tensor, state) -> tuple[list[nn.Linear], list[nn.Linear], list[nn.Linear]]:

@@ -105,3 +105,14 @@ def test_rotation_keeps_the_function(name):
     ids = torch.tensor(IDS)
     assert torch.allclose(model(ids)[0], rot(ids)[0], atol=1e-4)
     assert not torch.equal(model.embed.weight, rot.embed.weight)
+
+
+@pytest.mark.parametrize("d", [64, 96, 384, 100])
+def test_rotation_matrix_is_orthogonal(d):
+    import torch
+
+    from edgelin.calibration.rotation import rotation_matrix
+
+    q = rotation_matrix(d)
+    assert torch.allclose(q @ q.T, torch.eye(d, dtype=q.dtype), atol=1e-12)
+    assert q.abs().max() < 0.9  # spread out, not a permutation
