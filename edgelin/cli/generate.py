@@ -25,6 +25,7 @@ def generate(
     top_p: float = typer.Option(1.0, help="Nucleus sampling threshold (1 = off)."),
     backend: str = typer.Option("ort", help="Back end to run on."),
     threads: Optional[int] = typer.Option(None, help="Intra-op threads."),
+    device: Optional[str] = typer.Option(None, help="Device for back ends that have several (OpenVINO: CPU, NPU, GPU)."),
     state_in: Optional[Path] = typer.Option(None, help="Start from a saved state snapshot."),
     state_out: Optional[Path] = typer.Option(None, help="Save the state after generation."),
 ) -> None:
@@ -34,7 +35,7 @@ def generate(
 
     if (prompt is None) == (ids is None):
         raise EdgelinError("give exactly one of --prompt TEXT or --ids 1,2,3")
-    session = Session(package, backend=backend, threads=threads)
+    session = Session(package, backend=backend, threads=threads, device=device)
     tokenizer = load_tokenizer(package, session.manifest)
     if prompt is not None:
         prompt_ids = tokenizer.encode(prompt)
