@@ -57,7 +57,8 @@ def export(
     else:
         with console.status(f"exporting {loaded.name} ({loaded.model.num_parameters() / 1e6:.1f}M parameters)"):
             export_package(loaded.model, out, prefill_tokens=prefill_tokens, force=force,
-                           source_layout=loaded.source_layout, tokenizer_json=loaded.tokenizer_json)
+                           source_layout=loaded.source_layout, tokenizer_json=loaded.tokenizer_json,
+                           special_tokens=loaded.special_tokens)
         console.print(f"wrote [bold]{out}[/]")
     if profile is not None:
         _apply_profile(out, profile)

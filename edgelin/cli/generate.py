@@ -30,23 +30,24 @@ def generate(
     state_out: Optional[Path] = typer.Option(None, help="Save the state after generation."),
 ) -> None:
     """Generate text from a package, streaming it as it is produced."""
-    from edgelin.runtime import SamplingConfig, Session, load_state, load_tokenizer, save_state
+    from edgelin.runtime import SamplingConfig, Session, encode_prompt, load_state, load_tokenizer, save_state
     from edgelin.runtime import generate as generate_ids
 
     if (prompt is None) == (ids is None):
         raise EdgelinError("give exactly one of --prompt TEXT or --ids 1,2,3")
     session = Session(package, backend=backend, threads=threads, device=device)
     tokenizer = load_tokenizer(package, session.manifest)
+    state = load_state(state_in, session.manifest) if state_in else None
     if prompt is not None:
-        prompt_ids = tokenizer.encode(prompt)
+        prompt_ids = encode_prompt(tokenizer, prompt) if state is None else tokenizer.encode(prompt)
     else:
         try:
             prompt_ids = [int(t) for t in ids.split(",") if t.strip()]
         except ValueError:
             raise EdgelinError(f"--ids must be comma-separated integers, got {ids!r}") from None
-    state = load_state(state_in, session.manifest) if state_in else None
     sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)
-    tokens = generate_ids(session, prompt_ids, max_new_tokens, sampling, seed=seed, state=state)
+    stop_ids = [tokenizer.eos_id] if tokenizer.eos_id is not None else []
+    tokens = generate_ids(session, prompt_ids, max_new_tokens, sampling, seed=seed, state=state, stop_ids=stop_ids)
     decoder = tokenizer.stream_decoder()
     for token in tokens:
         sys.stdout.write(decoder.push(token))

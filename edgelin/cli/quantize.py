@@ -69,7 +69,8 @@ def export_quantized(loaded, out: Path, scheme, *, calib: Optional[Path], prefil
     from edgelin.quantize.pipeline import run_pipeline
 
     text = read_text(calib)
-    kw = dict(prefill_tokens=prefill_tokens, source_layout=loaded.source_layout, tokenizer_json=loaded.tokenizer_json)
+    kw = dict(prefill_tokens=prefill_tokens, source_layout=loaded.source_layout, tokenizer_json=loaded.tokenizer_json,
+              special_tokens=loaded.special_tokens)
     with tempfile.TemporaryDirectory(prefix="edgelin-export-") as tmp:
         fp = Path(tmp) / "fp32"
         with console.status(f"exporting {loaded.name} ({loaded.model.num_parameters() / 1e6:.1f}M parameters)"):

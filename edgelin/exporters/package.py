@@ -42,6 +42,7 @@ def export_package(
     force: bool = False,
     source_layout: str = "edgelin",
     tokenizer_json: Path | None = None,
+    special_tokens: dict[str, int] | None = None,
 ) -> Path:
     """Export the FP32 decode and prefill graphs of `model` into a package at `out_dir`.
 
@@ -52,10 +53,13 @@ def export_package(
         force: replace an existing package.
         source_layout: where the weights came from (edgelin, hf-mamba2, fla-gla, ...), for `inspect`.
         tokenizer_json: a Hugging Face tokenizer.json to ship; the byte tokenizer otherwise.
+        special_tokens: {"bos_id": .., "eos_id": ..} recorded with the tokenizer; `generate` starts
+            prompts with bos_id and stops at eos_id.
     Returns:
         The package directory.
     """
     tokenizer = {"type": "tokenizers", "file": "tokenizer.json"} if tokenizer_json else {"type": "bytes"}
+    tokenizer.update(special_tokens or {})
     with tempfile.TemporaryDirectory(prefix="edgelin-export-") as tmp:
         files: dict[str, Path | bytes] = {}
         for name, tokens in (("decode", 1), ("prefill", prefill_tokens)):

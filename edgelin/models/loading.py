@@ -1,7 +1,8 @@
 """Resolve what a user names on the command line to a model: a zoo name or a checkpoint directory."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 
 from edgelin.errors import EdgelinError
@@ -19,6 +20,19 @@ class LoadedModel:
     source_layout: str  # "edgelin" for native checkpoints and zoo models, else e.g. "hf-mamba2", "fla-gla"
     trained: bool  # False for a zoo config with seeded random weights
     tokenizer_json: Path | None = None
+    special_tokens: dict[str, int] = field(default_factory=dict)  # {"bos_id": 1, "eos_id": 2} from config.json
+
+
+def special_tokens(config: dict[str, Any], vocab_size: int) -> dict[str, int]:
+    """The begin/end-of-sequence ids a transformers/fla config.json names, for the manifest's tokenizer."""
+    found = {}
+    for key, name in (("bos_token_id", "bos_id"), ("eos_token_id", "eos_id")):
+        value = config.get(key)
+        if isinstance(value, list):  # some configs list several end tokens; the first is the canonical one
+            value = value[0] if value else None
+        if isinstance(value, int) and 0 <= value < vocab_size:
+            found[name] = value
+    return found
 
 
 def load_model(spec: str | None, *, max_context: int = DEFAULT_MAX_CONTEXT) -> LoadedModel:
@@ -33,8 +47,9 @@ def load_model(spec: str | None, *, max_context: int = DEFAULT_MAX_CONTEXT) -> L
         tokenizer = path / "tokenizer.json"
         tokenizer_json = tokenizer if tokenizer.exists() else None
         if (path / "config.json").exists() and is_foreign(read_config(path)):
+            config = read_config(path)
             model, layout = import_checkpoint(path, max_context=max_context)
-            return LoadedModel(model, path.name, layout, True, tokenizer_json)
+            return LoadedModel(model, path.name, layout, True, tokenizer_json, special_tokens(config, model.config.vocab_size))
         return LoadedModel(load_checkpoint(path), path.name, "edgelin", True, tokenizer_json)
     if "/" in spec or spec.startswith("."):
         raise EdgelinError(f"no such model directory: {spec}")

@@ -8,7 +8,7 @@ from edgelin.runtime.package import (
 from edgelin.runtime.sampling import GREEDY, SamplingConfig, probabilities, sample
 from edgelin.runtime.session import Session, State
 from edgelin.runtime.state import load_state, save_state, state_fingerprint
-from edgelin.runtime.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer, load_tokenizer
+from edgelin.runtime.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer, encode_prompt, load_tokenizer
 
 __all__ = [
     "BACKENDS", "Backend", "available_backends", "get_backend", "register_backend",
@@ -17,5 +17,5 @@ __all__ = [
     "GREEDY", "SamplingConfig", "probabilities", "sample",
     "Session", "State",
     "load_state", "save_state", "state_fingerprint",
-    "ByteTokenizer", "HFTokenizer", "Tokenizer", "load_tokenizer",
+    "ByteTokenizer", "HFTokenizer", "Tokenizer", "encode_prompt", "load_tokenizer",
 ]

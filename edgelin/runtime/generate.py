@@ -9,7 +9,7 @@ import numpy as np
 from edgelin.errors import EdgelinError
 from edgelin.runtime.sampling import GREEDY, SamplingConfig, sample
 from edgelin.runtime.session import Session, State
-from edgelin.runtime.tokenizer import Tokenizer
+from edgelin.runtime.tokenizer import Tokenizer, encode_prompt
 
 
 class Generation(Iterator[int]):
@@ -79,8 +79,12 @@ def generate(session: Session, prompt_ids: Sequence[int] | np.ndarray, max_new_t
 def generate_text(session: Session, tokenizer: Tokenizer, prompt: str, max_new_tokens: int,
                   sampling: SamplingConfig = GREEDY, seed: int | None = 0, state: State | None = None,
                   stop_ids: Collection[int] = ()) -> Iterator[str]:
-    """Like `generate`, but takes text and streams decoded text pieces (whole characters only)."""
-    tokens = generate(session, tokenizer.encode(prompt), max_new_tokens, sampling, seed, state, stop_ids)
+    """Like `generate`, but takes text and streams decoded text pieces (whole characters only).
+
+    A fresh sequence (no `state`) starts with the package's bos_id; its eos_id ends generation."""
+    ids = encode_prompt(tokenizer, prompt) if state is None else tokenizer.encode(prompt)
+    stop = {*stop_ids, *([tokenizer.eos_id] if tokenizer.eos_id is not None else [])}
+    tokens = generate(session, ids, max_new_tokens, sampling, seed, state, stop)
     decoder = tokenizer.stream_decoder()
 
     def pieces() -> Iterator[str]:

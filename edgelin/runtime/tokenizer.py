@@ -23,6 +23,8 @@ class Tokenizer(Protocol):
     """Text <-> token ids; `stream_decoder()` gives a fresh decoder for one generated stream."""
 
     vocab_size: int
+    bos_id: int | None  # from the manifest: prompts start with it, generation stops at eos_id
+    eos_id: int | None
 
     def encode(self, text: str) -> list[int]: ...
 
@@ -54,6 +56,8 @@ class ByteTokenizer:
     """Token = one UTF-8 byte; vocab 256, no special tokens."""
 
     vocab_size = 256
+    bos_id: int | None = None
+    eos_id: int | None = None
 
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
@@ -100,6 +104,8 @@ class HFTokenizer:
         except Exception as e:  # the library raises its own exception type
             raise EdgelinError(f"cannot load tokenizer {path}: {e}") from None
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+        self.bos_id: int | None = None
+        self.eos_id: int | None = None
 
     def encode(self, text: str) -> list[int]:
         return list(self._tok.encode(text, add_special_tokens=False).ids)
@@ -111,12 +117,21 @@ class HFTokenizer:
         return IncrementalDecoder(self)
 
 
+def encode_prompt(tokenizer: Tokenizer, text: str) -> list[int]:
+    """Prompt ids as the model was trained to see them: bos_id (when the package names one), then the text."""
+    ids = tokenizer.encode(text)
+    return [tokenizer.bos_id, *ids] if tokenizer.bos_id is not None and ids else ids
+
+
 def load_tokenizer(package_dir: str | os.PathLike, manifest: Manifest) -> Tokenizer:
     """The tokenizer the manifest names: {"type": "bytes"} or {"type": "tokenizers", "file": ...}."""
     spec: dict[str, Any] = manifest.tokenizer
     kind = spec.get("type", "bytes")
     if kind == "bytes":
-        return ByteTokenizer()
-    if kind == "tokenizers":
-        return HFTokenizer(Path(package_dir) / spec.get("file", "tokenizer.json"))
-    raise EdgelinError(f"unknown tokenizer type {kind!r} in {Path(package_dir) / 'manifest.json'}")
+        tokenizer: Tokenizer = ByteTokenizer()
+    elif kind == "tokenizers":
+        tokenizer = HFTokenizer(Path(package_dir) / spec.get("file", "tokenizer.json"))
+    else:
+        raise EdgelinError(f"unknown tokenizer type {kind!r} in {Path(package_dir) / 'manifest.json'}")
+    tokenizer.bos_id, tokenizer.eos_id = spec.get("bos_id"), spec.get("eos_id")
+    return tokenizer
