@@ -4,7 +4,8 @@ that quantization will touch: MatMul activation inputs, state inputs and outputs
 
 Streams run side by side as one batch. Every stream is cut into chunks of the prefill graph's
 length; every `decode_every`-th chunk goes through the decode graph token by token, the others
-through the prefill graph, so both graphs are observed at every depth of the state.
+through the prefill graph, so both graphs are observed at every depth of the state. The first
+chunk, from the zero state, goes through both.
 """
 from __future__ import annotations
 
@@ -99,11 +100,13 @@ def calibrate_package(package_dir: str | Path, text: str, *, streams: int = 4, t
     chunks = [(p, min(p + C, T)) for p in range(0, T, C)]
     for i, (a, b) in enumerate(chunks):
         use_decode = "prefill" not in graphs or b - a < C or i % decode_every == 0
+        start = state
         if use_decode:
             for t in range(a, b):
                 state = run("decode", ids[:, t:t + 1], state)
-        else:
-            state = run("prefill", ids[:, a:b], state)
+        if i == 0 or not use_decode:  # the zero-state start is seen by both graphs
+            if "prefill" in graphs and b - a == C:
+                state = run("prefill", ids[:, a:b], start)
         if progress:
             progress(i + 1, len(chunks))
     tables = {}
