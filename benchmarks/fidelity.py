@@ -40,6 +40,7 @@ from edgelin.runtime import Session  # noqa: E402
 CONFIGS = {
     "w8a8": lambda: W8A8(),
     "w8a8-minmax": lambda: W8A8(observer="minmax"),
+    "w8a8-percentile": lambda: W8A8(observer="percentile"),
     "w8a8-mse": lambda: W8A8(observer="mse"),
     "w8a8-smooth": lambda: W8A8(smooth=0.5),
     "w8a8-rotate": lambda: W8A8(rotate=True),
@@ -53,7 +54,7 @@ CONFIGS = {
     "w4a8-g32-smooth": lambda: W4A8(smooth=0.5),
     "ort-static": None,  # onnxruntime's quantize_static, the generic baseline (see ort_static)
 }
-DEFAULT = ["ort-static", "w8a8", "w8a8-minmax", "w8a8-mse", "w8a8-smooth", "w8a8-rotate", "w8a8-state-fp32", "w8a16",
+DEFAULT = ["ort-static", "w8a8", "w8a8-minmax", "w8a8-percentile", "w8a8-smooth", "w8a8-rotate", "w8a8-state-fp32", "w8a16",
            "w4a16-g32", "w4a16-g128", "w4a16-g32-gptq", "w4a16-g32-rotate", "w4a8-g32", "w4a8-g32-smooth"]
 
 
