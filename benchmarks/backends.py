@@ -6,7 +6,7 @@
 Reference models come from examples/models/NAME when shipped (trained weights), else the zoo's
 seeded random init (speed does not depend on the values). INT8 is W8A8 (INT16 states), INT4 is
 W4A16 in ONNX Runtime's MatMulNBits form, plus its standard-ONNX QDQ form for OpenVINO. Results go
-to OUT/results.json and a markdown table on stdout (docs/benchmarks_backends.md holds a recorded run).
+to OUT/results.json and a markdown table on stdout (docs/BENCHMARKS.md holds a recorded run).
 The RSS soak generates --rss-tokens tokens on the fastest INT8 back end of the last model and
 samples the process RSS every 1,000 tokens.
 """

@@ -7,7 +7,7 @@ once per model and reused by the schemes that share it. Prints a table, writes J
 markdown page. Byte-level models only (the reference models are).
 
     python benchmarks/fidelity.py --models gla-10m hybrid-10m --json out/fidelity.json \\
-        --markdown docs/benchmarks_fidelity.md
+        --markdown docs/BENCHMARKS.md
 
 A model without trained weights (examples/models/NAME missing) is measured on its seeded random
 init and flagged "untrained": such numbers say the pipeline runs, not how well it quantizes.

@@ -185,7 +185,7 @@ def bench_package(package: str | os.PathLike, *, backend: str = "ort", threads: 
         prefill_chunks: the timed prompt is this many prefill chunks long.
         baseline: also time the PyTorch eager FP32 step form (imports torch).
     Returns:
-        A JSON-ready dict (keys in docs/benchmarks_backends.md).
+        A JSON-ready dict (keys in docs/BENCHMARKS.md).
     Example:
         >>> bench_package("out/gla-10m", backend="openvino-stateful")["fraction_of_floor"]  # doctest: +SKIP
     """

@@ -83,7 +83,8 @@ def quantize_package(fp_dir: str | Path, out_dir: str | Path, scheme: QuantSchem
             files[tok] = root / tok
         files["calibration.json"] = table.to_json().encode()
         files.update(extra_files or {})
-        manifest = {k: v for k, v in m.raw.items() if k not in ("files", "format_version")}
+        # Compiled back-end files belong to the FP graphs: `edgelin compile` rebuilds them for these.
+        manifest = {k: v for k, v in m.raw.items() if k not in ("files", "format_version", "backends")}
         manifest.update(fields)
         return write_package(out_dir, files, manifest, force=force)
 

@@ -68,7 +68,7 @@ class QuantScheme:
     state: StatePrecision = StatePrecision.INT16
     embedding: LayerPrecision = LayerPrecision.INT8
     lm_head: LayerPrecision = LayerPrecision.INT8
-    observer: str = "mse"  # lowest KL on every model measured (docs/benchmarks_fidelity.md)
+    observer: str = "mse"  # lowest KL on every model measured (docs/BENCHMARKS.md)
     int4_format: Int4Format = Int4Format.MATMUL_NBITS
     state_headroom: float = 2.0  # state scale covers headroom x the largest |state| seen in calibration
     gptq: bool = False

@@ -60,6 +60,8 @@ def compare_packages(reference: str | Path, candidate: str | Path, text: str, *,
     check_compatible(ref.manifest, cand.manifest, ref_dir, cand_dir)
     if not text or not text.strip():
         raise EdgelinError("the validation text is empty")
+    if 1 in (ref.batch, cand.batch):  # back ends compiled for one sequence (openvino-stateful, tvm)
+        streams = 1
     ids = make_streams(load_tokenizer(ref_dir, ref.manifest).encode(text), streams, horizon)
     B, T = ids.shape
     if T < 2:
