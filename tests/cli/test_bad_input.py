@@ -5,25 +5,9 @@ import sys
 import textwrap
 
 import pytest
-from typer.testing import CliRunner
 
-from edgelin.cli import load_commands
+from cli_helpers import assert_user_error, run
 from edgelin.models import LM, ZOO, save_checkpoint
-
-runner = CliRunner()
-app = load_commands()
-
-
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_user_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -2,10 +2,9 @@
 import json
 
 import pytest
-from typer.testing import CliRunner
 
+from cli_helpers import assert_user_error, run
 from edgelin.calibration import default_text
-from edgelin.cli import load_commands
 from edgelin.exporters.package import export_package
 from edgelin.models import LM, ZOO, save_checkpoint
 from edgelin.models.config import LMConfig
@@ -13,23 +12,9 @@ from edgelin.quantize.package import quantize_package
 from edgelin.quantize.schemes import W8A8
 from edgelin.validate.drift import drift_curve
 
-runner = CliRunner()
-app = load_commands()
 KEYS = {"loss_reference", "loss_candidate", "loss_increase_pct", "kl_mean", "kl_p99", "top1_agreement",
         "size_bytes_reference", "size_bytes_candidate", "perplexity_reference", "perplexity_candidate",
         "snr_db_layer", "snr_db_state", "drift"}
-
-
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_user_error(result, *fragments):
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")
