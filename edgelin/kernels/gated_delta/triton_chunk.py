@@ -17,7 +17,8 @@ import torch
 import triton
 import triton.language as tl
 
-from edgelin.kernels.common import INTERPRET, autotune, chunk_local_cumsum, next_block
+from edgelin.kernels.common import autotune, chunk_local_cumsum, next_block
+from edgelin.kernels.common.checks import check_qkv_state
 
 BT_DEFAULT = 64
 
@@ -511,27 +512,13 @@ def chunk_gated_delta_rule(q, k, v, g, beta, *, scale=None, initial_state=None, 
         >>> q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
         >>> o, ht = chunk_gated_delta_rule(q, k, v, F.logsigmoid(a), beta.sigmoid(), output_final_state=True)
     """
-    if q.dim() != 4 or k.shape != q.shape:
-        raise ValueError(f"q and k must be [B, T, H, K] with one shape, got {tuple(q.shape)} and {tuple(k.shape)}")
+    check_qkv_state(q, k, v, initial_state)
     B, T, H, K = q.shape
-    if v.dim() != 4 or v.shape[:3] != (B, T, H):
-        raise ValueError(f"v must be [B, T, H, V] = [{B}, {T}, {H}, V], got {tuple(v.shape)}")
     if g.shape != (B, T, H):
         raise ValueError(f"g must be [B, T, H] = {(B, T, H)}, got {tuple(g.shape)}")
     if beta.shape != (B, T, H):
         raise ValueError(f"beta must be [B, T, H] = {(B, T, H)}, got {tuple(beta.shape)}")
-    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.bfloat16, torch.float16, torch.float32):
-        raise ValueError(f"q, k, v must share one of bf16/fp16/fp32, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if not (q.is_cuda or INTERPRET):
-        raise ValueError(f"the Triton kernels need CUDA tensors (or TRITON_INTERPRET=1), got device {q.device}")
-    if K > 256 or v.shape[-1] > 256:
-        raise ValueError(f"head dims up to 256 are supported, got K={K}, V={v.shape[-1]}")
     if initial_state is not None:
-        if initial_state.shape != (B, H, K, v.shape[-1]) or initial_state.dtype != torch.float32:
-            raise ValueError(
-                f"initial_state must be float32 [B, H, K, V] = {(B, H, K, v.shape[-1])}, "
-                f"got {initial_state.dtype} {tuple(initial_state.shape)}"
-            )
         initial_state = initial_state.contiguous()
     if scale is None:
         scale = K ** -0.5

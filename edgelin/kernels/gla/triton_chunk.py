@@ -15,7 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
-from edgelin.kernels.common import INTERPRET, autotune, chunk_local_cumsum, next_block, warps_stages
+from edgelin.kernels.common import autotune, chunk_local_cumsum, next_block, warps_stages
+from edgelin.kernels.common.checks import check_qkv_state
 
 BT_DEFAULT = 64
 BC_DEFAULT = 16
@@ -456,25 +457,11 @@ def chunk_gla(q, k, v, g, *, scale=None, initial_state=None, output_final_state=
     Example:
         >>> o, ht = chunk_gla(q, k, v, F.logsigmoid(gk), output_final_state=True)
     """
-    if q.dim() != 4 or k.shape != q.shape:
-        raise ValueError(f"q and k must be [B, T, H, K] with one shape, got {tuple(q.shape)} and {tuple(k.shape)}")
-    B, T, H, K = q.shape
-    if v.dim() != 4 or v.shape[:3] != (B, T, H):
-        raise ValueError(f"v must be [B, T, H, V] = [{B}, {T}, {H}, V], got {tuple(v.shape)}")
+    check_qkv_state(q, k, v, initial_state)
     if g.shape != q.shape:
         raise ValueError(f"g must be [B, T, H, K] = {tuple(q.shape)}, got {tuple(g.shape)}")
-    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.bfloat16, torch.float16, torch.float32):
-        raise ValueError(f"q, k, v must share one of bf16/fp16/fp32, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if not (q.is_cuda or INTERPRET):
-        raise ValueError(f"the Triton kernels need CUDA tensors (or TRITON_INTERPRET=1), got device {q.device}")
-    if K > 256 or v.shape[-1] > 256:
-        raise ValueError(f"head dims up to 256 are supported, got K={K}, V={v.shape[-1]}")
+    K = q.shape[-1]
     if initial_state is not None:
-        if initial_state.shape != (B, H, K, v.shape[-1]) or initial_state.dtype != torch.float32:
-            raise ValueError(
-                f"initial_state must be float32 [B, H, K, V] = {(B, H, K, v.shape[-1])}, "
-                f"got {initial_state.dtype} {tuple(initial_state.shape)}"
-            )
         initial_state = initial_state.contiguous()
     if scale is None:
         scale = K ** -0.5
