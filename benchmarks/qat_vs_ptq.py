@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edgelin.models.checkpoint import load_checkpoint  # noqa: E402
 from edgelin.models.loading import load_model  # noqa: E402
+from edgelin.models.zoo import shipped_checkpoint  # noqa: E402
 from edgelin.train import ByteData, QATScheme, TrainConfig, evaluate, quantize_weights_, train  # noqa: E402
 
 
@@ -36,6 +37,15 @@ def quantized_loss(model, scheme, data, cfg, device) -> float:
     q = copy.deepcopy(model).float()
     quantize_weights_(q, scheme)
     return evaluate(q.to(device), data, cfg, amp=False)
+
+
+def training_dropout(spec: str) -> float | None:
+    """The dropout the checkpoint was trained with: fine-tuning with less makes these models overfit at once."""
+    for run_dir in (Path(spec), shipped_checkpoint(spec)):
+        log = run_dir / "train_log.json" if run_dir else None
+        if log and log.is_file():
+            return json.loads(log.read_text()).get("train_config", {}).get("dropout")
+    return None
 
 
 def main() -> None:
@@ -48,13 +58,17 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--lr", type=float, default=3e-4)
-    ap.add_argument("--dropout", type=float, default=0.2)
+    ap.add_argument("--dropout", type=float, default=None,
+                    help="fine-tuning dropout (default: the model's training dropout from its train_log.json, else 0.2)")
     ap.add_argument("--time-budget", type=float, default=0.0, help="seconds per fine-tuning run (0 = none)")
     ap.add_argument("--eval-windows", type=int, default=0, help="held-out windows per evaluation (0 = all)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--json", type=Path, default=Path("out/qat_vs_ptq.json"))
     args = ap.parse_args()
 
+    if args.dropout is None:
+        trained = training_dropout(args.model)
+        args.dropout = 0.2 if trained is None else trained
     device = torch.device("cuda" if args.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
     loaded = load_model(args.model)
     base = loaded.model.float()
