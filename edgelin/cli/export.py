@@ -27,7 +27,8 @@ def export(
     rotate: bool = typer.Option(False, "--rotate", help="Hadamard-rotate the residual stream before quantizing."),
     smooth: Optional[float] = typer.Option(None, "--smooth", help="SmoothQuant alpha (e.g. 0.5) folded into the norms."),
     max_loss_increase: Optional[float] = typer.Option(None, "--max-loss-increase", help="Mixed precision: loss budget in %."),
-    profile: Optional[str] = typer.Option(None, "--profile", help="Target: ort-cpu, qnn-htp or openvino-npu (static shapes, batch 1)."),
+    profile: Optional[str] = typer.Option(None, "--profile", help="Target: ort-cpu, qnn-htp or openvino-npu (static shapes, "
+                                          "batch 1); qnn-htp also quantizes: W8A16, QDQ everywhere."),
     max_context: int = typer.Option(2048, "--max-context", help="KV slots of imported full-attention layers (LFM2); past it they slide."),
 ) -> None:
     """Export MODEL to a package of loop-free ONNX step graphs (decode + prefill) with a manifest."""
@@ -40,6 +41,11 @@ def export(
 
     if profile is not None and profile not in EXPORT_PROFILES:
         raise EdgelinError(f"--profile must be one of {', '.join(EXPORT_PROFILES)}, not {profile!r}")
+    if profile == "qnn-htp":
+        _export_htp(model, output, force, prefill_tokens, max_context, calib,
+                    refused={"--int8": int8, "--int4": int4, "--w4a8": w4a8, "--gptq": gptq, "--rotate": rotate,
+                             "--smooth": smooth is not None, "--max-loss-increase": max_loss_increase is not None})
+        return
     from edgelin.cli.quantize import build_scheme, export_quantized
 
     scheme = build_scheme(int8, int16, int4, w4a8, group_size=group_size, gptq=gptq, smooth=smooth, rotate=rotate)
@@ -64,15 +70,56 @@ def export(
         _apply_profile(out, profile)
 
 
-def _apply_profile(out: Path, profile: str) -> None:
-    from collections import Counter
+def _export_htp(model: Optional[str], output: Optional[Path], force: bool, prefill_tokens: int, max_context: int,
+                calib: Optional[Path], *, refused: dict[str, bool]) -> None:
+    """--profile qnn-htp: HTP runs quantized graphs only, so this always quantizes, to W8A16
+    (uint16 activations and states, uint8 weights), with or without --int16."""
+    import tempfile
 
-    from edgelin.check import check_package
+    from edgelin.calibration.streams import read_text
+    from edgelin.cli.quantize import progress_bars
+    from edgelin.cli.validate import print_summary
+    from edgelin.exporters.package import export_package
+    from edgelin.models.loading import load_model
+    from edgelin.quantize.htp import HtpScheme, run_htp_pipeline
+
+    flags = [flag for flag, on in refused.items() if on]
+    if flags:
+        raise EdgelinError(f"--profile qnn-htp quantizes W8A16 (--int16 or no flag), not {', '.join(flags)}: uint8 on "
+                           f"the whole recurrence costs gla-1m +73% loss, and QNN's MatMul takes one weight scale per tensor")
+    scheme = HtpScheme(act_bits=16)
+    text = read_text(calib)
+    with console.status("loading model"):
+        loaded = load_model(model, max_context=max_context)
+    out = output or Path("out") / f"{loaded.name}-{scheme.label}-htp"
+    refuse_existing(out, force)
+    if not loaded.trained:
+        console.print(f"[yellow]note:[/] {loaded.name} has no trained weights here; exporting its seeded random init")
+    with tempfile.TemporaryDirectory(prefix="edgelin-export-") as tmp:
+        with console.status(f"exporting {loaded.name} ({loaded.model.num_parameters() / 1e6:.1f}M parameters)"):
+            fp = export_package(loaded.model, Path(tmp) / "fp32", prefill_tokens=prefill_tokens,
+                                source_layout=loaded.source_layout, tokenizer_json=loaded.tokenizer_json,
+                                special_tokens=loaded.special_tokens)
+        with progress_bars() as on_progress:
+            result = run_htp_pipeline(fp, out, scheme, text, force=force, on_progress=on_progress)
+    print_summary(result, out, out / "report")
+    _report_check(out, "qnn-htp")
+
+
+def _apply_profile(out: Path, profile: str) -> None:
     from edgelin.exporters.profiles import apply_profile
 
     with console.status(f"making {out} static for {profile}"):
         apply_profile(out, profile)
-        left = Counter(v.rule for v in check_package(out, profile))
+    _report_check(out, profile)
+
+
+def _report_check(out: Path, profile: str) -> None:
+    from collections import Counter
+
+    from edgelin.check import check_package
+
+    left = Counter(v.rule for v in check_package(out, profile))
     if left:
         console.print(f"[yellow]note:[/] {out} still breaks {profile}'s rules ("
                       + ", ".join(f"{n} {rule}" for rule, n in sorted(left.items()))
