@@ -21,14 +21,14 @@ def export(
     int16: bool = typer.Option(False, "--int16", help="Quantize: W8A16 (16-bit activations, NPU layout)."),
     int4: bool = typer.Option(False, "--int4", help="Quantize: W4A16 (4-bit block-wise weights)."),
     w4a8: bool = typer.Option(False, "--w4a8", help="Quantize: W4A8."),
-    group_size: int = typer.Option(32, "--group-size", help="4-bit block size: 32, 64 or 128."),
+    group_size: Optional[int] = typer.Option(None, "--group-size", help="4-bit block size: 32 (default), 64 or 128."),
     gptq: bool = typer.Option(False, "--gptq", help="GPTQ instead of round-to-nearest for 4-bit weights."),
     calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration text (default: the shipped sample)."),
     rotate: bool = typer.Option(False, "--rotate", help="Hadamard-rotate the residual stream before quantizing."),
     smooth: Optional[float] = typer.Option(None, "--smooth", help="SmoothQuant alpha (e.g. 0.5) folded into the norms."),
     max_loss_increase: Optional[float] = typer.Option(None, "--max-loss-increase", help="Mixed precision: loss budget in %."),
     profile: Optional[str] = typer.Option(None, "--profile", help="Target: ort-cpu, qnn-htp or openvino-npu (static shapes, "
-                                          "batch 1); qnn-htp also quantizes: W8A16, QDQ everywhere."),
+                                          "batch 1); qnn-htp also quantizes, QDQ everywhere (W8A16 unless a scheme flag says otherwise)."),
     max_context: int = typer.Option(2048, "--max-context", help="KV slots of imported full-attention layers (LFM2); past it they slide."),
 ) -> None:
     """Export MODEL to a package of loop-free ONNX step graphs (decode + prefill) with a manifest."""
@@ -42,13 +42,13 @@ def export(
     if profile is not None and profile not in EXPORT_PROFILES:
         raise EdgelinError(f"--profile must be one of {', '.join(EXPORT_PROFILES)}, not {profile!r}")
     if profile == "qnn-htp":
-        _export_htp(model, output, force, prefill_tokens, max_context, calib,
-                    refused={"--int8": int8, "--int4": int4, "--w4a8": w4a8, "--gptq": gptq, "--rotate": rotate,
+        _export_htp(model, output, force, prefill_tokens, max_context, calib, (int8, int16, int4, w4a8),
+                    refused={"--group-size": group_size is not None, "--gptq": gptq, "--rotate": rotate,
                              "--smooth": smooth is not None, "--max-loss-increase": max_loss_increase is not None})
         return
     from edgelin.cli.quantize import build_scheme, export_quantized
 
-    scheme = build_scheme(int8, int16, int4, w4a8, group_size=group_size, gptq=gptq, smooth=smooth, rotate=rotate)
+    scheme = build_scheme(int8, int16, int4, w4a8, group_size=group_size or 32, gptq=gptq, smooth=smooth, rotate=rotate)
     if scheme is None and (rotate or smooth is not None or max_loss_increase is not None or calib or gptq):
         raise EdgelinError("--calib, --rotate, --smooth, --gptq and --max-loss-increase need --int8, --int16, --int4 or --w4a8")
     with console.status("loading model"):
@@ -71,9 +71,10 @@ def export(
 
 
 def _export_htp(model: Optional[str], output: Optional[Path], force: bool, prefill_tokens: int, max_context: int,
-                calib: Optional[Path], *, refused: dict[str, bool]) -> None:
-    """--profile qnn-htp: HTP runs quantized graphs only, so this always quantizes, to W8A16
-    (uint16 activations and states, uint8 weights), with or without --int16."""
+                calib: Optional[Path], flags: tuple[bool, bool, bool, bool], *, refused: dict[str, bool]) -> None:
+    """--profile qnn-htp: HTP runs quantized graphs only, so this always quantizes, QDQ everywhere:
+    W8A16 with no scheme flag or --int16, else --int8 (W8A8), --int4 (W4A16), --w4a8 (W4A8); the
+    A names the linear layers' inputs, everything else stays uint16 (see edgelin.quantize.htp)."""
     import tempfile
 
     from edgelin.calibration.streams import read_text
@@ -81,13 +82,19 @@ def _export_htp(model: Optional[str], output: Optional[Path], force: bool, prefi
     from edgelin.cli.validate import print_summary
     from edgelin.exporters.package import export_package
     from edgelin.models.loading import load_model
-    from edgelin.quantize.htp import HtpScheme, run_htp_pipeline
+    from edgelin.quantize.htp import HtpScheme
+    from edgelin.quantize.htp_package import run_htp_pipeline
 
-    flags = [flag for flag, on in refused.items() if on]
-    if flags:
-        raise EdgelinError(f"--profile qnn-htp quantizes W8A16 (--int16 or no flag), not {', '.join(flags)}: uint8 on "
-                           f"the whole recurrence costs gla-1m +73% loss, and QNN's MatMul takes one weight scale per tensor")
-    scheme = HtpScheme(act_bits=16)
+    bad = [flag for flag, on in refused.items() if on]
+    if bad:
+        raise EdgelinError(f"--profile qnn-htp does not take {', '.join(bad)} (its 4-bit weights have one scale "
+                           f"per output channel; smoothing, rotation, GPTQ and mixed precision are CPU-pipeline steps)")
+    chosen = [name for name, on in zip(("--int8", "--int16", "--int4", "--w4a8"), flags) if on]
+    if len(chosen) > 1:
+        raise EdgelinError(f"choose one scheme, not {' and '.join(chosen)}")
+    weight_bits, act_bits = {"--int8": (8, 8), "--int16": (8, 16), "--int4": (4, 16), "--w4a8": (4, 8)}[
+        chosen[0] if chosen else "--int16"]
+    scheme = HtpScheme(weight_bits=weight_bits, matmul_act_bits=act_bits)
     text = read_text(calib)
     with console.status("loading model"):
         loaded = load_model(model, max_context=max_context)

@@ -12,10 +12,6 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-ELEM_TO_NP = {onnx.TensorProto.INT64: np.int64, onnx.TensorProto.INT32: np.int32, onnx.TensorProto.FLOAT: np.float32,
-              onnx.TensorProto.BOOL: np.bool_}
-
-
 def _run(proto: onnx.ModelProto, names: list[str]) -> dict[str, np.ndarray]:
     """The values of `names` and of every graph output, with every graph input zero."""
     import onnxruntime as ort
@@ -23,8 +19,8 @@ def _run(proto: onnx.ModelProto, names: list[str]) -> dict[str, np.ndarray]:
     probe = onnx.ModelProto.FromString(proto.SerializeToString())
     known = {o.name for o in probe.graph.output}
     probe.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names if n not in known)
-    feeds = {i.name: np.zeros([d.dim_value for d in i.type.tensor_type.shape.dim], ELEM_TO_NP[i.type.tensor_type.elem_type])
-             for i in probe.graph.input}
+    feeds = {i.name: np.zeros([d.dim_value for d in i.type.tensor_type.shape.dim],
+                              helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)) for i in probe.graph.input}
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.log_severity_level = 3

@@ -5,11 +5,11 @@ DequantizeLinear from uint8/uint16 (activations) or from 8/4-bit integers (weigh
 pass (`edgelin.quantize.qdq`) quantizes the MatMuls and keeps the recurrence in float, which suits
 CPUs; HTP needs QDQ everywhere. This module hands each static step graph to ONNX Runtime's QNN
 tooling (`get_qnn_qdq_config` + `quantize`, what ORT ships for its QNN provider) and adds what that
-tooling lacks for a recurrent model:
+tooling lacks for a recurrent model (the package-level steps are in `htp_package.py`):
 
 - calibration data: real text streamed through the FP step graphs with the states carried (the
   same schedule as `edgelin.calibration`), cut into batch-1 feeds, so state and gate ranges are
-  the ones a long sequence reaches, not a zero state's;
+  the ones a long sequence reaches, not a zero state's (`htp_package.calibration_feeds`);
 - the states: each `past_key_values.*` input and its `present.*` output get one uint16 grid,
   shared by the decode and prefill graphs, symmetric about 0 and wide enough for `state_headroom`
   x the largest |state| of edgelin's calibration table. A state leaves the graph through
@@ -18,7 +18,8 @@ tooling lacks for a recurrent model:
   (the all-zero initial state of docs/FORMAT.md is then exactly zero);
 - masks: a `Where` that fills with -inf (causal and window masks) fills with `MASK_FILL` instead,
   so the tensor has a finite range to quantize;
-- embedding tables: 8-bit like the other weights (ORT would give a Gather table the activation type);
+- the linear layers: int8 / int4 weights with one scale per output channel (`HtpScheme.linear_overrides`;
+  ORT's QNN config would use one per tensor), and uint8 embedding tables;
 - constants ORT leaves float (the fill value of a `Where`): stored as the activation type and read
   through a DequantizeLinear, like every other operand.
 """
@@ -29,14 +30,12 @@ import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import onnx
 from onnx import version_converter
 
-from edgelin.calibration.collect import calibrate_package
-from edgelin.calibration.streams import MIN_STREAM_TOKENS, make_streams
 from edgelin.calibration.table import CalibrationTable
 from edgelin.errors import EdgelinError
 from edgelin.quantize.primitives import ActQuant, activation_qparams
@@ -50,85 +49,65 @@ MASK_FILL = -32.0
 
 @dataclass(frozen=True)
 class HtpScheme:
-    """What `--profile qnn-htp` quantizes to.
+    """What `--profile qnn-htp` quantizes to. Everything not named here is uint16: activations,
+    gates, norms, the recurrence, logits, states (uint8 on all of it costs gla-1m +73% loss).
 
     Attributes:
-        act_bits: activations (and gates, logits) as uint16 (16, `--int16`, the default) or uint8 (8, `--int8`).
-        weight_bits: MatMul weights and other constants as 8-bit integers (per tensor, as QNN's MatMul takes them).
+        weight_bits: linear-layer weights as int8 (8) or int4 (4), symmetric, one scale per output
+            channel (ONNX Runtime's QNN provider runs such a MatMul as QNN FullyConnected).
+        matmul_act_bits: the linear layers' activation inputs as uint16 (16) or uint8 (8).
         state_headroom: a state's grid covers this x the largest |state| seen in calibration.
         max_feeds: at most this many calibration feeds per graph are given to ONNX Runtime's calibrator.
     """
 
-    name: ClassVar[str] = "htp-qdq"
-    act_bits: int = 16
     weight_bits: int = 8
+    matmul_act_bits: int = 16
     state_headroom: float = 2.0
     max_feeds: int = 256
 
     def __post_init__(self) -> None:
-        if self.act_bits not in (8, 16):
-            raise EdgelinError(f"{self.name}: activations are 8 or 16 bits on HTP, got {self.act_bits}")
-        if self.weight_bits != 8:
-            raise EdgelinError(f"{self.name}: weights are 8 bits (QNN's MatMul takes one scale per tensor; 4-bit "
-                               f"per-tensor weights lose too much), got {self.weight_bits}")
+        if self.weight_bits not in (4, 8):
+            raise EdgelinError(f"HTP weights are 8 or 4 bits, got {self.weight_bits}")
+        if self.matmul_act_bits not in (8, 16):
+            raise EdgelinError(f"HTP activations are 8 or 16 bits, got {self.matmul_act_bits}")
         if not self.state_headroom >= 1.0:
-            raise EdgelinError(f"{self.name}: state_headroom must be >= 1, got {self.state_headroom}")
+            raise EdgelinError(f"state_headroom must be >= 1, got {self.state_headroom}")
         if self.max_feeds < 1:
-            raise EdgelinError(f"{self.name}: max_feeds must be >= 1, got {self.max_feeds}")
+            raise EdgelinError(f"max_feeds must be >= 1, got {self.max_feeds}")
 
     @property
     def label(self) -> str:
-        return f"w{self.weight_bits}a{self.act_bits}"
+        return f"w{self.weight_bits}a{self.matmul_act_bits}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"scheme": f"{self.label}-htp", "weight_bits": self.weight_bits, "act_bits": self.act_bits,
-                "state": "uint16-qdq", "state_headroom": self.state_headroom, "observer": "minmax",
+        return {"scheme": f"{self.label}-htp", "weight_bits": self.weight_bits, "act_bits": self.matmul_act_bits,
+                "granularity": "per_channel", "other_activations": "uint16", "state": "uint16-qdq",
+                "state_headroom": self.state_headroom, "observer": "minmax",
                 "quantizer": "onnxruntime.quantization (get_qnn_qdq_config)"}
 
+    def linear_overrides(self, proto: onnx.ModelProto, table: CalibrationTable, graph: str) -> dict[str, list[dict]]:
+        """ORT TensorQuantOverrides for the linear layers (MatMul by a 2-D weight) and embedding tables.
 
-def calibration_feeds(fp_dir: Path, text: str, streams: int, tokens: int, decode_every: int = 4
-                      ) -> dict[str, list[Feeds]]:
-    """graph -> batch-1 feeds (input_ids + states) met while streaming `text` through the FP package.
+        uint8 inputs take the MSE range of edgelin's calibration table (as `--int8` does on the CPU;
+        ORT's min-max range costs gla-1m's W8A8 a larger KL); uint16 keeps ORT's min-max.
+        """
+        from onnxruntime.quantization import QuantType
 
-    The schedule is `calibrate_package`'s: chunks of the prefill length, every `decode_every`-th
-    one token by token through the decode graph, states carried from chunk to chunk.
-    """
-    import onnxruntime as ort
-
-    from edgelin.runtime.package import read_package
-    from edgelin.runtime.tokenizer import load_tokenizer
-
-    m = read_package(fp_dir)
-    ids = make_streams(load_tokenizer(fp_dir, m).encode(text), streams, tokens)
-    sess = {name: ort.InferenceSession(str(fp_dir / g.file), providers=["CPUExecutionProvider"])
-            for name, g in m.graphs.items()}
-    outs = {name: [o.name for o in s.get_outputs()] for name, s in sess.items()}
-    feeds: dict[str, list[Feeds]] = {name: [] for name in m.graphs}
-
-    def step(graph: str, chunk: np.ndarray, state: Feeds) -> Feeds:
-        feed = {"input_ids": chunk, **state}
-        feeds[graph].extend({k: v[b:b + 1] for k, v in feed.items()} for b in range(chunk.shape[0]))
-        res = dict(zip(outs[graph], sess[graph].run(None, feed)))
-        return {s.input: res[s.output] for s in m.states}
-
-    C = m.graphs["prefill"].tokens if "prefill" in m.graphs else 1
-    n, T = ids.shape
-    state = {s.input: np.zeros(s.shape_for(n), s.np_dtype) for s in m.states}
-    for i, a in enumerate(range(0, T, C)):
-        b = min(a + C, T)
-        if "prefill" not in m.graphs or b - a < C or i % decode_every == 0:
-            for t in range(a, b):
-                state = step("decode", ids[:, t:t + 1], state)
-        else:
-            state = step("prefill", ids[:, a:b], state)
-    return feeds
-
-
-def _thin(items: list[Feeds], most: int) -> list[Feeds]:
-    """At most `most` items, evenly spaced, so every depth of the state is represented."""
-    if len(items) <= most:
-        return items
-    return [items[i] for i in np.linspace(0, len(items) - 1, most).round().astype(int)]
+        weight = QuantType.QInt8 if self.weight_bits == 8 else QuantType.QInt4
+        inits = {t.name: t for t in proto.graph.initializer}
+        out: dict[str, list[dict]] = {}
+        for n in proto.graph.node:
+            if n.op_type == "Gather" and n.input[0] in inits and len(inits[n.input[0]].dims) == 2:
+                out[n.input[0]] = [{"quant_type": QuantType.QUInt8}]  # ORT would give it the activation type
+            if n.op_type == "MatMul" and n.input[1] in inits and len(inits[n.input[1]].dims) == 2:
+                out[n.input[1]] = [{"quant_type": weight, "symmetric": True, "axis": 1}]
+                if self.matmul_act_bits == 8 and n.input[0] not in inits:
+                    spec: dict[str, Any] = {"quant_type": QuantType.QUInt8}
+                    if n.input[0] in table.graphs.get(graph, {}):
+                        lo, hi = table.range(graph, n.input[0], "mse")
+                        spec.update(rmin=np.array(min(lo, 0.0), np.float32), rmax=np.array(max(hi, 0.0), np.float32))
+                    out[n.input[0]] = [spec]
+        return out
 
 
 def state_overrides(entries: list[dict], table: CalibrationTable, headroom: float) -> dict[str, list[dict]]:
@@ -167,15 +146,6 @@ def finite_masks(proto: onnx.ModelProto) -> onnx.ModelProto:
             raise EdgelinError(f"constant {name} holds NaN or Inf outside a mask fill; HTP cannot quantize it")
         t.CopyFrom(numpy_helper.from_array(np.where(np.isneginf(a), MASK_FILL, a).astype(a.dtype), name))
     return proto
-
-
-def embedding_overrides(proto: onnx.ModelProto) -> dict[str, list[dict]]:
-    """Gather tables (2-D float initializers) as 8-bit per tensor, like the MatMul weights."""
-    from onnxruntime.quantization import QuantType
-
-    inits = {t.name: t for t in proto.graph.initializer}
-    return {n.input[0]: [{"quant_type": QuantType.QUInt8}] for n in proto.graph.node
-            if n.op_type == "Gather" and n.input[0] in inits and len(inits[n.input[0]].dims) == 2}
 
 
 def dequantize_constants(proto: onnx.ModelProto, spec: ActQuant) -> onnx.ModelProto:
@@ -237,15 +207,13 @@ class _Reader:
 
 
 def quantize_graph_htp(proto: onnx.ModelProto, feeds: list[Feeds], overrides: dict[str, list[dict]],
-                       scheme: HtpScheme) -> onnx.ModelProto:
+                       scheme: HtpScheme, table: CalibrationTable, graph: str) -> onnx.ModelProto:
     """One static FP32 step graph -> its full-QDQ form (ORT's QNN configuration, states on `overrides`)."""
     from onnxruntime.quantization import QuantType, quantize
-    from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
+    from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config, qnn_preprocess_model
 
     if not feeds:
         raise EdgelinError("no calibration feeds for a step graph: the calibration text is too short")
-    act = QuantType.QUInt16 if scheme.act_bits == 16 else QuantType.QUInt8
-    from onnxruntime.quantization.execution_providers.qnn import qnn_preprocess_model
 
     proto = finite_masks(version_converter.convert_version(proto, OPSET))
     with tempfile.TemporaryDirectory(prefix="edgelin-htp-") as tmp:
@@ -253,97 +221,12 @@ def quantize_graph_htp(proto: onnx.ModelProto, feeds: list[Feeds], overrides: di
         onnx.save(proto, str(src))
         if qnn_preprocess_model(str(src), str(pre)):
             src = pre
-        init = {**embedding_overrides(proto), **{k: [dict(v[0])] for k, v in overrides.items()}}
-        config = get_qnn_qdq_config(str(src), _Reader(feeds), activation_type=act, weight_type=QuantType.QUInt8,
-                                    init_overrides=init)
+        init = {**scheme.linear_overrides(proto, table, graph), **{k: [dict(v[0])] for k, v in overrides.items()}}
+        config = get_qnn_qdq_config(str(src), _Reader(feeds), activation_type=QuantType.QUInt16,
+                                    weight_type=QuantType.QUInt8, init_overrides=init)
         config.extra_options["ForceQuantizeNoInputCheck"] = True  # a Where of two constants still gets QDQ
         with _quiet():
             quantize(str(src), str(dst), config)
-        out = dequantize_constants(onnx.load(str(dst)), ActQuant(scheme.act_bits))
+        out = dequantize_constants(onnx.load(str(dst)), ActQuant(16))
     onnx.checker.check_model(out)
     return out
-
-
-def quantize_htp_package(fp_dir: str | Path, static_dir: str | Path, out_dir: str | Path, scheme: HtpScheme,
-                         text: str, *, streams: int = 4, tokens: int = MIN_STREAM_TOKENS, force: bool = False,
-                         progress: Callable[[str, int, int], None] | None = None) -> Path:
-    """Quantize a package for HTP.
-
-    Args:
-        fp_dir: the FP32 package (symbolic batch), streamed for calibration.
-        static_dir: the same package made static for qnn-htp (`apply_profile`): the graphs quantized.
-        out_dir: the quantized package (written atomically; must not exist unless `force`).
-        scheme: `HtpScheme(...)`.
-        text: calibration text.
-    Returns:
-        `out_dir`.
-    """
-    from edgelin.runtime.package import read_package, write_package
-
-    fp_dir, static_dir = Path(fp_dir), Path(static_dir)
-    step = progress or (lambda *a: None)
-    table = calibrate_package(fp_dir, text, streams=streams, tokens=tokens, progress=lambda d, t: step("calibrate", d, t))
-    feeds = calibration_feeds(fp_dir, text, streams, tokens)
-    m = read_package(static_dir)
-    overrides = state_overrides(m.raw["states"], table, scheme.state_headroom)
-    with tempfile.TemporaryDirectory(prefix="edgelin-htp-") as tmp:
-        files: dict[str, Path | bytes] = {n: static_dir / n for n in m.files if not n.endswith(".onnx")}
-        for i, (name, g) in enumerate(m.graphs.items()):
-            step("quantize (qdq)", i, len(m.graphs))
-            proto = quantize_graph_htp(onnx.load(str(static_dir / g.file)), _thin(feeds[name], scheme.max_feeds),
-                                       overrides, scheme)
-            path = Path(tmp) / g.file
-            onnx.save(proto, str(path))
-            files[g.file] = path
-        step("quantize (qdq)", len(m.graphs), len(m.graphs))
-        files["calibration.json"] = table.to_json().encode()
-        # states stay float32 at the boundary (no "quant" entry); their uint16 grids are recorded here
-        grids = {s["input"]: {"scale": float(overrides[s["input"]][0]["scale"]),
-                              "zero_point": int(overrides[s["input"]][0]["zero_point"]), "dtype": "uint16"}
-                 for s in m.raw["states"]}
-        doc = {k: v for k, v in m.raw.items() if k not in ("files", "format_version", "backends")}
-        doc.update(precision={**scheme.to_dict(), "state_grids": grids},
-                   calibration={"file": "calibration.json", **table.summary()})
-        return write_package(out_dir, files, doc, force=force)
-
-
-def run_htp_pipeline(fp_dir: str | Path, out_dir: str | Path, scheme: HtpScheme, text: str, *,
-                     streams: int = 4, tokens: int = MIN_STREAM_TOKENS, horizon: int = 8192, validate: bool = True,
-                     force: bool = False, on_progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
-    """FP package -> static (qnn-htp profile) -> full QDQ -> validated package at `out_dir`.
-
-    Calibration uses the head of `text` (what its streams need), validation the rest, against the
-    FP package. The HTP graphs take batch 1, so validation runs one stream of up to `horizon` tokens.
-    Returns:
-        The validation dict (`compare_packages`), or {} when `validate` is False.
-    """
-    import shutil
-
-    from edgelin.exporters.profiles import apply_profile
-    from edgelin.quantize.pipeline import split_text
-    from edgelin.runtime.package import read_package, write_package
-    from edgelin.validate.metrics import compare_packages
-    from edgelin.validate.report import report_files
-
-    fp_dir, out = Path(fp_dir), Path(out_dir)
-    step = on_progress or (lambda *a: None)
-    if not text or not text.strip():
-        raise EdgelinError("the calibration text is empty")
-    calib, rest = split_text(fp_dir, text, streams, tokens)
-    with tempfile.TemporaryDirectory(prefix="edgelin-htp-", dir=out.parent if out.parent.exists() else None) as tmp:
-        static = Path(tmp) / "static"
-        shutil.copytree(fp_dir, static)
-        apply_profile(static, "qnn-htp")
-        staged = quantize_htp_package(fp_dir, static, Path(tmp) / "quantized", scheme, calib, streams=streams,
-                                      tokens=tokens, progress=step)
-        result: dict[str, Any] = {}
-        files: dict[str, Path | bytes] = {}
-        if validate:
-            result = compare_packages(fp_dir, staged, rest, horizon=horizon, streams=1,
-                                      progress=lambda d, t: step("validate", d, t))
-            result.update(candidate=str(out), calibration_text_reused=rest is calib)
-            files = {f"report/{k}": v for k, v in report_files(result).items()}
-        m = read_package(staged)
-        files.update({name: staged / name for name in m.files})
-        write_package(out, files, {k: v for k, v in m.raw.items() if k not in ("files", "format_version")}, force=force)
-    return result

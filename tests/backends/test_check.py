@@ -1,6 +1,5 @@
 """`edgelin check` finds planted violations (op, dtype, dynamic) and passes a clean profile export."""
 import json
-import shutil
 
 import numpy as np
 import onnx
@@ -118,11 +117,16 @@ def test_export_profile_flag(tmp_path):
     assert r.exit_code == 0, r.output
 
 
-@pytest.mark.parametrize("flag", ["--int8", "--int4", "--w4a8", "--gptq", "--rotate"])
-def test_export_qnn_htp_refuses_other_schemes(flag, tmp_path):
-    assert_user_error(run("export", "gla-tiny", "-o", tmp_path / "q", "--profile", "qnn-htp", flag),
-                      "--profile qnn-htp quantizes W8A16", flag)
+@pytest.mark.parametrize("flags", [["--gptq"], ["--rotate"], ["--group-size", "64"], ["--smooth", "0.5"]])
+def test_export_qnn_htp_refuses_cpu_pipeline_options(flags, tmp_path):
+    assert_user_error(run("export", "gla-tiny", "-o", tmp_path / "q", "--profile", "qnn-htp", *flags),
+                      "--profile qnn-htp does not take", flags[0])
     assert not (tmp_path / "q").exists()
+
+
+def test_export_qnn_htp_one_scheme(tmp_path):
+    assert_user_error(run("export", "gla-tiny", "-o", tmp_path / "q", "--profile", "qnn-htp", "--int8", "--int4"),
+                      "choose one scheme")
 
 
 def test_export_unknown_profile(tmp_path):
