@@ -48,7 +48,10 @@ def export(
         return
     from edgelin.cli.quantize import build_scheme, export_quantized
 
-    scheme = build_scheme(int8, int16, int4, w4a8, group_size=group_size or 32, gptq=gptq, smooth=smooth, rotate=rotate)
+    # MatMulNBits is ONNX Runtime's own op; the NPU takes 4-bit weights as standard blocked DequantizeLinear
+    int4_format = "qdq" if profile == "openvino-npu" else "matmul_nbits"
+    scheme = build_scheme(int8, int16, int4, w4a8, group_size=group_size or 32, gptq=gptq, smooth=smooth, rotate=rotate,
+                          int4_format=int4_format)
     if scheme is None and (rotate or smooth is not None or max_loss_increase is not None or calib or gptq):
         raise EdgelinError("--calib, --rotate, --smooth, --gptq and --max-loss-increase need --int8, --int16, --int4 or --w4a8")
     with console.status("loading model"):

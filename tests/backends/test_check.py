@@ -5,15 +5,13 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-from typer.testing import CliRunner
 
+from cli_helpers import assert_user_error, run
 from edgelin.check import check_graph, check_package
-from edgelin.cli import load_commands
 from edgelin.exporters.package import export_package
 from edgelin.exporters.profiles import apply_profile, get_profile
 from edgelin.models import LM, ZOO
 from edgelin.runtime import Session, read_package, write_package
-from cli_helpers import assert_user_error
 
 
 @pytest.fixture(scope="module")
@@ -21,10 +19,6 @@ def npu_package(tmp_path_factory):
     """gla-tiny exported with the openvino-npu profile (batch 1, shapes folded)."""
     out = export_package(LM(ZOO["gla-tiny"]).init_weights(), tmp_path_factory.mktemp("p") / "gla", prefill_tokens=8)
     return apply_profile(out, "openvino-npu")
-
-
-def run(*args):
-    return CliRunner().invoke(load_commands(), [str(a) for a in args])
 
 
 def test_clean_profile_export_passes(npu_package):

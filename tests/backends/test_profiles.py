@@ -9,6 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from cli_helpers import run
 from edgelin.calibration.streams import default_text
 from edgelin.check import check_package
 from edgelin.errors import EdgelinError
@@ -123,3 +124,11 @@ def test_openvino_npu_profile_fits_and_is_exact(name, tmp_path):
     assert check_package(npu, "openvino-npu") == []
     ids = _ids(20)  # 2 prefill chunks + 4 decode steps
     np.testing.assert_allclose(_logits(npu, ids), _logits(fp, ids), rtol=0, atol=1e-5)
+
+
+def test_int4_export_for_openvino_npu_uses_standard_ops(tmp_path):
+    """--int4 --profile openvino-npu writes blocked uint4 DequantizeLinear, not ONNX Runtime's MatMulNBits."""
+    r = run("export", "gla-tiny", "-o", tmp_path / "p", "--prefill-tokens", "8", "--int4", "--profile", "openvino-npu")
+    assert r.exit_code == 0, r.output
+    assert check_package(tmp_path / "p", "openvino-npu") == []
+    assert read_package(tmp_path / "p").precision["int4_format"] == "qdq"
