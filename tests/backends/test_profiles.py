@@ -18,7 +18,7 @@ from edgelin.exporters.profiles import apply_profile
 from edgelin.models import LM, ZOO
 from edgelin.quantize.htp import HtpScheme, finite_masks
 from edgelin.quantize.htp_package import run_htp_pipeline
-from edgelin.runtime import Session, generate, read_package
+from edgelin.runtime import Session, generate, read_package, write_package
 
 TINY = [name for name in ZOO if name.endswith("-tiny")]
 TEXT = default_text()[:20000]
@@ -61,6 +61,26 @@ def test_htp_package_has_zero_violations(htp):
             scales.add(float(inits[q_in.input[1]]))
             assert inits[q_in.input[2]].dtype == np.uint16
         assert len(scales) == 1 and scales.pop() == pytest.approx(grids[s["input"]]["scale"])
+
+
+def test_check_flags_a_broken_htp_graph(htp, tmp_path):
+    """One compute node fed the float tensor behind its QDQ pair, one state quantized to int16: both listed."""
+    _, q = htp
+    m = read_package(q)
+    proto = onnx.load(str(q / "decode.onnx"))
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    mul = next(n for n in proto.graph.node if n.op_type == "Mul" and producer[n.input[0]].op_type == "DequantizeLinear"
+               and producer[producer[n.input[0]].input[0]].op_type == "QuantizeLinear")
+    mul.input[0] = producer[producer[mul.input[0]].input[0]].input[0]  # skip the Q -> DQ pair
+    state_q = next(n for n in proto.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == m.states[0].input)
+    zero = next(t for t in proto.graph.initializer if t.name == state_q.input[2])
+    zero.CopyFrom(numpy_helper.from_array(np.array(0, np.int16), zero.name))
+    files = {n: q / n for n in m.files}
+    files["decode.onnx"] = proto.SerializeToString()
+    bad = write_package(tmp_path / "bad", files, {k: v for k, v in m.raw.items() if k not in ("files", "format_version")})
+    found = {(v.node, v.rule) for v in check_package(bad, "qnn-htp")}
+    assert (mul.name, "dtype") in found and (state_q.name, "dtype") in found
+    assert all(rule == "dtype" for _, rule in found)
 
 
 def test_htp_package_matches_fp32(htp):
