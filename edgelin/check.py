@@ -4,9 +4,17 @@ A violation names the graph, the node, its op, the rule (op, dtype, dynamic) and
 - op: the node's op type is not on the target's list;
 - dynamic: a graph input or output has a dimension that is not a number;
 - dtype: for targets with quantized activations, a compute node reads a float tensor that is not
-  the output of a DequantizeLinear from an allowed integer type, or a QuantizeLinear writes a type
-  the target lacks; weights dequantized from a type outside the weight list; initializers of a
-  type the target's importer cannot read.
+  the output of a DequantizeLinear from an allowed integer type, a float graph output is not
+  written by a DequantizeLinear, or a QuantizeLinear writes a type the target lacks; weights
+  dequantized from a type outside the weight list; initializers of a type the target's importer
+  cannot read.
+
+Data-movement nodes (Reshape, Transpose, Slice, Gather, Concat, ...) get no exemption: HTP runs
+them as quantized operators too, so they must read a DequantizeLinear output like any other node
+(ONNX Runtime's QDQ tools wrap them DequantizeLinear -> op -> QuantizeLinear with one scale).
+"Weights" are the weight operands of the ops that have them (MatMul / Gemm / Conv B, a Gather
+table); any other constant an op reads (a norm's gain, a bias, an epsilon, a mask fill) is a
+static tensor HTP quantizes as an activation, so uint8 / uint16 is allowed for it too.
 """
 from __future__ import annotations
 
@@ -20,9 +28,8 @@ from onnx import helper
 from edgelin.exporters.profiles import Profile, get_profile
 from edgelin.runtime.package import read_package
 
-# nodes that only move data, index or make shapes; HTP quantizes them too, but they read what their
-# producer wrote, so the producer's QuantizeLinear is what gets checked
-QDQ = {"QuantizeLinear", "DequantizeLinear"}
+# (op type, input index) of weight operands
+WEIGHT_OPERANDS = {("MatMul", 1), ("Gemm", 1), ("Conv", 1), ("ConvTranspose", 1), ("Gather", 0)}
 FLOAT = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
 
 
@@ -64,6 +71,10 @@ def check_graph(proto: onnx.ModelProto, graph: str, profile: Profile) -> list[Vi
     for vi in list(typed.graph.value_info) + list(typed.graph.input) + list(typed.graph.output):
         elem.setdefault(vi.name, vi.type.tensor_type.elem_type)
     producer = {o: n for n in g.node for o in n.output}
+    consumers: dict[str, list[tuple[str, int]]] = {}
+    for n in g.node:
+        for k, t in enumerate(n.input):
+            consumers.setdefault(t, []).append((n.op_type, k))
     for i, node in enumerate(g.node):
         name, op = node.name or f"#{i}", _op(node)
         if profile.ops is not None and op not in profile.ops and node.op_type != "Constant":
@@ -83,7 +94,8 @@ def check_graph(proto: onnx.ModelProto, graph: str, profile: Profile) -> list[Vi
         elif node.op_type == "DequantizeLinear":
             src = node.input[0]
             dt = _dtype(elem[src]) if src in elem else "?"
-            allowed = profile.weight_dtypes if src in inits else profile.quantized_activations | profile.weight_dtypes
+            weight = src in inits and all(use in WEIGHT_OPERANDS for use in consumers.get(node.output[0], []))
+            allowed = profile.weight_dtypes if weight else profile.quantized_activations | profile.weight_dtypes
             if allowed is not None and dt not in allowed:
                 out.append(Violation(graph, name, op, "dtype", f"dequantizes {src} from {dt}"))
         elif node.op_type != "Constant":
@@ -94,6 +106,12 @@ def check_graph(proto: onnx.ModelProto, graph: str, profile: Profile) -> list[Vi
                 if src is None or src.op_type != "DequantizeLinear":
                     out.append(Violation(graph, name, op, "dtype",
                                          f"reads {_dtype(elem[t])} {t} that is not dequantized from an integer type"))
+    if profile.quantized_activations is not None:
+        for o in g.output:
+            src = producer.get(o.name)
+            if elem.get(o.name) in FLOAT and (src is None or src.op_type != "DequantizeLinear"):
+                out.append(Violation(graph, f"(graph output) {o.name}", src.op_type if src else "-", "dtype",
+                                     f"{_dtype(elem[o.name])} output {o.name} is not dequantized from an integer type"))
     return out
 
 

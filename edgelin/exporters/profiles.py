@@ -104,9 +104,12 @@ EXPORT_PROFILES = ("ort-cpu", "qnn-htp", "openvino-npu")
 def apply_profile(package_dir: str | os.PathLike, name: str) -> Path:
     """Make a package's step graphs static for profile `name` (batch 1, shapes folded), in place.
 
-    The manifest records `"profile": {"name": ..., "batch": 1}`. Dtypes are the quantizer's job
-    (qnn-htp wants W8A16 / W4A16 with unsigned activations); `edgelin check` lists what remains.
+    Ops the target lacks are rewritten where an exact equivalent exists (`lowering.lower_graph`).
+    The manifest records `"profile": {"name": ..., "batch": 1}`. Dtypes are the quantizer's job:
+    `edgelin export --profile qnn-htp` runs `edgelin.quantize.htp` after this; `edgelin check`
+    lists whatever remains.
     """
+    from edgelin.exporters.lowering import lower_graph
     from edgelin.exporters.static import make_static
     from edgelin.runtime.package import read_package, write_package
 
@@ -121,6 +124,7 @@ def apply_profile(package_dir: str | os.PathLike, name: str) -> Path:
                                           if not n.split("/")[0] in ("openvino", "tvm")}
         for g in manifest.graphs.values():
             path = Path(tmp) / g.file
-            onnx.save(make_static(onnx.load(str(root / g.file)), batch=1), str(path))
+            static = make_static(onnx.load(str(root / g.file)), batch=1)
+            onnx.save(lower_graph(static, get_profile(name).ops), str(path))
             files[g.file] = path
         return write_package(root, files, doc, force=True)

@@ -1,0 +1,82 @@
+"""Take a static step graph onto an NPU's op list (`apply_profile` runs this after `make_static`).
+
+- Shapes: with every input shape fixed, each `Shape` and `EyeLike` output is a constant. onnx's
+  shape inference cannot see through some chains (Mamba's Expand -> Shape -> Mod), so the graph is
+  run once on zero inputs and those outputs, and the graph outputs' dimensions, are read off.
+- Ops missing from the target's list get an exact equivalent made of listed ops:
+  `Trilu(x)` -> `x * mask` (a constant 0/1 triangle), `ReduceL2(x)` -> `Sqrt(ReduceSum(x * x))`.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+def _run(proto: onnx.ModelProto, names: list[str]) -> dict[str, np.ndarray]:
+    """The values of `names` and of every graph output, with every graph input zero."""
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto.FromString(proto.SerializeToString())
+    known = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names if n not in known)
+    feeds = {i.name: np.zeros([d.dim_value for d in i.type.tensor_type.shape.dim],
+                              helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)) for i in probe.graph.input}
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
+
+
+def lower_graph(proto: onnx.ModelProto, ops: frozenset[str] | None) -> onnx.ModelProto:
+    """A static step graph with shape-only nodes folded and Trilu / ReduceL2 rewritten when `ops` lacks them."""
+    import onnxscript.optimizer
+
+    g = proto.graph
+    const_nodes = [n for n in g.node if n.op_type in ("Shape", "EyeLike")]
+    trilu = [n for n in g.node if n.op_type == "Trilu" and ops is not None and "Trilu" not in ops]
+    values = _run(proto, [n.output[0] for n in const_nodes + trilu])
+    for o in g.output:
+        dims = o.type.tensor_type.shape.dim
+        for d, size in zip(dims, values[o.name].shape):
+            d.Clear()
+            d.dim_value = size
+    keep = []
+    for node in g.node:
+        if node in const_nodes:
+            g.initializer.append(numpy_helper.from_array(values[node.output[0]], node.output[0]))
+        elif node in trilu:
+            keep.extend(_trilu_as_mul(node, values[node.output[0]].shape, g))
+        elif node.op_type == "ReduceL2" and ops is not None and "ReduceL2" not in ops:
+            keep.extend(_reduce_l2_as_sum(node, g))
+        else:
+            keep.append(node)
+    del g.node[:]
+    g.node.extend(keep)
+    folded = onnxscript.optimizer.optimize(proto)
+    onnx.checker.check_model(folded)
+    return folded
+
+
+def _trilu_as_mul(node: onnx.NodeProto, shape: tuple[int, ...], g: onnx.GraphProto) -> list[onnx.NodeProto]:
+    inits = {t.name: t for t in g.initializer}
+    k = int(numpy_helper.to_array(inits[node.input[1]])) if len(node.input) > 1 and node.input[1] else 0
+    upper = next((a.i for a in node.attribute if a.name == "upper"), 1)
+    rows, cols = shape[-2:]
+    mask = (np.triu if upper else np.tril)(np.ones((rows, cols), np.float32), k)
+    name = f"{node.output[0]}_triangle"
+    g.initializer.append(numpy_helper.from_array(mask, name))
+    return [helper.make_node("Mul", [node.input[0], name], [node.output[0]], name=f"{node.name}_as_mul")]
+
+
+def _reduce_l2_as_sum(node: onnx.NodeProto, g: onnx.GraphProto) -> list[onnx.NodeProto]:
+    keepdims = next((a.i for a in node.attribute if a.name == "keepdims"), 1)
+    axes = list(node.input[1:2])
+    attr_axes = next((list(a.ints) for a in node.attribute if a.name == "axes"), None)
+    if attr_axes is not None:
+        axes = [f"{node.output[0]}_axes"]
+        g.initializer.append(numpy_helper.from_array(np.array(attr_axes, np.int64), axes[0]))
+    sq, total = f"{node.output[0]}_squared", f"{node.output[0]}_sum"
+    return [helper.make_node("Mul", [node.input[0], node.input[0]], [sq], name=f"{node.name}_square"),
+            helper.make_node("ReduceSum", [sq, *axes], [total], name=f"{node.name}_sum", keepdims=keepdims),
+            helper.make_node("Sqrt", [total], [node.output[0]], name=f"{node.name}_sqrt")]
