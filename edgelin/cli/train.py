@@ -14,6 +14,7 @@ import signal
 import sys
 import tempfile
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -168,11 +169,8 @@ def train_cmd(
     cfg_kwargs = _common(steps, batch_size, seq_len, lr, min_lr, warmup, weight_decay, grad_clip, dropout, eval_every,
                          eval_windows, seed, time_budget, save_dtype, qat, qat_group_size, qat_head)
     _train_config(**dict(cfg_kwargs))  # every bad option fails before the model is built
-    import torch
-
-    model_config = _resolve_config(config)
-    torch.manual_seed(seed)  # modules that init_weights leaves alone (conv kernels, decay params) draw from it
-    model = LM(model_config).init_weights(seed)
+    model_config = replace(_resolve_config(config), seed=seed)  # the seed of every initial parameter, kept in config.json
+    model = LM(model_config).init_weights()
     _run(model, text, output, force, resume, device, Path(config).name if Path(config).exists() else config, cfg_kwargs)
 
 

@@ -37,8 +37,12 @@ class LM(nn.Module):
     def __init__(self, config: LMConfig):
         super().__init__()
         self.config = config
-        self.embed = nn.Embedding(config.vocab_size, config.d_model)
-        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
+        # parameters that init_weights leaves alone (conv kernels, decay and step sizes) come from
+        # config.seed, so one config always builds the same model
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            self.embed = nn.Embedding(config.vocab_size, config.d_model)
+            self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
         self.norm = RMSNorm(config.d_model, config.norm_eps)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         if config.tie_embeddings:
