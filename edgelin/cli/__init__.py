@@ -15,8 +15,8 @@ from rich.console import Console
 from edgelin.errors import EdgelinError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Linear-recurrent LMs on edge CPUs and NPUs.")
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)  # a message is one line whatever the paths in it; tables still fit the width
+err_console = Console(stderr=True, soft_wrap=True)
 
 COMMAND_MODULES = ["export", "generate", "inspect", "train", "calibrate", "quantize", "validate", "compile", "check", "bench"]
 

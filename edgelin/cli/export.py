@@ -133,6 +133,6 @@ def _report_check(out: Path, profile: str) -> None:
     if left:
         console.print(f"[yellow]note:[/] {out} still breaks {profile}'s rules ("
                       + ", ".join(f"{n} {rule}" for rule, n in sorted(left.items()))
-                      + f"); see `edgelin check {out} --target {profile}`", soft_wrap=True)
+                      + f"); see `edgelin check {out} --target {profile}`")
     else:
-        console.print(f"{out} fits {profile}", soft_wrap=True)
+        console.print(f"{out} fits {profile}")

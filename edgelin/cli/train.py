@@ -79,7 +79,7 @@ def _run(model, text: Path, out: Path, force: bool, resume: Optional[Path], devi
     if main:
         (work / "command.txt").write_text(shlex.join(["edgelin", *sys.argv[1:]]) + "\n")
         console.print(f"training {title}: {model.num_parameters() / 1e6:.2f}M parameters, "
-                      f"{len(data.train):,} train / {len(data.val):,} held-out bytes, run dir {work}", soft_wrap=True)
+                      f"{len(data.train):,} train / {len(data.val):,} held-out bytes, run dir {work}")
     previous = signal.signal(signal.SIGTERM, _terminate)  # torchrun and job schedulers stop runs with SIGTERM
     try:
         with _progress(cfg.steps) as report:
@@ -96,7 +96,7 @@ def _run(model, text: Path, out: Path, force: bool, resume: Optional[Path], devi
     if main:
         _finish(work, out)
         console.print(f"best held-out loss {result.best_val:.4f} at step {result.best_step} "
-                      f"({result.steps_done} steps, stopped by {result.stopped_by}); wrote [bold]{out}[/]", soft_wrap=True)
+                      f"({result.steps_done} steps, stopped by {result.stopped_by}); wrote [bold]{out}[/]")
 
 
 def _terminate(signum, frame):
