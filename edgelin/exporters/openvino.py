@@ -8,7 +8,9 @@ state input names. Any package works, FP32 or quantized (QDQ graphs become OpenV
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
@@ -110,6 +112,35 @@ def convert_graph(onnx_path: Path, manifest: Manifest, *, stateful: bool, work: 
     return model
 
 
+_CONST_DATA = re.compile(r'offset="(\d+)" size="(\d+)"')
+
+
+def share_weights(xmls: list[Path], out_bin: Path, align: int = 64) -> None:
+    """Point every IR in `xmls` at one weights file `out_bin`, each distinct constant stored once, in place.
+
+    OpenVINO writes one .bin per .xml and the decode and prefill IR hold the same weights; each
+    Const layer's `offset`/`size` into its own .bin is rewritten to its place in `out_bin`, and
+    the per-IR .bin files are deleted. Load each IR with `read_model(xml, out_bin)`.
+    """
+    stored: dict[bytes, int] = {}
+    with open(out_bin, "wb") as blob:
+        for xml in xmls:
+            data = xml.with_suffix(".bin").read_bytes()
+
+            def move(m: re.Match) -> str:
+                start, size = int(m.group(1)), int(m.group(2))
+                chunk = data[start:start + size]
+                key = hashlib.sha256(chunk).digest() + size.to_bytes(8, "little")
+                if key not in stored:
+                    blob.write(b"\0" * (-blob.tell() % align))
+                    stored[key] = blob.tell()
+                    blob.write(chunk)
+                return f'offset="{stored[key]}" size="{size}"'
+
+            xml.write_text(_CONST_DATA.sub(move, xml.read_text(encoding="utf-8")), encoding="utf-8")
+            xml.with_suffix(".bin").unlink()
+
+
 def export_openvino(package_dir: str | os.PathLike, *, variants: tuple[str, ...] = VARIANTS) -> Path:
     """Add OpenVINO IR for the package's step graphs under `openvino/` and the manifest's `backends`.
 
@@ -139,6 +170,9 @@ def export_openvino(package_dir: str | os.PathLike, *, variants: tuple[str, ...]
                 ov.save_model(model, str(xml), compress_to_fp16=False)
                 entry[name] = f"openvino/{xml.name}"
                 files[f"openvino/{xml.name}"] = xml
-                files[f"openvino/{xml.with_suffix('.bin').name}"] = xml.with_suffix(".bin")
+            weights = Path(tmp) / f"weights{suffix}.bin"
+            share_weights([files[entry[name]] for name in manifest.graphs], weights)
+            entry["weights"] = f"openvino/{weights.name}"
+            files[entry["weights"]] = weights
             attach_backend(root, "openvino", variant, entry, files)
     return root
