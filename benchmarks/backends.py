@@ -23,8 +23,9 @@ from pathlib import Path
 BACKENDS = ["ort", "openvino", "openvino-stateful", "tvm"]
 
 
-def build(name: str, root: Path, prefill: int, log, rebuild: tuple[str, ...] = ()) -> dict[str, Path]:
-    """FP32 / INT8 / INT4 (+ INT4 QDQ) packages of `name`, each compiled for OpenVINO and TVM where it can be."""
+def build(name: str, root: Path, prefill: int, log, rebuild: tuple[str, ...] = (),
+          backends: tuple[str, ...] = tuple(BACKENDS)) -> dict[str, Path]:
+    """FP32 / INT8 / INT4 (+ INT4 QDQ) packages of `name`, compiled for OpenVINO and TVM where asked and possible."""
     from edgelin.calibration import calibrate_package, default_text
     from edgelin.exporters.openvino import export_openvino
     from edgelin.exporters.package import export_package
@@ -45,9 +46,9 @@ def build(name: str, root: Path, prefill: int, log, rebuild: tuple[str, ...] = (
             quantize_package(fp, out, scheme, table, force=True)
         pkgs[prec] = out
     for prec, pkg in pkgs.items():
-        backends = json.loads((pkg / "manifest.json").read_text()).get("backends", {})
+        compiled = json.loads((pkg / "manifest.json").read_text()).get("backends", {})
         for be, fn in (("openvino", export_openvino), ("tvm", export_tvm)):
-            if be in backends and be not in rebuild:
+            if (be in compiled and be not in rebuild) or not any(b.split("-")[0] == be for b in backends):
                 continue
             start = time.time()
             try:
@@ -121,7 +122,7 @@ def main() -> None:
         results["log"].append(msg)
 
     for name in args.models:
-        pkgs = build(name, args.out, args.prefill, log, tuple(args.rebuild))
+        pkgs = build(name, args.out, args.prefill, log, tuple(args.rebuild), tuple(args.backends))
         results["runs"] = [r for r in results["runs"] if not (r["model"] == name and r["backend"] in args.backends)]
         baseline_done = any(r["model"] == name and "torch_eager_fp32" in r for r in results["runs"])
         for prec, pkg in pkgs.items():

@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
+import numpy as np
 import onnx
 
 from edgelin.errors import EdgelinError
@@ -46,7 +47,10 @@ def _float_state_ports(model, manifest: Manifest) -> None:
     """Carry integer states (INT16 packages) as f32 across the graph boundary, in place.
 
     OpenVINO's CPU plugin keeps no i16 variables; int16 values are exact in f32, so the stateful
-    IR stores them as f32 and converts at the edges (the runtime casts back to the manifest dtype).
+    IR stores them as f32 (the runtime casts back to the manifest dtype). Where the graph converts
+    the integer input straight to f32 (DequantizeLinear), or the integer output comes straight from
+    a FakeQuantize (QuantizeLinear: already rounded and clamped to the integer range), the f32 values
+    are used as they are; elsewhere a Convert to or from the integer type stands at the edge.
     """
     ov = _openvino()
     from openvino import opset13 as ops
@@ -58,15 +62,59 @@ def _float_state_ports(model, manifest: Manifest) -> None:
             continue
         old = params[s.input]
         new = ops.parameter(old.get_partial_shape(), ov.Type.f32, name=old.get_friendly_name())
-        old.output(0).replace(ops.convert(new, old.get_element_type()).output(0))
+        for target in list(old.output(0).get_target_inputs()):
+            user = target.get_node()
+            if user.get_type_name() == "Convert" and user.get_output_element_type(0) == ov.Type.f32:
+                user.output(0).replace(new.output(0))
+            else:
+                target.replace_source_output(ops.convert(new, old.get_element_type()).output(0))
         new.output(0).get_tensor().set_names({s.input})
         model.replace_parameter(model.get_parameter_index(old), new)
         source = results[s.output].input(0).get_source_output()
         names = source.get_names()
+        node = source.get_node()
+        if node.get_type_name() == "Convert" and node.input_value(0).get_node().get_type_name() == "FakeQuantize":
+            value = node.input_value(0)
+        else:
+            value = ops.convert(source, ov.Type.f32).output(0)
         source.get_tensor().set_names(set())
-        converted = ops.convert(source, ov.Type.f32)
-        converted.output(0).get_tensor().set_names(names)
-        results[s.output].input(0).replace_source_output(converted.output(0))
+        value.get_tensor().set_names(names)
+        results[s.output].input(0).replace_source_output(value)
+    model.validate_nodes_and_infer_types()
+
+
+def _split_unit_slices(model) -> None:
+    """Unit-wide Slices that together cover one axis of a tensor become one Split, in place.
+
+    The short convolution reads its K taps as K slices of `cat(conv_state, x)` (one column each);
+    OpenVINO's CPU plugin runs each Slice as a separate reference kernel, one Split does it once.
+    """
+    from openvino import opset13 as ops
+
+    groups: dict[tuple, list] = {}
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "Slice" or op.get_input_size() != 5:
+            continue
+        bounds = [op.input_value(i).get_node() for i in range(1, 5)]
+        if any(b.get_type_name() != "Constant" for b in bounds):
+            continue
+        (start,), (stop,), (step,), (axis,) = (b.get_data().reshape(-1).tolist() for b in bounds)
+        source = op.input_value(0)
+        shape = source.get_partial_shape()
+        axis %= shape.rank.get_length()
+        if step != 1 or shape[axis].is_dynamic:
+            continue
+        size = shape[axis].get_length()
+        start %= size
+        if min(stop, size) - start == 1:
+            groups.setdefault((source, axis), []).append((start, op))
+    for (source, axis), slices in groups.items():
+        size = source.get_partial_shape()[axis].get_length()
+        if size < 2 or sorted(start for start, _ in slices) != list(range(size)):
+            continue
+        split = ops.split(source, ops.constant(axis, dtype=np.int64), size)
+        for start, op in slices:
+            op.output(0).replace(split.output(start))
     model.validate_nodes_and_infer_types()
 
 
@@ -106,6 +154,7 @@ def convert_graph(onnx_path: Path, manifest: Manifest, *, stateful: bool, work: 
     except Exception as e:  # OpenVINO's frontend raises its own types
         raise EdgelinError(f"OpenVINO cannot convert {onnx_path.name}: {str(e).strip().splitlines()[0]}") from None
     _name_ports(model, manifest)
+    _split_unit_slices(model)
     if stateful:
         _float_state_ports(model, manifest)
         make_stateful(model, manifest)

@@ -19,6 +19,11 @@ from edgelin.runtime.package import sha256_file
 from edgelin.runtime.weights import ALIGN, WEIGHTS_FILE
 
 MIN_BYTES = 1024  # smaller initializers (scales, shape constants) stay inside the graph
+# Types numpy has; others (INT4 / UINT4 QDQ weights) stay inside the graph: OpenVINO's and TVM's
+# ONNX readers size external 4-bit data at one byte per element and refuse the file.
+_NUMPY_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.INT8, TensorProto.UINT8,
+                TensorProto.INT16, TensorProto.UINT16, TensorProto.INT32, TensorProto.UINT32, TensorProto.INT64,
+                TensorProto.UINT64, TensorProto.BOOL}
 
 
 def _raw(t: TensorProto) -> bytes:
@@ -45,6 +50,8 @@ def save_graphs(protos: dict[str, onnx.ModelProto], files: dict[str, str],
             for t in proto.graph.initializer:
                 if t.data_location == TensorProto.EXTERNAL:
                     raise ValueError(f"{files[name]}: initializer {t.name} has its external data unloaded")
+                if t.data_type not in _NUMPY_TYPES:
+                    continue
                 data = _raw(t)
                 if len(data) < MIN_BYTES:
                     continue
@@ -54,7 +61,8 @@ def save_graphs(protos: dict[str, onnx.ModelProto], files: dict[str, str],
                     pad = -offset % ALIGN
                     blob.write(b"\0" * pad + data)
                     offset += pad
-                    entry = stored[key] = {"offset": offset, "length": len(data), "dtype": _np_dtype(t.data_type),
+                    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).name
+                    entry = stored[key] = {"offset": offset, "length": len(data), "dtype": dtype,
                                            "shape": list(t.dims), "names": {}}
                     offset += len(data)
                 entry["names"][name] = t.name
@@ -72,15 +80,6 @@ def save_graphs(protos: dict[str, onnx.ModelProto], files: dict[str, str],
         onnx.save(proto, str(path))
         paths[files[name]] = path
     index = {"file": WEIGHTS_FILE, "graphs": {name: sha256_file(paths[files[name]]) for name in protos},
-             "tensors": [e for e in stored.values() if e["dtype"] is not None]}
+             "tensors": list(stored.values())}
     return paths, index
 
-
-_NUMPY_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.INT8, TensorProto.UINT8,
-                TensorProto.INT16, TensorProto.UINT16, TensorProto.INT32, TensorProto.UINT32, TensorProto.INT64,
-                TensorProto.UINT64, TensorProto.BOOL}
-
-
-def _np_dtype(data_type: int) -> str | None:
-    """The numpy name of an ONNX tensor type; None for types numpy lacks (INT4, UINT4, bfloat16, float8)."""
-    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(data_type)).name if data_type in _NUMPY_TYPES else None
