@@ -84,14 +84,17 @@ print(json.dumps(out))
 def markdown(results: dict) -> str:
     """The results as a markdown table (one row per model x precision x back end)."""
     rows = ["| model | precision | back end | decode tok/s | ms/token p50 / p90 | prefill tok/s | peak RSS MiB "
-            "| weights read / token MiB | floor tok/s | fraction of floor | torch eager fp32 decode tok/s |",
-            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "| package on disk MiB | weights read / token MiB | copy GB/s | floor tok/s | fraction of floor "
+            "| load avg before / after | torch eager fp32 decode tok/s |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     torch = {r["model"]: r["torch_eager_fp32"]["decode_tokens_per_s"] for r in results["runs"] if "torch_eager_fp32" in r}
     for r in results["runs"]:
         rows.append(f"| {r['model']} | {r['precision_label']} | {r['backend']} | {r['decode_tokens_per_s']:.0f} "
                     f"| {r['ms_per_token_p50']:.2f} / {r['ms_per_token_p90']:.2f} | {r['prefill_tokens_per_s']:.0f} "
-                    f"| {r['peak_rss_bytes'] / 2**20:.0f} | {r['weight_bytes_per_token'] / 2**20:.1f} "
+                    f"| {r['peak_rss_bytes'] / 2**20:.0f} | {r['bytes_on_disk'] / 2**20:.0f} "
+                    f"| {r['weight_bytes_per_token'] / 2**20:.1f} | {r['copy_bandwidth_bytes_per_s'] / 1e9:.1f} "
                     f"| {r['bandwidth_floor_tokens_per_s']:.0f} | {r['fraction_of_floor']:.0%} "
+                    f"| {r['load_average'][0]:.1f} / {r['load_average'][1]:.1f} "
                     f"| {torch.get(r['model'], float('nan')):.1f} |")
     return "\n".join(rows)
 
