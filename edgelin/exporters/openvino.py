@@ -176,7 +176,7 @@ def share_weights(xmls: list[Path], out_bin: Path, align: int = 64) -> None:
         for xml in xmls:
             data = xml.with_suffix(".bin").read_bytes()
 
-            def move(m: re.Match) -> str:
+            def move(m: re.Match, data: bytes = data) -> str:
                 start, size = int(m.group(1)), int(m.group(2))
                 chunk = data[start:start + size]
                 key = hashlib.sha256(chunk).digest() + size.to_bytes(8, "little")
