@@ -18,7 +18,7 @@ def taps_model(width: int, starts: list[int]):
 
 
 def run(model, x):
-    request = ov.Core().compile_model(model, "CPU").create_infer_request()
+    request = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}).create_infer_request()
     return [request.infer({"x": x})[o] for o in request.model_outputs]
 
 
@@ -45,3 +45,28 @@ def test_slices_not_covering_the_axis_stay(starts):
     model = taps_model(4, starts)
     _split_unit_slices(model)
     assert "Split" not in op_types(model) and op_types(model).count("Slice") == len(starts)
+
+
+@pytest.mark.parametrize("quantized", [False, True], ids=["f32", "int8"])
+def test_matmuls_reading_one_input_become_one(quantized):
+    from openvino import opset13 as ops
+
+    from edgelin.exporters.openvino import _fuse_sibling_matmuls
+
+    rng = np.random.default_rng(0)
+    x = ops.parameter([1, 1, 8], ov.Type.f32, name="x")
+    outs = []
+    for n in (8, 3, 5):
+        if quantized:
+            q = ops.constant(rng.integers(-127, 128, (8, n)).astype(np.int8))
+            w = ops.multiply(ops.convert(q, ov.Type.f32), ops.constant(rng.random((1, n)).astype(np.float32)))
+        else:
+            w = ops.constant(rng.standard_normal((8, n)).astype(np.float32))
+        outs.append(ops.result(ops.matmul(x, w, False, False)))
+    model = ov.Model(outs, [x])
+    feed = rng.standard_normal((1, 1, 8)).astype(np.float32)
+    want = run(model, feed)
+    _fuse_sibling_matmuls(model)
+    assert op_types(model).count("MatMul") == 1 and "VariadicSplit" in op_types(model)
+    for w, g in zip(want, run(model, feed)):
+        np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6)
