@@ -23,8 +23,9 @@ from pathlib import Path
 BACKENDS = ["ort", "openvino", "openvino-stateful", "tvm"]
 
 
-def build(name: str, root: Path, prefill: int, log, rebuild: tuple[str, ...] = ()) -> dict[str, Path]:
-    """FP32 / INT8 / INT4 (+ INT4 QDQ) packages of `name`, each compiled for OpenVINO and TVM where it can be."""
+def build(name: str, root: Path, prefill: int, log, rebuild: tuple[str, ...] = (),
+          backends: tuple[str, ...] = tuple(BACKENDS)) -> dict[str, Path]:
+    """FP32 / INT8 / INT4 (+ INT4 QDQ) packages of `name`, compiled for OpenVINO and TVM where asked and possible."""
     from edgelin.calibration import calibrate_package, default_text
     from edgelin.exporters.openvino import export_openvino
     from edgelin.exporters.package import export_package
@@ -45,9 +46,9 @@ def build(name: str, root: Path, prefill: int, log, rebuild: tuple[str, ...] = (
             quantize_package(fp, out, scheme, table, force=True)
         pkgs[prec] = out
     for prec, pkg in pkgs.items():
-        backends = json.loads((pkg / "manifest.json").read_text()).get("backends", {})
+        compiled = json.loads((pkg / "manifest.json").read_text()).get("backends", {})
         for be, fn in (("openvino", export_openvino), ("tvm", export_tvm)):
-            if be in backends and be not in rebuild:
+            if (be in compiled and be not in rebuild) or not any(b.split("-")[0] == be for b in backends):
                 continue
             start = time.time()
             try:
@@ -83,14 +84,17 @@ print(json.dumps(out))
 def markdown(results: dict) -> str:
     """The results as a markdown table (one row per model x precision x back end)."""
     rows = ["| model | precision | back end | decode tok/s | ms/token p50 / p90 | prefill tok/s | peak RSS MiB "
-            "| weights read / token MiB | floor tok/s | fraction of floor | torch eager fp32 decode tok/s |",
-            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "| package on disk MiB | weights read / token MiB | copy GB/s | floor tok/s | fraction of floor "
+            "| load avg before / after | torch eager fp32 decode tok/s |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     torch = {r["model"]: r["torch_eager_fp32"]["decode_tokens_per_s"] for r in results["runs"] if "torch_eager_fp32" in r}
     for r in results["runs"]:
         rows.append(f"| {r['model']} | {r['precision_label']} | {r['backend']} | {r['decode_tokens_per_s']:.0f} "
                     f"| {r['ms_per_token_p50']:.2f} / {r['ms_per_token_p90']:.2f} | {r['prefill_tokens_per_s']:.0f} "
-                    f"| {r['peak_rss_bytes'] / 2**20:.0f} | {r['weight_bytes_per_token'] / 2**20:.1f} "
+                    f"| {r['peak_rss_bytes'] / 2**20:.0f} | {r['bytes_on_disk'] / 2**20:.0f} "
+                    f"| {r['weight_bytes_per_token'] / 2**20:.1f} | {r['copy_bandwidth_bytes_per_s'] / 1e9:.1f} "
                     f"| {r['bandwidth_floor_tokens_per_s']:.0f} | {r['fraction_of_floor']:.0%} "
+                    f"| {r['load_average'][0]:.1f} / {r['load_average'][1]:.1f} "
                     f"| {torch.get(r['model'], float('nan')):.1f} |")
     return "\n".join(rows)
 
@@ -121,7 +125,7 @@ def main() -> None:
         results["log"].append(msg)
 
     for name in args.models:
-        pkgs = build(name, args.out, args.prefill, log, tuple(args.rebuild))
+        pkgs = build(name, args.out, args.prefill, log, tuple(args.rebuild), tuple(args.backends))
         results["runs"] = [r for r in results["runs"] if not (r["model"] == name and r["backend"] in args.backends)]
         baseline_done = any(r["model"] == name and "torch_eager_fp32" in r for r in results["runs"])
         for prec, pkg in pkgs.items():

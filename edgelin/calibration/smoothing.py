@@ -21,6 +21,7 @@ from onnx import numpy_helper
 
 from edgelin.calibration.table import CalibrationTable
 from edgelin.errors import EdgelinError
+from edgelin.exporters.weights import save_graphs
 from edgelin.quantize.qdq import canonical_layer_names, is_weight_matmul
 from edgelin.runtime.package import read_package, write_package
 
@@ -99,13 +100,10 @@ def smooth_package(fp_dir: str | Path, out_dir: str | Path, table: CalibrationTa
                 inits[u.input[1]].CopyFrom(numpy_helper.from_array((w * s[:, None]).astype(np.float32), u.input[1]))
             count += 1
     with tempfile.TemporaryDirectory(prefix="edgelin-smooth-") as tmp:
-        files: dict[str, Path | bytes] = {}
-        for name, proto in protos.items():
-            path = Path(tmp) / m.graphs[name].file
-            onnx.save(proto, str(path))
-            files[path.name] = path
+        files, weights = save_graphs(protos, {name: m.graphs[name].file for name in protos}, Path(tmp))
         for name in m.files:
             files.setdefault(name, root / name)
         manifest = {k: v for k, v in m.raw.items() if k not in ("files", "format_version")}
+        manifest["weights"] = weights
         manifest["smoothing"] = {"alpha": alpha, "norms": len(scales)}
         return write_package(out_dir, files, manifest, force=force), count

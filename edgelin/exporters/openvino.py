@@ -8,10 +8,13 @@ state input names. Any package works, FP32 or quantized (QDQ graphs become OpenV
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
+import numpy as np
 import onnx
 
 from edgelin.errors import EdgelinError
@@ -44,7 +47,10 @@ def _float_state_ports(model, manifest: Manifest) -> None:
     """Carry integer states (INT16 packages) as f32 across the graph boundary, in place.
 
     OpenVINO's CPU plugin keeps no i16 variables; int16 values are exact in f32, so the stateful
-    IR stores them as f32 and converts at the edges (the runtime casts back to the manifest dtype).
+    IR stores them as f32 (the runtime casts back to the manifest dtype). Where the graph converts
+    the integer input straight to f32 (DequantizeLinear), or the integer output comes straight from
+    a FakeQuantize (QuantizeLinear: already rounded and clamped to the integer range), the f32 values
+    are used as they are; elsewhere a Convert to or from the integer type stands at the edge.
     """
     ov = _openvino()
     from openvino import opset13 as ops
@@ -56,15 +62,116 @@ def _float_state_ports(model, manifest: Manifest) -> None:
             continue
         old = params[s.input]
         new = ops.parameter(old.get_partial_shape(), ov.Type.f32, name=old.get_friendly_name())
-        old.output(0).replace(ops.convert(new, old.get_element_type()).output(0))
+        for target in list(old.output(0).get_target_inputs()):
+            user = target.get_node()
+            if user.get_type_name() == "Convert" and user.get_output_element_type(0) == ov.Type.f32:
+                user.output(0).replace(new.output(0))
+            else:
+                target.replace_source_output(ops.convert(new, old.get_element_type()).output(0))
         new.output(0).get_tensor().set_names({s.input})
         model.replace_parameter(model.get_parameter_index(old), new)
         source = results[s.output].input(0).get_source_output()
         names = source.get_names()
+        node = source.get_node()
+        if node.get_type_name() == "Convert" and node.input_value(0).get_node().get_type_name() == "FakeQuantize":
+            value = node.input_value(0)
+        else:
+            value = ops.convert(source, ov.Type.f32).output(0)
         source.get_tensor().set_names(set())
-        converted = ops.convert(source, ov.Type.f32)
-        converted.output(0).get_tensor().set_names(names)
-        results[s.output].input(0).replace_source_output(converted.output(0))
+        value.get_tensor().set_names(names)
+        results[s.output].input(0).replace_source_output(value)
+    model.validate_nodes_and_infer_types()
+
+
+def _split_unit_slices(model) -> None:
+    """Unit-wide Slices that together cover one axis of a tensor become one Split, in place.
+
+    The short convolution reads its K taps as K slices of `cat(conv_state, x)` (one column each);
+    OpenVINO's CPU plugin runs each Slice as a separate reference kernel, one Split does it once.
+    """
+    from openvino import opset13 as ops
+
+    groups: dict[tuple, list] = {}
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "Slice" or op.get_input_size() != 5:
+            continue
+        bounds = [op.input_value(i).get_node() for i in range(1, 5)]
+        if any(b.get_type_name() != "Constant" for b in bounds):
+            continue
+        (start,), (stop,), (step,), (axis,) = (b.get_data().reshape(-1).tolist() for b in bounds)
+        source = op.input_value(0)
+        shape = source.get_partial_shape()
+        axis %= shape.rank.get_length()
+        if step != 1 or shape[axis].is_dynamic:
+            continue
+        size = shape[axis].get_length()
+        start %= size
+        if min(stop, size) - start == 1:
+            groups.setdefault((source, axis), []).append((start, op))
+    for (source, axis), slices in groups.items():
+        size = source.get_partial_shape()[axis].get_length()
+        if size < 2 or sorted(start for start, _ in slices) != list(range(size)):
+            continue
+        split = ops.split(source, ops.constant(axis, dtype=np.int64), size)
+        for start, op in slices:
+            op.output(0).replace(split.output(start))
+    model.validate_nodes_and_infer_types()
+
+
+def _weight(matmul):
+    """(weight constant [K, N], per-column scale constant [1, N] or None) of a MatMul, else None.
+
+    Matches the two forms the ONNX frontend gives: a float constant, or an integer constant
+    dequantized by Convert and Multiply (QDQ weights).
+    """
+    if matmul.get_attributes() != {"transpose_a": False, "transpose_b": False}:
+        return None
+    w = matmul.input_value(1).get_node()
+    if w.get_type_name() == "Constant" and w.get_output_element_type(0).is_real():
+        return w, None
+    if w.get_type_name() != "Multiply":
+        return None
+    convert, scale = (w.input_value(i).get_node() for i in (0, 1))
+    if convert.get_type_name() != "Convert" or scale.get_type_name() != "Constant":
+        return None
+    q = convert.input_value(0).get_node()
+    if q.get_type_name() != "Constant" or list(scale.get_output_shape(0)) != [1, q.get_output_shape(0)[1]]:
+        return None
+    return q, scale
+
+
+def _fuse_sibling_matmuls(model) -> None:
+    """MatMuls that read one input with constant weights become one MatMul and a split, in place.
+
+    The q/k/v/g projections (and an MLP's gate/up) read the same activation: one product with the
+    weights side by side [K, N1 + N2 + ...] (and their per-column scales) gives the same numbers
+    in one kernel call; at one token OpenVINO's int8 kernels cost more per call than per byte.
+    """
+    from openvino import opset13 as ops
+
+    groups: dict = {}
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "MatMul" or op.get_input_partial_shape(1).rank.get_length() != 2:
+            continue
+        found = _weight(op)
+        if found is not None:
+            q, scale = found
+            kind = (q.get_output_element_type(0).get_type_name(), scale is None, q.get_output_shape(0)[0])
+            groups.setdefault((op.input_value(0), kind), []).append((op, q, scale))
+    for (source, _), group in groups.items():
+        if len(group) < 2:
+            continue
+        weights = ops.constant(np.concatenate([q.get_data() for _, q, _ in group], axis=1))
+        if group[0][2] is None:
+            fused_w = weights
+        else:
+            scales = ops.constant(np.concatenate([s.get_data() for _, _, s in group], axis=1))
+            fused_w = ops.multiply(ops.convert(weights, group[0][0].get_output_element_type(0)), scales)
+        fused = ops.matmul(source, fused_w, False, False)
+        widths = [q.get_output_shape(0)[1] for _, q, _ in group]
+        split = ops.variadic_split(fused, ops.constant(-1, dtype=np.int64), ops.constant(widths, dtype=np.int64))
+        for i, (op, _, _) in enumerate(group):
+            op.output(0).replace(split.output(i))
     model.validate_nodes_and_infer_types()
 
 
@@ -104,10 +211,41 @@ def convert_graph(onnx_path: Path, manifest: Manifest, *, stateful: bool, work: 
     except Exception as e:  # OpenVINO's frontend raises its own types
         raise EdgelinError(f"OpenVINO cannot convert {onnx_path.name}: {str(e).strip().splitlines()[0]}") from None
     _name_ports(model, manifest)
+    _split_unit_slices(model)
+    _fuse_sibling_matmuls(model)
     if stateful:
         _float_state_ports(model, manifest)
         make_stateful(model, manifest)
     return model
+
+
+_CONST_DATA = re.compile(r'offset="(\d+)" size="(\d+)"')
+
+
+def share_weights(xmls: list[Path], out_bin: Path, align: int = 64) -> None:
+    """Point every IR in `xmls` at one weights file `out_bin`, each distinct constant stored once, in place.
+
+    OpenVINO writes one .bin per .xml and the decode and prefill IR hold the same weights; each
+    Const layer's `offset`/`size` into its own .bin is rewritten to its place in `out_bin`, and
+    the per-IR .bin files are deleted. Load each IR with `read_model(xml, out_bin)`.
+    """
+    stored: dict[bytes, int] = {}
+    with open(out_bin, "wb") as blob:
+        for xml in xmls:
+            data = xml.with_suffix(".bin").read_bytes()
+
+            def move(m: re.Match, data: bytes = data) -> str:
+                start, size = int(m.group(1)), int(m.group(2))
+                chunk = data[start:start + size]
+                key = hashlib.sha256(chunk).digest() + size.to_bytes(8, "little")
+                if key not in stored:
+                    blob.write(b"\0" * (-blob.tell() % align))
+                    stored[key] = blob.tell()
+                    blob.write(chunk)
+                return f'offset="{stored[key]}" size="{size}"'
+
+            xml.write_text(_CONST_DATA.sub(move, xml.read_text(encoding="utf-8")), encoding="utf-8")
+            xml.with_suffix(".bin").unlink()
 
 
 def export_openvino(package_dir: str | os.PathLike, *, variants: tuple[str, ...] = VARIANTS) -> Path:
@@ -139,6 +277,9 @@ def export_openvino(package_dir: str | os.PathLike, *, variants: tuple[str, ...]
                 ov.save_model(model, str(xml), compress_to_fp16=False)
                 entry[name] = f"openvino/{xml.name}"
                 files[f"openvino/{xml.name}"] = xml
-                files[f"openvino/{xml.with_suffix('.bin').name}"] = xml.with_suffix(".bin")
+            weights = Path(tmp) / f"weights{suffix}.bin"
+            share_weights([files[entry[name]] for name in manifest.graphs], weights)
+            entry["weights"] = f"openvino/{weights.name}"
+            files[entry["weights"]] = weights
             attach_backend(root, "openvino", variant, entry, files)
     return root

@@ -7,6 +7,7 @@ from typing import Any
 
 from edgelin import __version__
 from edgelin.exporters.onnx import export_step_graph
+from edgelin.exporters.weights import save_graphs
 from edgelin.models.lm import LM
 from edgelin.runtime.package import write_package
 from edgelin.trace import state_entries
@@ -61,12 +62,11 @@ def export_package(
     tokenizer = {"type": "tokenizers", "file": "tokenizer.json"} if tokenizer_json else {"type": "bytes"}
     tokenizer.update(special_tokens or {})
     with tempfile.TemporaryDirectory(prefix="edgelin-export-") as tmp:
-        files: dict[str, Path | bytes] = {}
-        for name, tokens in (("decode", 1), ("prefill", prefill_tokens)):
-            path = Path(tmp) / f"{name}.onnx"
-            export_step_graph(model, tokens, path)
-            files[path.name] = path
+        protos = {name: export_step_graph(model, tokens, Path(tmp) / f"{name}.onnx")
+                  for name, tokens in (("decode", 1), ("prefill", prefill_tokens))}
+        files, weights = save_graphs(protos, {name: f"{name}.onnx" for name in protos}, Path(tmp))
         if tokenizer_json:
             files["tokenizer.json"] = Path(tokenizer_json)
         manifest = base_manifest(model, prefill_tokens=prefill_tokens, source_layout=source_layout, tokenizer=tokenizer)
+        manifest["weights"] = weights
         return write_package(out_dir, files, manifest, force=force)

@@ -11,6 +11,7 @@ import onnx
 
 from edgelin.calibration.table import CalibrationTable
 from edgelin.errors import EdgelinError
+from edgelin.exporters.weights import save_graphs
 from edgelin.quantize.qdq import canonical_layer_names, quantize_graph, state_qparams
 from edgelin.quantize.schemes import QuantScheme
 from edgelin.runtime.package import read_package, write_package
@@ -71,12 +72,9 @@ def quantize_package(fp_dir: str | Path, out_dir: str | Path, scheme: QuantSchem
     m = read_package(root)
     protos, fields, _ = quantize_protos(root, scheme, table, hessians)
     with tempfile.TemporaryDirectory(prefix="edgelin-quantize-") as tmp:
-        files: dict[str, Path | bytes] = {}
-        for name, proto in protos.items():
-            path = Path(tmp) / m.graphs[name].file
-            onnx.save(proto, str(path))
-            files[path.name] = path
-            if progress:
+        files, weights = save_graphs(protos, {name: m.graphs[name].file for name in protos}, Path(tmp))
+        if progress:
+            for name in protos:
                 progress(name)
         tok = m.tokenizer.get("file")
         if tok:
@@ -85,7 +83,7 @@ def quantize_package(fp_dir: str | Path, out_dir: str | Path, scheme: QuantSchem
         files.update(extra_files or {})
         # Compiled back-end files belong to the FP graphs: `edgelin compile` rebuilds them for these.
         manifest = {k: v for k, v in m.raw.items() if k not in ("files", "format_version", "backends")}
-        manifest.update(fields)
+        manifest.update(fields, weights=weights)
         return write_package(out_dir, files, manifest, force=force)
 
 

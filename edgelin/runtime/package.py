@@ -115,6 +115,9 @@ class Manifest:
                 s.np_dtype
             except TypeError:
                 raise EdgelinError(f"{where}: state {s.input} has unknown dtype {s.dtype!r}") from None
+        weights = self.raw.get("weights")
+        if weights is not None and (not isinstance(weights, dict) or weights.get("file") not in self.files):
+            raise EdgelinError(f"{where}: the weights file of 'weights' is not listed in 'files'")
         tok_file = self.tokenizer.get("file")
         if tok_file is not None and tok_file not in self.files:
             raise EdgelinError(f"{where}: tokenizer file {tok_file} is not listed in 'files'")

@@ -11,6 +11,7 @@ import numpy as np
 from edgelin.errors import EdgelinError
 from edgelin.runtime.backends import get_backend
 from edgelin.runtime.package import Manifest, read_package
+from edgelin.runtime.weights import shared_initializers
 
 State = dict[str, np.ndarray]
 
@@ -76,8 +77,12 @@ class Session:
         options = {"threads": threads} | ({"device": device} if device else {})
         files = {name: spec if isinstance(spec, dict) else {"file": spec} for name, spec in files.items()
                  if name in ("decode", "prefill")}
+        # one copy of the weights for both graphs where the back end can take arrays (docs/FORMAT.md)
+        shared = shared_initializers(self.package_dir, self.manifest) if getattr(cls, "shares_weights", False) else {}
         self.graphs = {name: cls(self.package_dir / spec["file"], **options,
-                                 **{k: v for k, v in spec.items() if k != "file"})
+                                 **{k: self.package_dir / v if k == "weights" else v
+                                    for k, v in spec.items() if k != "file"},
+                                 **({"initializers": shared[name]} if shared.get(name) else {}))
                        for name, spec in files.items()}
         self.stateful = bool(getattr(cls, "stateful", False))
         # the one batch the graphs accept, if fixed (compiled back ends, profile exports)

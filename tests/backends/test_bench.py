@@ -30,7 +30,7 @@ def test_bench_json(fp_packages, tmp_path):
     assert data["fraction_of_floor"] > 0
     assert data["fraction_of_floor"] == pytest.approx(data["decode_tokens_per_s"] / data["bandwidth_floor_tokens_per_s"])
     # the embedding is gathered (one row per token); every other weight is read whole
-    assert data["weight_bytes_per_token"] == weight_bytes_per_token(pkg / "decode.onnx") < (pkg / "decode.onnx").stat().st_size
+    assert data["weight_bytes_per_token"] == weight_bytes_per_token(pkg / "decode.onnx") < (pkg / "weights.bin").stat().st_size
 
 
 def test_bench_unknown_backend(fp_packages):

@@ -41,6 +41,21 @@ def test_int8_close_to_ort_int8(int8_package, backend):
     assert list(generate(ort, [72, 105], 16)) == list(generate(other, [72, 105], 16))
 
 
+def test_int8_stateful_ir_reads_and_writes_states_without_converts(int8_package):
+    """INT16 states live in f32 variables; dequantization reads them and FakeQuantize writes them directly."""
+    import openvino as ov
+
+    from edgelin.runtime import read_package
+
+    entry = read_package(int8_package).raw["backends"]["openvino"]["stateful"]
+    model = ov.Core().read_model(str(int8_package / entry["decode"]), str(int8_package / entry["weights"]))
+    reads = [t.get_node().get_type_name() for op in model.get_ops() if op.get_type_name() == "ReadValue"
+             for t in op.output(0).get_target_inputs()]
+    writes = [op.input_value(0).get_node().get_type_name() for op in model.get_sinks()]
+    assert reads and "Convert" not in reads
+    assert writes and set(writes) <= {"FakeQuantize", "Slice", "Concat", "Add"}, set(writes)
+
+
 def test_tvm_names_what_it_cannot_import(fp_packages, tmp_path):
     """MatMulNBits (ORT's 4-bit kernel, a com.microsoft op) has no TVM importer: the error says so."""
     from edgelin.calibration import calibrate_package, default_text

@@ -24,7 +24,9 @@ class Backend(Protocol):
 
     Optional parts, used by `Session` when present:
       `graph_files(manifest) -> {graph name: file or {"file": file, **constructor options}}` (classmethod;
-      default: the ONNX graphs);
+      default: the ONNX graphs; an option named `weights` is a package-relative file, passed as a path);
+      `shares_weights = True`: the constructor takes `initializers={name: array}`, the package's shared
+      weights for that graph (runtime/weights.py), to use without copying;
       `batch`: the one batch size the compiled graph accepts (None: any);
       `stateful = True` with `reset()`, `get_state() -> State`, `set_state(State)`: the back end keeps the
       states inside the graph, which then takes only `input_ids` and returns only `logits`.

@@ -33,9 +33,10 @@ class OpenVinoBackend:
     """One OpenVINO IR step graph compiled for `device`.
 
     Args:
-        graph_path: the .xml file (its .bin beside it).
+        graph_path: the .xml file (its .bin beside it, unless `weights` is given).
         threads: inference threads (default 2).
         device: OpenVINO device name, "CPU" by default.
+        weights: the weights file the IR refers to, when shared by several IR (the variant's `weights`).
     Example:
         >>> s = Session("pkg", backend="openvino", device="CPU")  # doctest: +SKIP
     """
@@ -44,15 +45,17 @@ class OpenVinoBackend:
     stateful = False
 
     @classmethod
-    def graph_files(cls, manifest: Manifest) -> dict[str, str]:
+    def graph_files(cls, manifest: Manifest) -> dict[str, dict]:
         entry = backend_variant(manifest, "openvino", cls.variant, hint="edgelin compile PKG --backend openvino")
-        return {name: entry[name] for name in manifest.graphs}
+        weights = {"weights": entry["weights"]} if "weights" in entry else {}
+        return {name: {"file": entry[name], **weights} for name in manifest.graphs}
 
-    def __init__(self, graph_path: Path, *, threads: int | None = None, device: str | None = None) -> None:
+    def __init__(self, graph_path: Path, *, threads: int | None = None, device: str | None = None,
+                 weights: Path | None = None) -> None:
         ov, core = _core()
         self.device = device or "CPU"
         try:
-            model = core.read_model(str(graph_path))
+            model = core.read_model(str(graph_path), *([str(weights)] if weights else []))
             if self.device != "CPU" and model.is_dynamic():  # NPU: static shapes only
                 model.reshape({p.get_any_name(): [1 if d.is_dynamic else d.get_length() for d in p.get_partial_shape()]
                                for p in model.inputs})
@@ -88,8 +91,9 @@ class OpenVinoStatefulBackend(OpenVinoBackend):
     variant = "stateful"
     stateful = True
 
-    def __init__(self, graph_path: Path, *, threads: int | None = None, device: str | None = None) -> None:
-        super().__init__(graph_path, threads=threads, device=device)
+    def __init__(self, graph_path: Path, *, threads: int | None = None, device: str | None = None,
+                 weights: Path | None = None) -> None:
+        super().__init__(graph_path, threads=threads, device=device, weights=weights)
         self._variables = {v.name: v for v in self._request.query_state()}
         self.state_names = sorted(self._variables)
 
