@@ -111,7 +111,9 @@ def apply_profile(package_dir: str | os.PathLike, name: str) -> Path:
     """
     from edgelin.exporters.lowering import lower_graph
     from edgelin.exporters.static import make_static
+    from edgelin.exporters.weights import save_graphs
     from edgelin.runtime.package import read_package, write_package
+    from edgelin.runtime.weights import WEIGHTS_FILE
 
     if name not in EXPORT_PROFILES:
         raise EdgelinError(f"unknown profile {name!r}; choose from {', '.join(EXPORT_PROFILES)}")
@@ -119,12 +121,11 @@ def apply_profile(package_dir: str | os.PathLike, name: str) -> Path:
     manifest = read_package(root)
     doc = {k: v for k, v in manifest.raw.items() if k not in ("files", "format_version", "backends")}
     doc["profile"] = {"name": name, "batch": 1}
+    graph_files = {g: spec.file for g, spec in manifest.graphs.items()}
     with TemporaryDirectory(prefix="edgelin-profile-") as tmp:
-        files: dict[str, Path | bytes] = {n: root / n for n in manifest.files
-                                          if not n.split("/")[0] in ("openvino", "tvm")}
-        for g in manifest.graphs.values():
-            path = Path(tmp) / g.file
-            static = make_static(onnx.load(str(root / g.file)), batch=1)
-            onnx.save(lower_graph(static, get_profile(name).ops), str(path))
-            files[g.file] = path
-        return write_package(root, files, doc, force=True)
+        files: dict[str, Path | bytes] = {n: root / n for n in manifest.files if n.split("/")[0] not in ("openvino", "tvm")
+                                          and n not in graph_files.values() and n != WEIGHTS_FILE}
+        protos = {g: lower_graph(make_static(onnx.load(str(root / f)), batch=1), get_profile(name).ops)
+                  for g, f in graph_files.items()}
+        paths, doc["weights"] = save_graphs(protos, graph_files, Path(tmp))
+        return write_package(root, {**files, **paths}, doc, force=True)

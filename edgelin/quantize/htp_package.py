@@ -74,7 +74,9 @@ def quantize_htp_package(fp_dir: str | Path, static_dir: str | Path, out_dir: st
     Returns:
         `out_dir`.
     """
+    from edgelin.exporters.weights import save_graphs
     from edgelin.runtime.package import read_package, write_package
+    from edgelin.runtime.weights import WEIGHTS_FILE
 
     fp_dir, static_dir = Path(fp_dir), Path(static_dir)
     step = progress or (lambda *a: None)
@@ -83,14 +85,14 @@ def quantize_htp_package(fp_dir: str | Path, static_dir: str | Path, out_dir: st
     m = read_package(static_dir)
     overrides = state_overrides(m.raw["states"], table, scheme.state_headroom)
     with tempfile.TemporaryDirectory(prefix="edgelin-htp-") as tmp:
-        files: dict[str, Path | bytes] = {n: static_dir / n for n in m.files if not n.endswith(".onnx")}
+        files: dict[str, Path | bytes] = {n: static_dir / n for n in m.files if not n.endswith(".onnx") and n != WEIGHTS_FILE}
+        protos = {}
         for i, (name, g) in enumerate(m.graphs.items()):
             step("quantize (qdq)", i, len(m.graphs))
-            proto = quantize_graph_htp(onnx.load(str(static_dir / g.file)), _thin(feeds[name], scheme.max_feeds),
-                                       overrides, scheme, table, name)
-            path = Path(tmp) / g.file
-            onnx.save(proto, str(path))
-            files[g.file] = path
+            protos[name] = quantize_graph_htp(onnx.load(str(static_dir / g.file)), _thin(feeds[name], scheme.max_feeds),
+                                              overrides, scheme, table, name)
+        paths, weights = save_graphs(protos, {name: g.file for name, g in m.graphs.items()}, Path(tmp))
+        files.update(paths)
         step("quantize (qdq)", len(m.graphs), len(m.graphs))
         files["calibration.json"] = table.to_json().encode()
         # states stay float32 at the boundary (no "quant" entry); their uint16 grids are recorded here
@@ -98,7 +100,7 @@ def quantize_htp_package(fp_dir: str | Path, static_dir: str | Path, out_dir: st
                               "zero_point": int(overrides[s["input"]][0]["zero_point"]), "dtype": "uint16"}
                  for s in m.raw["states"]}
         doc = {k: v for k, v in m.raw.items() if k not in ("files", "format_version", "backends")}
-        doc.update(precision={**scheme.to_dict(), "state_grids": grids},
+        doc.update(precision={**scheme.to_dict(), "state_grids": grids}, weights=weights,
                    calibration={"file": "calibration.json", **table.summary()})
         return write_package(out_dir, files, doc, force=force)
 

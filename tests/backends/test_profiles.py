@@ -136,6 +136,24 @@ def test_mask_fill_refuses_other_non_finite_constants():
         finite_masks(helper.make_model(graph))
 
 
+def _current_weights_index(pkg) -> dict:
+    """The package's weights index, checked to describe the graphs it ships (not those they came from)."""
+    m = read_package(pkg)
+    index = m.raw["weights"]
+    assert index["graphs"] == {name: m.files[g.file] for name, g in m.graphs.items()}
+    return index
+
+
+def test_profile_packages_carry_their_own_weights_file(htp, tmp_path):
+    fp, q = htp
+    fp_index = _current_weights_index(fp)
+    htp_index = _current_weights_index(q)  # the FP32 weights.bin is not carried over
+    assert (q / "weights.bin").stat().st_size < (fp / "weights.bin").stat().st_size / 2  # 8-bit against fp32
+    assert {t["dtype"] for t in htp_index["tensors"]} != {t["dtype"] for t in fp_index["tensors"]}
+    npu = apply_profile(export_package(LM(ZOO["gla-tiny"]).init_weights(), tmp_path / "npu", prefill_tokens=8), "openvino-npu")
+    _current_weights_index(npu)
+
+
 @pytest.mark.parametrize("name", TINY)
 def test_openvino_npu_profile_fits_and_is_exact(name, tmp_path):
     model = LM(ZOO[name]).init_weights()
