@@ -34,7 +34,7 @@ from edgelin.quantize.gptq import collect_hessians  # noqa: E402
 from edgelin.quantize.package import quantize_package  # noqa: E402
 from edgelin.runtime.tokenizer import ByteTokenizer  # noqa: E402
 from edgelin.validate import compare_packages  # noqa: E402
-from edgelin.quantize.schemes import W4A8, W4A16, W8A8, W8A16, PerGroup, StatePrecision  # noqa: E402
+from edgelin.quantize.schemes import W4A8, W4A16, W8, W8A8, W8A16, PerGroup, StatePrecision  # noqa: E402
 from edgelin.runtime import Session  # noqa: E402
 
 CONFIGS = {
@@ -46,6 +46,7 @@ CONFIGS = {
     "w8a8-rotate": lambda: W8A8(rotate=True),
     "w8a8-state-fp32": lambda: W8A8(state=StatePrecision.FP32),
     "w8a16": lambda: W8A16(),
+    "w8": lambda: W8(),
     "w4a16-g32": lambda: W4A16(),
     "w4a16-g128": lambda: W4A16(granularity=PerGroup(128)),
     "w4a16-g32-gptq": lambda: W4A16(gptq=True),
@@ -55,7 +56,7 @@ CONFIGS = {
     "ort-static": None,  # onnxruntime's quantize_static, the generic baseline (see ort_static)
 }
 DEFAULT = ["ort-static", "w8a8", "w8a8-minmax", "w8a8-percentile", "w8a8-smooth", "w8a8-rotate", "w8a8-state-fp32", "w8a16",
-           "w4a16-g32", "w4a16-g128", "w4a16-g32-gptq", "w4a16-g32-rotate", "w4a8-g32", "w4a8-g32-smooth"]
+           "w8", "w4a16-g32", "w4a16-g128", "w4a16-g32-gptq", "w4a16-g32-rotate", "w4a8-g32", "w4a8-g32-smooth"]
 
 
 def decode_speed(pkg: Path, steps: int = 200) -> float:

@@ -11,19 +11,20 @@ from edgelin.cli import app, console, refuse_existing, user_errors
 from edgelin.errors import EdgelinError
 
 
-def build_scheme(int8: bool, int16: bool, int4: bool, w4a8: bool, *, group_size: int = 32, gptq: bool = False,
+def build_scheme(int8: bool, int16: bool, int4: bool, w4a8: bool, w8: bool = False, *, group_size: int = 32, gptq: bool = False,
                  observer: Optional[str] = None, state: str = "int16", embedding: str = "int8",
                  lm_head: Optional[str] = None, int4_format: str = "matmul_nbits", smooth: Optional[float] = None,
                  rotate: bool = False):
-    """The scheme one of --int8 / --int16 / --int4 / --w4a8 names, or None when none is given."""
-    from edgelin.quantize.schemes import W4A8, W4A16, W8A8, W8A16, PerGroup
+    """The scheme one of --int8 / --int16 / --int4 / --w4a8 / --w8 names, or None when none is given."""
+    from edgelin.quantize.schemes import W4A8, W4A16, W8, W8A8, W8A16, PerGroup
 
-    chosen = [name for name, on in (("--int8", int8), ("--int16", int16), ("--int4", int4), ("--w4a8", w4a8)) if on]
+    chosen = [name for name, on in (("--int8", int8), ("--int16", int16), ("--int4", int4), ("--w4a8", w4a8),
+                                    ("--w8", w8)) if on]
     if len(chosen) > 1:
         raise EdgelinError(f"choose one scheme, not {' and '.join(chosen)}")
     if not chosen:
         return None
-    cls = {"--int8": W8A8, "--int16": W8A16, "--int4": W4A16, "--w4a8": W4A8}[chosen[0]]
+    cls = {"--int8": W8A8, "--int16": W8A16, "--int4": W4A16, "--w4a8": W4A8, "--w8": W8}[chosen[0]]
     kwargs: dict = {"state": state, "embedding": embedding, "int4_format": int4_format, "gptq": gptq,
                     "smooth": smooth, "rotate": rotate}
     if observer:
@@ -95,6 +96,7 @@ def quantize(
     int16: bool = typer.Option(False, "--int16", help="W8A16: int8 weights, 16-bit activations (NPU layout)."),
     int4: bool = typer.Option(False, "--int4", help="W4A16: 4-bit block-wise weights, 16-bit activations."),
     w4a8: bool = typer.Option(False, "--w4a8", help="W4A8: 4-bit block-wise weights, 8-bit activations."),
+    w8: bool = typer.Option(False, "--w8", help="Weight-only int8: int8 per-channel weights, float activations (OpenVINO's fast form)."),
     group_size: int = typer.Option(32, "--group-size", help="4-bit block size: 32, 64 or 128."),
     gptq: bool = typer.Option(False, "--gptq", help="GPTQ instead of round-to-nearest for 4-bit weights."),
     calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration text (default: the shipped sample)."),
@@ -117,10 +119,10 @@ def quantize(
     from edgelin.calibration.streams import read_text
     from edgelin.quantize.pipeline import load_table, run_pipeline
 
-    scheme = build_scheme(int8, int16, int4, w4a8, group_size=group_size, gptq=gptq, observer=observer, state=state,
+    scheme = build_scheme(int8, int16, int4, w4a8, w8, group_size=group_size, gptq=gptq, observer=observer, state=state,
                           embedding=embedding, lm_head=lm_head, int4_format=int4_format, smooth=smooth)
     if scheme is None:
-        raise EdgelinError("choose a scheme: --int8, --int16, --int4 or --w4a8")
+        raise EdgelinError("choose a scheme: --int8, --int16, --int4, --w4a8 or --w8")
     out = output or package.with_name(f"{package.name}-{scheme.name}")
     refuse_existing(out, force)
     text = read_text(calib)

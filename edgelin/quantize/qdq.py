@@ -244,7 +244,7 @@ def quantize_graph(proto: onnx.ModelProto, graph: str, scheme: QuantScheme, tabl
         if spec is None:
             continue
         a = node.input[0]
-        if a not in b.inits:
+        if a not in b.inits and scheme.act_bits:
             lo, hi = table.range(graph, a, scheme.observer if scheme.act_bits == 8 else "minmax")
             scale, zero = activation_qparams(lo, hi, scheme.activations)
             a = _qdq_activation(b, a, scale, zero, scheme.activations, act_cache, i)

@@ -4,6 +4,7 @@
     W8A16()                int8 per-channel weights, uint16 activations, INT16 states  (--int16)
     W4A16(group_size=32)   4-bit block-wise weights, uint16 activations               (--int4)
     W4A8(group_size=32)    4-bit block-wise weights, uint8 activations                (--w4a8)
+    W8()                   int8 per-channel weights, float activations, INT16 states  (--w8)
 
 Options are objects or enums, not strings: `PerChannel()` / `PerGroup(64)` for weights,
 `StatePrecision.INT16` / `.FP32`, `Int4Format.MATMUL_NBITS` / `.QDQ`. `layers` maps a layer
@@ -58,7 +59,8 @@ class PerGroup:
 
 @dataclass(frozen=True)
 class QuantScheme:
-    """Base of every scheme; use the named subclasses. `weight_bits` and `act_bits` are fixed per class."""
+    """Base of every scheme; use the named subclasses. `weight_bits` and `act_bits` are fixed per class
+    (`act_bits` 0: activations stay float, the weights alone are quantized)."""
 
     weight_bits: ClassVar[int] = 8
     act_bits: ClassVar[int] = 8
@@ -187,4 +189,13 @@ class W4A8(QuantScheme):
     granularity: PerChannel | PerGroup = field(default_factory=lambda: PerGroup(32))
 
 
-SCHEMES: dict[str, type[QuantScheme]] = {c.name: c for c in (W8A8, W8A16, W4A16, W4A8)}
+@dataclass(frozen=True)
+class W8(QuantScheme):
+    """Weight-only int8: the matrix products read int8 weights and float activations. At one token
+    OpenVINO runs them as FullyConnected with compressed weights, faster than W8A8's int8 x uint8
+    kernels there and closer to FP32 (docs/BENCHMARKS.md, weight-only INT8)."""
+    name: ClassVar[str] = "w8"
+    act_bits: ClassVar[int] = 0
+
+
+SCHEMES: dict[str, type[QuantScheme]] = {c.name: c for c in (W8A8, W8A16, W4A16, W4A8, W8)}

@@ -10,17 +10,18 @@ from edgelin.runtime import Session, generate
 INT8_TOL = 0.02  # max |logits - ORT INT8| relative to max |logits|: OpenVINO runs true int8 kernels
 
 
-@pytest.fixture(scope="module")
-def int8_package(fp_packages, tmp_path_factory):
+@pytest.fixture(scope="module", params=["w8a8", "w8"])
+def int8_package(fp_packages, tmp_path_factory, request):
+    """The two 8-bit weight schemes: W8A8 (--int8) and weight-only W8 (--w8), both with INT16 states."""
     from edgelin.calibration import calibrate_package, default_text
     from edgelin.exporters.openvino import export_openvino
     from edgelin.exporters.tvm import export_tvm
     from edgelin.quantize.package import quantize_package
-    from edgelin.quantize.schemes import W8A8
+    from edgelin.quantize.schemes import SCHEMES
 
     fp = fp_packages["gla-tiny"]
     table = calibrate_package(fp, default_text()[:20000], streams=2, tokens=256)
-    out = quantize_package(fp, tmp_path_factory.mktemp("q") / "int8", W8A8(), table)
+    out = quantize_package(fp, tmp_path_factory.mktemp("q") / request.param, SCHEMES[request.param](), table)
     export_openvino(out)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -8,7 +8,7 @@ from edgelin.quantize.package import quantize_package
 from edgelin.quantize.primitives import WeightQuant, quantize_weight_np
 from edgelin.quantize.qdq import canonical_layer_names, weight_matmuls
 from edgelin.quantize.schemes import (
-    W4A8, W4A16, W8A8, W8A16, Int4Format, LayerPrecision, PerChannel, PerGroup, QuantScheme, StatePrecision,
+    W4A8, W4A16, W8, W8A8, W8A16, Int4Format, LayerPrecision, PerChannel, PerGroup, QuantScheme, StatePrecision,
 )
 from edgelin.runtime import Session, read_package
 
@@ -78,6 +78,23 @@ def test_w8a8_runs_in_runtime_close_to_fp(tmp_path, fp_package, table_of, name):
     check_weights(q)
 
 
+def test_w8_is_weight_only_and_closer_than_w8a8(tmp_path, fp_package, table_of):
+    """--w8: every linear weight int8, no activation QDQ (the states keep theirs), nearer FP32 than W8A8."""
+    fp, table = fp_package("hybrid-tiny"), table_of("hybrid-tiny")
+    w8 = quantize_package(fp, tmp_path / "w8", W8(), table)
+    w8a8 = quantize_package(fp, tmp_path / "w8a8", W8A8(), table)
+    check_weights(w8)
+    m = read_package(w8)
+    assert m.precision["scheme"] == "w8" and m.precision["act_bits"] == 0
+    states = {s.input for s in m.states} | {s.output for s in m.states}
+    for g in m.graphs.values():
+        proto = onnx.load(str(w8 / g.file))
+        quantized = [n.input[0] for n in proto.graph.node if n.op_type == "QuantizeLinear"]
+        assert quantized and all(any(t.startswith(s) for s in states) for t in quantized), quantized
+    ref = run(fp)[0]
+    assert rms_ratio(ref, run(w8)[0]) < rms_ratio(ref, run(w8a8)[0])
+
+
 @pytest.mark.parametrize("scheme", [W4A16(), W4A8(granularity=PerGroup(64)), W4A16(int4_format=Int4Format.QDQ)],
                          ids=["w4a16-nbits", "w4a8-g64", "w4a16-qdq"])
 def test_int4_every_weight_4bit_or_recorded(tmp_path, fp_package, table_of, scheme):
@@ -136,7 +153,7 @@ def test_mixed_precision_overrides_and_state_fp32(tmp_path, fp_package, table_of
 
 
 def test_scheme_json_roundtrip_and_checks():
-    for s in (W8A8(), W8A16(observer="mse"), W4A16(granularity=PerGroup(128), gptq=True), W4A8(smooth=0.5)):
+    for s in (W8A8(), W8A16(observer="mse"), W4A16(granularity=PerGroup(128), gptq=True), W4A8(smooth=0.5), W8()):
         assert QuantScheme.from_dict(s.to_dict()) == s
     with pytest.raises(EdgelinError, match="PerGroup"):
         W4A16(granularity=PerChannel())
