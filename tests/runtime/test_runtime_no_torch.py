@@ -1,20 +1,8 @@
 """edgelin.runtime imports and generates with torch made unimportable."""
 
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
+from no_torch_helpers import run_without_torch
 
 SCRIPT = r"""
-import importlib.abc, sys
-
-class BlockTorch(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError(f"torch is blocked in this test ({name})")
-
-sys.meta_path.insert(0, BlockTorch())
 try:
     import torch  # noqa: F401
     raise SystemExit("torch imported despite the block")
@@ -31,7 +19,4 @@ print("ok", ids)
 
 
 def test_runtime_without_torch(toy_package):
-    r = subprocess.run([sys.executable, "-c", SCRIPT, str(toy_package)], cwd=ROOT, capture_output=True,
-                       text=True, timeout=120, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert r.stdout.startswith("ok ")
+    assert run_without_torch(SCRIPT, str(toy_package)).startswith("ok ")
