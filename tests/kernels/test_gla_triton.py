@@ -7,6 +7,7 @@ import torch.nn.functional as F
 pytest.importorskip("triton")
 
 from tests.kernels._check import assert_close  # noqa: E402
+from edgelin.kernels.gla import triton_chunk  # noqa: E402
 from edgelin.kernels.gla.triton_chunk import chunk_gla  # noqa: E402
 
 
@@ -72,16 +73,35 @@ def run(fn, inputs, do, dht):
     return [o, ht] + grads
 
 
-@pytest.mark.parametrize("B,T,H,K,V,norm,use_h0", CASES,
-                         ids=[f"B{c[0]}-T{c[1]}-H{c[2]}-K{c[3]}-V{c[4]}-gn{c[5]}-h0{int(c[6])}" for c in CASES])
-def test_chunk_gla_matches_reference(B, T, H, K, V, norm, use_h0, device):
-    inputs, do, dht = make_inputs(B, T, H, K, V, norm, use_h0, device)
+@pytest.fixture(params=["split", "fused"])
+def fwd_intra(request, monkeypatch):
+    monkeypatch.setattr(triton_chunk, "FWD_INTRA", request.param)
+    return request.param
+
+
+def check_against_references(inputs, do, dht, use_h0):
     out = run(chunk_gla, inputs, do, dht)
     names = ["o", "ht", "dq", "dk", "dv", "dg"] + (["dh0"] if use_h0 else [])
     for ref_name, ref_fn in references():
         ref = run(ref_fn, inputs, do, dht)
         for name, r, x in zip(names, ref, out):
             assert_close(f"{ref_name}:{name}", r, x, 1e-4)
+
+
+@pytest.mark.parametrize("B,T,H,K,V,norm,use_h0", CASES,
+                         ids=[f"B{c[0]}-T{c[1]}-H{c[2]}-K{c[3]}-V{c[4]}-gn{c[5]}-h0{int(c[6])}" for c in CASES])
+def test_chunk_gla_matches_reference(B, T, H, K, V, norm, use_h0, device, fwd_intra):
+    check_against_references(*make_inputs(B, T, H, K, V, norm, use_h0, device), use_h0)
+
+
+def test_chunk_gla_strong_decay(device, fwd_intra):
+    # half the channels decay by about exp(-5) a step (exp(-80) across a 16-row sub-chunk), half barely;
+    # T = 100 ends in a partial chunk and a partial sub-chunk
+    inputs, do, dht = make_inputs(2, 100, 2, 32, 16, 1.0, True, device)
+    g = inputs[3].detach()
+    g[..., :16] = -5 + g[..., :16] / 4
+    g[..., 16:] = g[..., 16:] / 50
+    check_against_references(inputs, do, dht, True)
 
 
 def test_chunk_gla_rejects_bad_shapes(device):

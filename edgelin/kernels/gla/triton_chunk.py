@@ -7,8 +7,12 @@ steps, gc the chunk-local cumsum of g, h_n the state entering chunk n and L its 
     A[t, s] = scale * sum_k q_tk k_sk exp(gc_tk - gc_sk)
     h_{n+1} = diag(exp(gc_L)) h_n + (k * exp(gc_L - gc))^T v
 
-A is built in sub-chunks of BC=16 rows, each against a reference row of its own, so that every
-exponent is <= 0 at any decay; the diagonal 16x16 blocks are summed element by element.
+A is built by one program per sub-chunk i of BC=16 rows. Its blocks j < i are one tl.dot each,
+(q_i exp(gc_i - gc_n)) (k_j exp(gc_n - gc_j))^T against the sub-chunk's first row n, so that every
+exponent is <= 0 at any decay; its diagonal 16x16 block is summed column by column in float32 with
+exponents gc_i - gc_j, i >= j. Both parts share one launch, so q and gc are read once.
+FWD_INTRA = "fused" selects the previous kernel (one [BC, BT] product per sub-chunk and a
+[BC, BC, BK] diagonal) until both are timed on the GPU.
 """
 
 import torch
@@ -20,11 +24,20 @@ from edgelin.kernels.common.checks import check_qkv_state
 
 BT_DEFAULT = 64
 BC_DEFAULT = 16
+# forward intra-chunk kernel: "split" (dots below the diagonal blocks) or "fused" (the previous one)
+FWD_INTRA = "split"
 
-# the sequential state kernels choose their tile: few (batch, head) pairs want narrow tiles
+# the sequential state kernels choose their tile (few (batch, head) pairs want narrow tiles), warps
+# and how many chunks ahead their loads run (stages); the pairs beside (4, 2) are ones that do not
+# spill on sm_90 at K=V=128 (2 warps always reach 255 registers there)
 STATE_CONFIGS = [
     triton.Config({"BK": bk, "BV": bv}, num_warps=w, num_stages=s)
-    for bk, bv in ((64, 32), (64, 64), (32, 32), (32, 64)) for w in (4,) for s in (2,)
+    for bk, bv, ws in (
+        (64, 32, ((4, 2), (8, 3), (8, 4))),
+        (64, 64, ((4, 2), (8, 2), (8, 3))),
+        (32, 32, ((4, 2), (4, 3), (4, 4))),
+        (32, 64, ((4, 2), (4, 3), (8, 3))),
+    ) for w, s in ws
 ]
 
 
@@ -67,9 +80,63 @@ def gla_fwd_h_kernel(
         tl.store(ht + i_bh.to(tl.int64) * K * V + o_kv, b_h, mask=m_kv)
 
 
+@autotune(warps_stages(warps=(4, 8, 2)), key=["H", "K", "T"])
+@triton.jit(do_not_specialize=["T"])
+def gla_fwd_intra_split_kernel(
+    q, k, gc, A, scale, T,
+    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+):
+    # one program per sub-chunk i of BC rows: A[rows, 0:BT] block by block; BK covers K
+    i_c, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    NC: tl.constexpr = BT // BC
+    i_t, i_i = i_c // NC, i_c % NC
+    t0 = i_t * BT
+    r0 = t0 + i_i * BC
+    o_r = tl.arange(0, BC)
+    o_i = r0 + o_r
+    o_k = tl.arange(0, BK)
+    m_i, m_k = o_i < T, o_k < K
+    m_ik = m_i[:, None] & m_k[None, :]
+    row_i = (i_b * T + o_i).to(tl.int64) * H + i_h
+    p_A = A + row_i[:, None] * BT + o_r[None, :]
+    # [BC, BK]
+    b_q = tl.load(q + row_i[:, None] * K + o_k[None, :], mask=m_ik, other=0).to(tl.float32)
+    b_g = tl.load(gc + row_i[:, None] * K + o_k[None, :], mask=m_ik, other=0)
+
+    # the diagonal block, one column j at a time; row j is loaded as a [BC, BK] tile of copies so
+    # that it arrives in the layout of b_q (a [BK] load is shuffled through shared memory)
+    o_kk = tl.broadcast_to(o_k[None, :], (BC, BK))
+    b_A = tl.zeros([BC, BC], dtype=tl.float32)
+    for j in tl.static_range(BC):
+        row_j = (i_b * T + r0 + j).to(tl.int64) * H + i_h
+        m_jk = (o_kk < K) & (r0 + j < T)
+        b_kj = tl.load(k + row_j * K + o_kk, mask=m_jk, other=0).to(tl.float32)
+        b_gj = tl.load(gc + row_j * K + o_kk, mask=m_jk, other=0)
+        m_r = (o_r >= j) & m_i
+        b_a = tl.sum(b_q * b_kj * tl.exp(tl.where(m_r[:, None], b_g - b_gj, 0)), 1)
+        b_A = tl.where(m_r[:, None] & (o_r == j)[None, :], b_a[:, None], b_A)
+    tl.store(p_A + i_i * BC, b_A * scale, mask=m_i[:, None])
+    o_c = tl.arange(0, BT)
+    m_after = m_i[:, None] & (o_c >= i_i * BC + BC)[None, :]
+    tl.store(A + row_i[:, None] * BT + o_c[None, :], tl.zeros([BC, BT], dtype=tl.float32), mask=m_after)
+
+    # the blocks of earlier sub-chunks j < i, against row n = r0
+    row_n = (i_b * T + r0).to(tl.int64) * H + i_h
+    b_gn = tl.load(gc + row_n * K + o_k, mask=m_k, other=0)
+    b_qg = b_q * tl.exp(tl.where(m_ik, b_g - b_gn[None, :], 0))
+    for i_j in range(i_i):
+        rows_j = (i_b * T + t0 + i_j * BC + o_r).to(tl.int64) * H + i_h
+        # [BK, BC]; these rows all precede r0 < T
+        b_k = tl.load(k + rows_j[None, :] * K + o_k[:, None], mask=m_k[:, None], other=0).to(tl.float32)
+        b_gk = tl.load(gc + rows_j[None, :] * K + o_k[:, None], mask=m_k[:, None], other=0)
+        b_kg = b_k * tl.exp(b_gn[:, None] - b_gk)
+        tl.store(p_A + i_j * BC, tl.dot(b_qg, b_kg) * scale, mask=m_i[:, None])
+
+
 @autotune(warps_stages(), key=["H", "K", "T"])
 @triton.jit(do_not_specialize=["T"])
-def gla_fwd_intra_kernel(
+def gla_fwd_intra_fused_kernel(
     q, k, gc, A, scale, T,
     H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
 ):
@@ -376,9 +443,9 @@ def chunk_gla_fwd(q, k, v, g, scale, initial_state, output_final_state, BT=BT_DE
         USE_H0=initial_state is not None, STORE_HT=output_final_state,
     )
     A = q.new_empty(B, T, H, BT, dtype=torch.float32)
-    gla_fwd_intra_kernel[(triton.cdiv(T, BC), B * H)](
-        q, k, gc, A, scale, T, H=H, K=K, BT=BT, BC=BC, BK=next_block(K, 32),
-    )
+    intra, BKi = {"split": (gla_fwd_intra_split_kernel, next_block(K, 256)),
+                  "fused": (gla_fwd_intra_fused_kernel, next_block(K, 32))}[FWD_INTRA]
+    intra[(triton.cdiv(T, BC), B * H)](q, k, gc, A, scale, T, H=H, K=K, BT=BT, BC=BC, BK=BKi)
     o = torch.empty_like(v)
     BVo = next_block(V, 64)
     gla_fwd_o_kernel[(triton.cdiv(V, BVo), NT, B * H)](
