@@ -45,6 +45,7 @@ CASES = [
     (2, 130, 1, 32, 32, 0.1, False),
     (1, 129, 1, 32, 16, 10.0, True),
     (1, 70, 1, 20, 24, 1.0, True),
+    (1, 40, 1, 80, 16, 1.0, True),  # two K blocks in the backward intra kernel, the second partial
 ]
 
 
@@ -73,9 +74,11 @@ def run(fn, inputs, do, dht):
     return [o, ht] + grads
 
 
-@pytest.fixture(params=["split", "fused"])
-def fwd_intra(request, monkeypatch):
-    monkeypatch.setattr(triton_chunk, "FWD_INTRA", request.param)
+@pytest.fixture(params=[("split", "split"), ("fused", "fused")], ids=["split", "fused"])
+def intra(request, monkeypatch):
+    # FWD_INTRA and BWD_INTRA: the forward and backward intra-chunk kernels are independent
+    monkeypatch.setattr(triton_chunk, "FWD_INTRA", request.param[0])
+    monkeypatch.setattr(triton_chunk, "BWD_INTRA", request.param[1])
     return request.param
 
 
@@ -90,11 +93,11 @@ def check_against_references(inputs, do, dht, use_h0):
 
 @pytest.mark.parametrize("B,T,H,K,V,norm,use_h0", CASES,
                          ids=[f"B{c[0]}-T{c[1]}-H{c[2]}-K{c[3]}-V{c[4]}-gn{c[5]}-h0{int(c[6])}" for c in CASES])
-def test_chunk_gla_matches_reference(B, T, H, K, V, norm, use_h0, device, fwd_intra):
+def test_chunk_gla_matches_reference(B, T, H, K, V, norm, use_h0, device, intra):
     check_against_references(*make_inputs(B, T, H, K, V, norm, use_h0, device), use_h0)
 
 
-def test_chunk_gla_strong_decay(device, fwd_intra):
+def test_chunk_gla_strong_decay(device, intra):
     # half the channels decay by about exp(-5) a step (exp(-80) across a 16-row sub-chunk), half barely;
     # T = 100 ends in a partial chunk and a partial sub-chunk
     inputs, do, dht = make_inputs(2, 100, 2, 32, 16, 1.0, True, device)

@@ -13,6 +13,10 @@ exponent is <= 0 at any decay; its diagonal 16x16 block is summed column by colu
 exponents gc_i - gc_j, i >= j. Both parts share one launch, so q and gc are read once.
 FWD_INTRA = "fused" selects the previous kernel (one [BC, BT] product per sub-chunk and a
 [BC, BC, BK] diagonal) until both are timed on the GPU.
+The backward intra-chunk dq, dk follow the same plan (one program per sub-chunk and BK channels):
+blocks j < i (dq, against the first row) and j > i (dk, against the last row) as tl.dot, the
+diagonal block one row j at a time with the single exponent -|gc_r - gc_j|. BWD_INTRA = "fused"
+selects the previous backward kernel until both are timed on the GPU.
 """
 
 import torch
@@ -26,6 +30,9 @@ BT_DEFAULT = 64
 BC_DEFAULT = 16
 # forward intra-chunk kernel: "split" (dots below the diagonal blocks) or "fused" (the previous one)
 FWD_INTRA = "split"
+# backward intra-chunk kernel: "split" (dots for the off-diagonal blocks, one exp per diagonal element)
+# or "fused" (the previous one: [BC, BT] products and a [BC, BC, BK] diagonal)
+BWD_INTRA = "split"
 
 # the sequential state kernels choose their tile (few (batch, head) pairs want narrow tiles), warps
 # and how many chunks ahead their loads run (stages); the pairs beside (4, 2) are ones that do not
@@ -319,9 +326,92 @@ def gla_bwd_dv_kernel(
     tl.store(dv + row[:, None] * V + o_v[None, :], b_dv.to(dv.dtype.element_ty), mask=m_tv)
 
 
+@autotune(warps_stages(warps=(4, 2, 8), stages=(2, 3)), key=["H", "K", "T"])
+@triton.jit(do_not_specialize=["T"])
+def gla_bwd_intra_split_kernel(
+    q, k, gc, dA, dq, dk, T,
+    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+):
+    # intra-chunk dq, dk (float32) of one sub-chunk i of BC rows and BK channels, from dA
+    i_k, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_h = i_bh // H, i_bh % H
+    NC: tl.constexpr = BT // BC
+    i_t, i_i = i_c // NC, i_c % NC
+    t0 = i_t * BT
+    r0 = t0 + i_i * BC
+    o_r = tl.arange(0, BC)
+    o_i = r0 + o_r
+    o_k = i_k * BK + tl.arange(0, BK)
+    m_i, m_k = o_i < T, o_k < K
+    m_ik = m_i[:, None] & m_k[None, :]
+    row_i = (i_b * T + o_i).to(tl.int64) * H + i_h
+    # [BC, BK]
+    b_g = tl.load(gc + row_i[:, None] * K + o_k[None, :], mask=m_ik, other=0)
+
+    # the diagonal block, one row j (< T) at a time for both: dq_r += dA[r, j] k_j exp(gc_r - gc_j),
+    # r >= j, and dk_r += dA[j, r] q_j exp(gc_j - gc_r), r <= j. gc is non-increasing in the chunk
+    # (g <= 0), so both exponents are -|gc_r - gc_j|: one exp, never positive, also on masked rows.
+    # Row j is loaded as a [BC, BK] tile of copies so that it arrives in the layout of b_g; the two
+    # [BC] vectors of dA are small enough for the compiler to load them in that layout directly. A
+    # rolled loop: unrolled, sm_90 hoists all 16 rows' loads (244 registers at BK=64, 4 warps).
+    o_kk = tl.broadcast_to(o_k[None, :], (BC, BK))
+    m_kk = o_kk < K
+    b_dq = tl.zeros([BC, BK], dtype=tl.float32)
+    b_dk = tl.zeros([BC, BK], dtype=tl.float32)
+    for j in range(0, tl.minimum(BC, T - r0)):
+        row_j = (i_b * T + r0 + j).to(tl.int64) * H + i_h
+        b_qj = tl.load(q + row_j * K + o_kk, mask=m_kk, other=0).to(tl.float32)
+        b_kj = tl.load(k + row_j * K + o_kk, mask=m_kk, other=0).to(tl.float32)
+        b_gj = tl.load(gc + row_j * K + o_kk, mask=m_kk, other=0)
+        # [BC] dA[r, j] for r >= j and dA[j, r] for r <= j
+        b_dAc = tl.load(dA + row_i * BT + i_i * BC + j, mask=(o_r >= j) & m_i, other=0)
+        b_dAr = tl.load(dA + row_j * BT + i_i * BC + o_r, mask=o_r <= j, other=0)
+        b_e = tl.exp(-tl.abs(b_g - b_gj))
+        b_dq += b_dAc[:, None] * b_kj * b_e
+        b_dk += b_dAr[:, None] * b_qj * b_e
+
+    # dq from the blocks j < i: dA_ij (k_j exp(gc_n - gc_j)) against the first row n = r0
+    if i_i > 0:
+        row_n = (i_b * T + r0).to(tl.int64) * H + i_h
+        b_gn = tl.load(gc + row_n * K + o_k, mask=m_k, other=0)
+        b_dqo = tl.zeros([BC, BK], dtype=tl.float32)
+        for i_s in range(i_i):
+            # these rows all precede r0 < T
+            rows_b = (i_b * T + t0 + i_s * BC + o_r).to(tl.int64) * H + i_h
+            b_kb = tl.load(k + rows_b[:, None] * K + o_k[None, :], mask=m_k[None, :], other=0).to(tl.float32)
+            b_gb = tl.load(gc + rows_b[:, None] * K + o_k[None, :], mask=m_k[None, :], other=0)
+            b_kg = b_kb * tl.exp(b_gn[None, :] - b_gb)
+            # [BC(i), BC(j)]
+            b_dA = tl.load(dA + row_i[:, None] * BT + i_s * BC + o_r[None, :], mask=m_i[:, None], other=0)
+            b_dqo += tl.dot(b_dA, b_kg)
+        b_dq += b_dqo * tl.exp(tl.where(m_ik, b_g - b_gn[None, :], 0))
+
+    # dk from the blocks j > i present in the chunk: dA_ji^T (q_j exp(gc_j - gc_m)) against the
+    # last row m of this sub-chunk (full whenever a later one exists)
+    n_c = tl.minimum(NC, tl.cdiv(T - t0, BC))
+    if i_i + 1 < n_c:
+        row_m = (i_b * T + r0 + BC - 1).to(tl.int64) * H + i_h
+        b_gm = tl.load(gc + row_m * K + o_k, mask=m_k, other=0)
+        b_dko = tl.zeros([BC, BK], dtype=tl.float32)
+        for i_s in range(i_i + 1, n_c):
+            o_b = t0 + i_s * BC + o_r
+            m_b = o_b < T
+            m_bk = m_b[:, None] & m_k[None, :]
+            rows_b = (i_b * T + o_b).to(tl.int64) * H + i_h
+            b_qb = tl.load(q + rows_b[:, None] * K + o_k[None, :], mask=m_bk, other=0).to(tl.float32)
+            b_gb = tl.load(gc + rows_b[:, None] * K + o_k[None, :], mask=m_bk, other=0)
+            b_qg = b_qb * tl.exp(tl.where(m_bk, b_gb - b_gm[None, :], 0))
+            # [BC(i), BC(j)] = dA[j rows, i columns] transposed
+            b_dAt = tl.load(dA + rows_b[None, :] * BT + i_i * BC + o_r[:, None], mask=m_b[None, :], other=0)
+            b_dko += tl.dot(b_dAt, b_qg)
+        b_dk += b_dko * tl.exp(tl.where(m_ik, b_gm[None, :] - b_g, 0))
+    tl.store(dq + row_i[:, None] * K + o_k[None, :], b_dq, mask=m_ik)
+    tl.store(dk + row_i[:, None] * K + o_k[None, :], b_dk, mask=m_ik)
+
+
 @autotune(warps_stages(), key=["H", "K", "T"])
 @triton.jit(do_not_specialize=["T"])
-def gla_bwd_intra_kernel(
+def gla_bwd_intra_fused_kernel(
     q, k, gc, dA, dq, dk, T,
     H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
 ):
@@ -474,8 +564,9 @@ def chunk_gla_bwd(q, k, v, gc, h, A, do, dht, scale, has_h0, BT=BT_DEFAULT, BC=B
     )
     dq_in = torch.empty_like(gc)
     dk_in = torch.empty_like(gc)
-    BKi = next_block(K, 32)
-    gla_bwd_intra_kernel[(triton.cdiv(K, BKi), triton.cdiv(T, BC), B * H)](
+    intra, BKi = {"split": (gla_bwd_intra_split_kernel, next_block(K, 64)),
+                  "fused": (gla_bwd_intra_fused_kernel, next_block(K, 32))}[BWD_INTRA]
+    intra[(triton.cdiv(K, BKi), triton.cdiv(T, BC), B * H)](
         q, k, gc, dA, dq_in, dk_in, T, H=H, K=K, BT=BT, BC=BC, BK=BKi,
     )
     dq, dk, dg = torch.empty_like(q), torch.empty_like(k), torch.empty_like(gc)
