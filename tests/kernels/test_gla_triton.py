@@ -7,7 +7,6 @@ import torch.nn.functional as F
 pytest.importorskip("triton")
 
 from tests.kernels._check import assert_close  # noqa: E402
-from edgelin.kernels.gla import triton_chunk  # noqa: E402
 from edgelin.kernels.gla.triton_chunk import chunk_gla  # noqa: E402
 
 
@@ -74,14 +73,6 @@ def run(fn, inputs, do, dht):
     return [o, ht] + grads
 
 
-@pytest.fixture(params=[("split", "split"), ("fused", "fused")], ids=["split", "fused"])
-def intra(request, monkeypatch):
-    # FWD_INTRA and BWD_INTRA: the forward and backward intra-chunk kernels are independent
-    monkeypatch.setattr(triton_chunk, "FWD_INTRA", request.param[0])
-    monkeypatch.setattr(triton_chunk, "BWD_INTRA", request.param[1])
-    return request.param
-
-
 def check_against_references(inputs, do, dht, use_h0):
     out = run(chunk_gla, inputs, do, dht)
     names = ["o", "ht", "dq", "dk", "dv", "dg"] + (["dh0"] if use_h0 else [])
@@ -93,11 +84,11 @@ def check_against_references(inputs, do, dht, use_h0):
 
 @pytest.mark.parametrize("B,T,H,K,V,norm,use_h0", CASES,
                          ids=[f"B{c[0]}-T{c[1]}-H{c[2]}-K{c[3]}-V{c[4]}-gn{c[5]}-h0{int(c[6])}" for c in CASES])
-def test_chunk_gla_matches_reference(B, T, H, K, V, norm, use_h0, device, intra):
+def test_chunk_gla_matches_reference(B, T, H, K, V, norm, use_h0, device):
     check_against_references(*make_inputs(B, T, H, K, V, norm, use_h0, device), use_h0)
 
 
-def test_chunk_gla_strong_decay(device, intra):
+def test_chunk_gla_strong_decay(device):
     # half the channels decay by about exp(-5) a step (exp(-80) across a 16-row sub-chunk), half barely;
     # T = 100 ends in a partial chunk and a partial sub-chunk
     inputs, do, dht = make_inputs(2, 100, 2, 32, 16, 1.0, True, device)

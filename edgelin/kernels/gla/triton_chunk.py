@@ -11,12 +11,9 @@ A is built by one program per sub-chunk i of BC=16 rows. Its blocks j < i are on
 (q_i exp(gc_i - gc_n)) (k_j exp(gc_n - gc_j))^T against the sub-chunk's first row n, so that every
 exponent is <= 0 at any decay; its diagonal 16x16 block is summed column by column in float32 with
 exponents gc_i - gc_j, i >= j. Both parts share one launch, so q and gc are read once.
-FWD_INTRA = "fused" selects the previous kernel (one [BC, BT] product per sub-chunk and a
-[BC, BC, BK] diagonal) until both are timed on the GPU.
 The backward intra-chunk dq, dk follow the same plan (one program per sub-chunk and BK channels):
 blocks j < i (dq, against the first row) and j > i (dk, against the last row) as tl.dot, the
-diagonal block one row j at a time with the single exponent -|gc_r - gc_j|. BWD_INTRA = "fused"
-selects the previous backward kernel until both are timed on the GPU.
+diagonal block one row j at a time with the single exponent -|gc_r - gc_j|.
 """
 
 import torch
@@ -28,11 +25,6 @@ from edgelin.kernels.common.checks import check_qkv_state
 
 BT_DEFAULT = 64
 BC_DEFAULT = 16
-# forward intra-chunk kernel: "split" (dots below the diagonal blocks) or "fused" (the previous one)
-FWD_INTRA = "split"
-# backward intra-chunk kernel: "split" (dots for the off-diagonal blocks, one exp per diagonal element)
-# or "fused" (the previous one: [BC, BT] products and a [BC, BC, BK] diagonal)
-BWD_INTRA = "split"
 
 # the sequential state kernels choose their tile (few (batch, head) pairs want narrow tiles), warps
 # and how many chunks ahead their loads run (stages); the pairs beside (4, 2) are ones that do not
@@ -89,7 +81,7 @@ def gla_fwd_h_kernel(
 
 @autotune(warps_stages(warps=(4, 8, 2)), key=["H", "K", "T"])
 @triton.jit(do_not_specialize=["T"])
-def gla_fwd_intra_split_kernel(
+def gla_fwd_intra_kernel(
     q, k, gc, A, scale, T,
     H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
 ):
@@ -139,58 +131,6 @@ def gla_fwd_intra_split_kernel(
         b_gk = tl.load(gc + rows_j[None, :] * K + o_k[:, None], mask=m_k[:, None], other=0)
         b_kg = b_k * tl.exp(b_gn[:, None] - b_gk)
         tl.store(p_A + i_j * BC, tl.dot(b_qg, b_kg) * scale, mask=m_i[:, None])
-
-
-@autotune(warps_stages(), key=["H", "K", "T"])
-@triton.jit(do_not_specialize=["T"])
-def gla_fwd_intra_fused_kernel(
-    q, k, gc, A, scale, T,
-    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-):
-    # one program per sub-chunk of BC rows: A[rows, 0:BT] (zeros above the diagonal)
-    i_c, i_bh = tl.program_id(0), tl.program_id(1)
-    i_b, i_h = i_bh // H, i_bh % H
-    NC: tl.constexpr = BT // BC
-    i_t, i_i = i_c // NC, i_c % NC
-    t0 = i_t * BT
-    r0 = t0 + i_i * BC
-    o_i = r0 + tl.arange(0, BC)
-    o_j = t0 + tl.arange(0, BT)
-    o_c = tl.arange(0, BT)
-    m_i = o_i < T
-    m_j = o_j < r0
-    row_i = (i_b * T + o_i).to(tl.int64) * H + i_h
-    row_j = (i_b * T + o_j).to(tl.int64) * H + i_h
-    row_n = (i_b * T + r0).to(tl.int64) * H + i_h
-    # [BC, BC] lower triangle of the diagonal block
-    m_d = (o_i[:, None] >= o_i[None, :]) & m_i[:, None]
-    b_A = tl.zeros([BC, BT], dtype=tl.float32)
-    b_Ad = tl.zeros([BC, BC], dtype=tl.float32)
-    for i_k in range(tl.cdiv(K, BK)):
-        o_k = i_k * BK + tl.arange(0, BK)
-        m_k = o_k < K
-        m_ik = m_i[:, None] & m_k[None, :]
-        m_jk = m_j[:, None] & m_k[None, :]
-        # [BC, BK]
-        b_q = tl.load(q + row_i[:, None] * K + o_k[None, :], mask=m_ik, other=0).to(tl.float32)
-        b_gq = tl.load(gc + row_i[:, None] * K + o_k[None, :], mask=m_ik, other=0)
-        # [BK] reference: first row of the sub-chunk
-        b_gn = tl.load(gc + row_n * K + o_k, mask=m_k, other=0)
-        # [BT, BK] rows of the earlier sub-chunks
-        b_k = tl.load(k + row_j[:, None] * K + o_k[None, :], mask=m_jk, other=0).to(tl.float32)
-        b_gk = tl.load(gc + row_j[:, None] * K + o_k[None, :], mask=m_jk, other=0)
-        b_qg = b_q * tl.exp(tl.where(m_ik, b_gq - b_gn[None, :], 0))
-        b_kg = b_k * tl.exp(tl.where(m_jk, b_gn[None, :] - b_gk, 0))
-        b_A += tl.dot(b_qg, tl.trans(b_kg))
-        # the diagonal block, exactly: [BC, BC, BK] with exponents g_i - g_j <= 0 for i >= j
-        b_kd = tl.load(k + row_i[:, None] * K + o_k[None, :], mask=m_ik, other=0).to(tl.float32)
-        b_e = tl.exp(tl.where(m_d[:, :, None], b_gq[:, None, :] - b_gq[None, :, :], 0))
-        b_Ad += tl.sum(b_q[:, None, :] * b_kd[None, :, :] * b_e, 2)
-    # earlier columns (and zeros after the block), then the diagonal block: disjoint stores
-    m_off = (o_c < i_i * BC) | (o_c >= i_i * BC + BC)
-    tl.store(A + row_i[:, None] * BT + o_c[None, :], b_A * scale, mask=m_i[:, None] & m_off[None, :])
-    b_Ad = tl.where(m_d, b_Ad * scale, 0)
-    tl.store(A + row_i[:, None] * BT + i_i * BC + tl.arange(0, BC)[None, :], b_Ad, mask=m_i[:, None])
 
 
 @autotune(warps_stages(), key=["H", "K", "V", "T"])
@@ -328,7 +268,7 @@ def gla_bwd_dv_kernel(
 
 @autotune(warps_stages(warps=(4, 2, 8), stages=(2, 3)), key=["H", "K", "T"])
 @triton.jit(do_not_specialize=["T"])
-def gla_bwd_intra_split_kernel(
+def gla_bwd_intra_kernel(
     q, k, gc, dA, dq, dk, T,
     H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
 ):
@@ -409,64 +349,6 @@ def gla_bwd_intra_split_kernel(
     tl.store(dk + row_i[:, None] * K + o_k[None, :], b_dk, mask=m_ik)
 
 
-@autotune(warps_stages(), key=["H", "K", "T"])
-@triton.jit(do_not_specialize=["T"])
-def gla_bwd_intra_fused_kernel(
-    q, k, gc, dA, dq, dk, T,
-    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-):
-    # intra-chunk dq, dk (float32) of one sub-chunk of BC rows, from dA
-    i_k, i_c, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_b, i_h = i_bh // H, i_bh % H
-    NC: tl.constexpr = BT // BC
-    i_t, i_i = i_c // NC, i_c % NC
-    t0 = i_t * BT
-    r0 = t0 + i_i * BC
-    o_i = r0 + tl.arange(0, BC)
-    o_j = t0 + tl.arange(0, BT)
-    o_k = i_k * BK + tl.arange(0, BK)
-    m_i, m_k = o_i < T, o_k < K
-    m_ik = m_i[:, None] & m_k[None, :]
-    row_i = (i_b * T + o_i).to(tl.int64) * H + i_h
-    row_j = (i_b * T + o_j).to(tl.int64) * H + i_h
-    row_n = (i_b * T + r0).to(tl.int64) * H + i_h
-    row_m = (i_b * T + tl.minimum(r0 + BC, T) - 1).to(tl.int64) * H + i_h
-    # [BC, BK]
-    b_g = tl.load(gc + row_i[:, None] * K + o_k[None, :], mask=m_ik, other=0)
-
-    # dq from earlier sub-chunks, against the first row of this one
-    m_jk = (o_j < r0)[:, None] & m_k[None, :]
-    b_gn = tl.load(gc + row_n * K + o_k, mask=m_k, other=0)
-    b_kj = tl.load(k + row_j[:, None] * K + o_k[None, :], mask=m_jk, other=0).to(tl.float32)
-    b_gj = tl.load(gc + row_j[:, None] * K + o_k[None, :], mask=m_jk, other=0)
-    b_kj = b_kj * tl.exp(tl.where(m_jk, b_gn[None, :] - b_gj, 0))
-    # [BC, BT]
-    b_dAi = tl.load(dA + row_i[:, None] * BT + tl.arange(0, BT)[None, :], mask=m_i[:, None], other=0)
-    b_dq = tl.dot(b_dAi, b_kj) * tl.exp(tl.where(m_ik, b_g - b_gn[None, :], 0))
-
-    # dk from later sub-chunks, against the last row of this one
-    m_l = (o_j >= r0 + BC) & (o_j < T)
-    m_lk = m_l[:, None] & m_k[None, :]
-    b_gm = tl.load(gc + row_m * K + o_k, mask=m_k, other=0)
-    b_ql = tl.load(q + row_j[:, None] * K + o_k[None, :], mask=m_lk, other=0).to(tl.float32)
-    b_gl = tl.load(gc + row_j[:, None] * K + o_k[None, :], mask=m_lk, other=0)
-    b_ql = b_ql * tl.exp(tl.where(m_lk, b_gl - b_gm[None, :], 0))
-    # [BT, BC]
-    b_dAl = tl.load(dA + row_j[:, None] * BT + (i_i * BC + tl.arange(0, BC))[None, :], mask=m_l[:, None], other=0)
-    b_dk = tl.dot(tl.trans(b_dAl), b_ql) * tl.exp(tl.where(m_ik, b_gm[None, :] - b_g, 0))
-
-    # the diagonal block: [BC(i), BC(j), BK] weights dA[i, j] exp(g_i - g_j), i >= j
-    b_q = tl.load(q + row_i[:, None] * K + o_k[None, :], mask=m_ik, other=0).to(tl.float32)
-    b_k = tl.load(k + row_i[:, None] * K + o_k[None, :], mask=m_ik, other=0).to(tl.float32)
-    m_d = (o_i[:, None] >= o_i[None, :]) & m_i[:, None]
-    b_dAd = tl.load(dA + row_i[:, None] * BT + i_i * BC + tl.arange(0, BC)[None, :], mask=m_i[:, None] & m_d, other=0)
-    b_w = b_dAd[:, :, None] * tl.exp(tl.where(m_d[:, :, None], b_g[:, None, :] - b_g[None, :, :], 0))
-    b_dq += tl.sum(b_w * b_k[None, :, :], 1)
-    b_dk += tl.sum(b_w * b_q[:, None, :], 0)
-    tl.store(dq + row_i[:, None] * K + o_k[None, :], b_dq, mask=m_ik)
-    tl.store(dk + row_i[:, None] * K + o_k[None, :], b_dk, mask=m_ik)
-
-
 @autotune(warps_stages(), key=["H", "K", "V", "T"])
 @triton.jit(do_not_specialize=["T", "NT"])
 def gla_bwd_inter_kernel(
@@ -533,9 +415,7 @@ def chunk_gla_fwd(q, k, v, g, scale, initial_state, output_final_state, BT=BT_DE
         USE_H0=initial_state is not None, STORE_HT=output_final_state,
     )
     A = q.new_empty(B, T, H, BT, dtype=torch.float32)
-    intra, BKi = {"split": (gla_fwd_intra_split_kernel, next_block(K, 256)),
-                  "fused": (gla_fwd_intra_fused_kernel, next_block(K, 32))}[FWD_INTRA]
-    intra[(triton.cdiv(T, BC), B * H)](q, k, gc, A, scale, T, H=H, K=K, BT=BT, BC=BC, BK=BKi)
+    gla_fwd_intra_kernel[(triton.cdiv(T, BC), B * H)](q, k, gc, A, scale, T, H=H, K=K, BT=BT, BC=BC, BK=next_block(K, 256))
     o = torch.empty_like(v)
     BVo = next_block(V, 64)
     gla_fwd_o_kernel[(triton.cdiv(V, BVo), NT, B * H)](
@@ -564,10 +444,8 @@ def chunk_gla_bwd(q, k, v, gc, h, A, do, dht, scale, has_h0, BT=BT_DEFAULT, BC=B
     )
     dq_in = torch.empty_like(gc)
     dk_in = torch.empty_like(gc)
-    intra, BKi = {"split": (gla_bwd_intra_split_kernel, next_block(K, 64)),
-                  "fused": (gla_bwd_intra_fused_kernel, next_block(K, 32))}[BWD_INTRA]
-    intra[(triton.cdiv(K, BKi), triton.cdiv(T, BC), B * H)](
-        q, k, gc, dA, dq_in, dk_in, T, H=H, K=K, BT=BT, BC=BC, BK=BKi,
+    gla_bwd_intra_kernel[(triton.cdiv(K, BK), triton.cdiv(T, BC), B * H)](
+        q, k, gc, dA, dq_in, dk_in, T, H=H, K=K, BT=BT, BC=BC, BK=BK,
     )
     dq, dk, dg = torch.empty_like(q), torch.empty_like(k), torch.empty_like(gc)
     gla_bwd_inter_kernel[(triton.cdiv(K, BK), NT, B * H)](
