@@ -128,10 +128,10 @@ TEXT = typer.Option(..., "--text", help="Training text file: the first 90% train
 OUT = typer.Option(..., "-o", "--output", help="Run directory to write (a checkpoint plus log, plot and resume state).")
 
 
-def _common(steps, batch_size, seq_len, lr, min_lr, warmup, weight_decay, grad_clip, dropout, eval_every, eval_windows,
+def _common(steps, batch_size, seq_len, lr, min_lr, warmup, weight_decay, grad_clip, dropout, ema, eval_every, eval_windows,
             seed, time_budget, save_dtype, qat, qat_group_size, qat_head) -> dict:
     return dict(steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, min_lr=min_lr, warmup=warmup,
-                weight_decay=weight_decay, grad_clip=grad_clip, dropout=dropout, eval_every=eval_every,
+                weight_decay=weight_decay, grad_clip=grad_clip, dropout=dropout, ema=ema, eval_every=eval_every,
                 eval_windows=eval_windows, seed=seed,
                 time_budget=time_budget, save_dtype=save_dtype, qat=qat, qat_group_size=qat_group_size, qat_head=qat_head)
 
@@ -151,6 +151,7 @@ def train_cmd(
     weight_decay: float = typer.Option(0.1, help="AdamW weight decay (matrices and embeddings only)."),
     grad_clip: float = typer.Option(1.0, help="Gradient norm clip (0 = off)."),
     dropout: float = typer.Option(0.0, help="Residual dropout during training."),
+    ema: float = typer.Option(0.0, help="Decay of a moving average of the weights, which is evaluated and saved (0 = off; e.g. 0.99)."),
     eval_every: int = typer.Option(250, help="Steps between held-out evaluations (and checkpoints)."),
     eval_windows: int = typer.Option(0, help="Held-out windows per evaluation (0 = all of the last 10%)."),
     seed: int = typer.Option(0, help="Seed of the init, the batches and dropout."),
@@ -166,7 +167,7 @@ def train_cmd(
     """Train a model from scratch on a text file (byte-level)."""
     from edgelin.models.lm import LM
 
-    cfg_kwargs = _common(steps, batch_size, seq_len, lr, min_lr, warmup, weight_decay, grad_clip, dropout, eval_every,
+    cfg_kwargs = _common(steps, batch_size, seq_len, lr, min_lr, warmup, weight_decay, grad_clip, dropout, ema, eval_every,
                          eval_windows, seed, time_budget, save_dtype, qat, qat_group_size, qat_head)
     _train_config(**dict(cfg_kwargs))  # every bad option fails before the model is built
     model_config = replace(_resolve_config(config), seed=seed)  # the seed of every initial parameter, kept in config.json
@@ -189,6 +190,7 @@ def finetune_cmd(
     weight_decay: float = typer.Option(0.1, help="AdamW weight decay (matrices and embeddings only)."),
     grad_clip: float = typer.Option(1.0, help="Gradient norm clip (0 = off)."),
     dropout: float = typer.Option(0.0, help="Residual dropout during training."),
+    ema: float = typer.Option(0.0, help="Decay of a moving average of the weights, which is evaluated and saved (0 = off; e.g. 0.99)."),
     eval_every: int = typer.Option(100, help="Steps between held-out evaluations (and checkpoints)."),
     eval_windows: int = typer.Option(0, help="Held-out windows per evaluation (0 = all of the last 10%)."),
     seed: int = typer.Option(0, help="Seed of the batches and dropout."),
@@ -204,7 +206,7 @@ def finetune_cmd(
     """Fine-tune a trained checkpoint on a text file (optionally quantization-aware: --qat int8|int4)."""
     from edgelin.models.loading import load_model
 
-    cfg_kwargs = _common(steps, batch_size, seq_len, lr, min_lr, warmup, weight_decay, grad_clip, dropout, eval_every,
+    cfg_kwargs = _common(steps, batch_size, seq_len, lr, min_lr, warmup, weight_decay, grad_clip, dropout, ema, eval_every,
                          eval_windows, seed, time_budget, save_dtype, qat, qat_group_size, qat_head)
     _train_config(**dict(cfg_kwargs))
     loaded = load_model(checkpoint)

@@ -3,8 +3,9 @@
 A run writes into a directory (`run_dir`):
 
     best/              config.json + model.safetensors of the lowest held-out loss so far
-    last/              the same for the latest evaluation, plus optimizer.safetensors and
-                       trainer.json: everything `resume` needs (no pickle)
+                       (with --ema, of the averaged weights: those are evaluated and saved)
+    last/              the same for the latest evaluation, plus optimizer.safetensors, the
+                       average (ema.safetensors) and trainer.json: everything `resume` needs (no pickle)
     train_log.json     losses, learning rates and evaluations, rewritten at every evaluation
     loss.png           train and held-out loss against step
 
@@ -19,7 +20,7 @@ import math
 import os
 import shutil
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -53,6 +54,7 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.99)
     grad_clip: float = 1.0
     dropout: float = 0.0  # on the embedding and on each mixer / MLP output before the residual add
+    ema: float = 0.0  # decay of an exponential moving average of the weights; 0 = off
     eval_every: int = 250
     eval_batch_size: int = 64
     eval_windows: int = 0  # 0 = every non-overlapping held-out window
@@ -76,6 +78,8 @@ class TrainConfig:
             raise EdgelinError("--warmup, --grad-clip, --weight-decay, --time-budget and --eval-windows must be >= 0")
         if not 0 <= self.dropout < 1:
             raise EdgelinError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if not 0 <= self.ema < 1:
+            raise EdgelinError(f"--ema must be in [0, 1), got {self.ema}")
         if self.save_dtype not in SAVE_DTYPES:
             raise EdgelinError(f"--save-dtype must be one of {', '.join(SAVE_DTYPES)}, got {self.save_dtype!r}")
 
@@ -190,6 +194,45 @@ def evaluate(model: LM, data: ByteData, cfg: TrainConfig, dd: _Dist | None = Non
     return (total[0] / total[1]).item()
 
 
+class WeightAverage:
+    """Exponential moving average of the parameters in fp32, swapped in to evaluate and save.
+
+    The decay ramps up as min(decay, (1 + step) / (10 + step)), so early averages are not
+    dominated by the random init.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.named = list(model.named_parameters())
+        self.shadow = [p.detach().float().clone() for _, p in self.named]
+
+    def update(self, step: int) -> None:
+        weight = 1 - min(self.decay, (1 + step) / (10 + step))
+        torch._foreach_lerp_(self.shadow, [p.detach().float() for _, p in self.named], weight)
+
+    @contextmanager
+    def swapped_in(self):
+        saved = [p.detach().clone() for _, p in self.named]
+        with torch.no_grad():
+            for (_, p), s in zip(self.named, self.shadow):
+                p.copy_(s)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for (_, p), s in zip(self.named, saved):
+                    p.copy_(s)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {name: s.cpu().contiguous() for (name, _), s in zip(self.named, self.shadow)}
+
+    def load(self, tensors: dict[str, torch.Tensor]) -> None:
+        names = [name for name, _ in self.named]
+        if sorted(tensors) != sorted(names):
+            raise EdgelinError("ema.safetensors does not hold this model's parameters")
+        self.shadow = [tensors[name].to(s.device) for name, s in zip(names, self.shadow)]
+
+
 def _optimizer_tensors(model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
     names = {id(p): n for n, p in model.named_parameters()}
     out = {}
@@ -218,10 +261,13 @@ def _replace_dir(tmp: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def save_state(run_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, trainer: dict) -> Path:
-    """last/: fp32 weights, optimizer moments and the trainer's position, replaced atomically."""
+def save_state(run_dir: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, trainer: dict,
+               average: WeightAverage | None = None) -> Path:
+    """last/: fp32 weights, optimizer moments, the weight average and the trainer's position, replaced atomically."""
     tmp = save_checkpoint(plain_model(model), run_dir / ".last.new")
     save_file(_optimizer_tensors(model, opt), str(tmp / "optimizer.safetensors"))
+    if average is not None:
+        save_file(average.tensors(), str(tmp / "ema.safetensors"))
     (tmp / "trainer.json").write_text(json.dumps(trainer, indent=1) + "\n")
     _replace_dir(tmp, run_dir / "last")
     return run_dir / "last"
@@ -315,6 +361,7 @@ def train(
     opt = torch.optim.AdamW(
         _param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, fused=dd.device.type == "cuda"
     )
+    average = WeightAverage(model, cfg.ema) if cfg.ema else None
 
     log: dict[str, Any] = {
         "title": title, "data": data.source, "train_bytes": len(data.train), "val_bytes": len(data.val),
@@ -331,6 +378,10 @@ def train(
         state = {k: v.to(dd.device) for k, v in load_checkpoint(last).state_dict().items()}
         load_plain_state(model, state)
         _load_optimizer_tensors(model, opt, load_file(str(last / "optimizer.safetensors")))
+        if average is not None:
+            if not (last / "ema.safetensors").is_file():
+                raise EdgelinError(f"{last} has no ema.safetensors: it was trained without --ema")
+            average.load(load_file(str(last / "ema.safetensors")))
         step, best_val, best_step = trainer["step"], trainer["best_val"], trainer["best_step"]
         elapsed_before = trainer.get("elapsed", 0.0)
         for key in ("train_step", "train_loss", "lr", "eval"):
@@ -347,20 +398,21 @@ def train(
 
     def do_eval() -> None:
         nonlocal best_val, best_step
-        val = evaluate(model, data, cfg, dd)
-        improved = val < best_val
-        if improved:
-            best_val, best_step = val, step
-        log["eval"].append({"step": step, "val_loss": val, "time": round(elapsed_before + time.time() - t_start, 2)})
-        if dd.main:
+        with average.swapped_in() if average else nullcontext():
+            val = evaluate(model, data, cfg, dd)
+            improved = val < best_val
             if improved:
+                best_val, best_step = val, step
+            if dd.main and improved:
                 save_checkpoint(plain_model(model), run_dir / "best", dtype=SAVE_DTYPES[cfg.save_dtype],
                                 extra={"step": str(step), "val_loss": f"{val:.6f}"})
+        log["eval"].append({"step": step, "val_loss": val, "time": round(elapsed_before + time.time() - t_start, 2)})
+        if dd.main:
             trainer = {"step": step, "best_val": best_val, "best_step": best_step, "qat": cfg.to_dict()["qat"],
                        "elapsed": elapsed_before + time.time() - t_start, "train_config": cfg.to_dict(),
                        "log": {k: log[k] for k in ("train_step", "train_loss", "lr", "eval")}}
             if cfg.keep_state:
-                save_state(run_dir, model, opt, trainer)
+                save_state(run_dir, model, opt, trainer, average)
             _write_json(run_dir / LOG_NAME, {**log, "best_val": best_val, "best_step": best_step})
         if progress:
             progress({"step": step, "val_loss": val, "best_val": best_val})
@@ -398,6 +450,8 @@ def train(
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
+        if average is not None:
+            average.update(step)
         pending.append((step, loss.detach(), lr))
         if step % cfg.log_every == 0:
             flush()

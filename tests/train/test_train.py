@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from edgelin.cli import load_commands
@@ -75,6 +76,34 @@ def test_resume_continues_exactly(data, tmp_path):
     assert resumed.log["train_step"] == full.log["train_step"]
     assert resumed.log["train_loss"][10:] == full.log["train_loss"][10:]  # bit-identical, steps 11..20
     assert resumed.best_val == full.best_val
+
+
+def test_ema_is_what_is_evaluated_and_saved_and_resumes_exactly(data, tmp_path):
+    cfg = TrainConfig(steps=20, dropout=0.1, ema=0.9, **FAST)
+    full = train(fresh(), data, cfg, tmp_path / "full")
+    last = tmp_path / "full" / "last"
+    average = load_file(str(last / "ema.safetensors"))
+    raw = load_checkpoint(last).state_dict()
+    assert all(not torch.equal(average[k], raw[k]) for k in average)  # last/ keeps the raw weights to resume
+    # the final evaluation scored the average: evaluate it independently
+    averaged = fresh()
+    with torch.no_grad():
+        for name, tensor in average.items():  # by parameter: the tied head shares the embedding's
+            averaged.get_parameter(name).copy_(tensor)
+    assert evaluate(averaged, data, TrainConfig(**FAST)) == pytest.approx(full.log["eval"][-1]["val_loss"], abs=1e-5)
+    best = load_checkpoint(tmp_path / "full" / "best")
+    assert evaluate(best, data, TrainConfig(**FAST)) == pytest.approx(full.best_val, abs=1e-5)
+
+    def interrupt(event):
+        if event.get("step") == 10 and "val_loss" in event:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(fresh(), data, cfg, tmp_path / "part", progress=interrupt)
+    resumed = train(fresh(), data, cfg, tmp_path / "resumed", resume=tmp_path / "part")
+    assert resumed.log["eval"][-1]["val_loss"] == full.log["eval"][-1]["val_loss"]
+    resumed_average = load_file(str(tmp_path / "resumed" / "last" / "ema.safetensors"))
+    assert all(torch.equal(resumed_average[k], average[k]) for k in average)
 
 
 def test_qat_fake_quant_is_the_export_quantizer(data, tmp_path):
