@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The reference models, as trained for examples/models/: a small dropout sweep of gla-10m and
+# The reference models, as trained for examples/models/: runs of gla-10m and
 # hybrid-10m, all runs at once on one GPU, each ending itself within $BUDGET seconds; the best
 # held-out run of each config is shipped; then QAT vs PTQ (int4) on the shipped gla-10m.
 # Run from the repository root:
@@ -13,12 +13,14 @@
 # Recipe: nanoGPT's shakespeare_char (AdamW lr 1e-3 -> 1e-4 cosine, warmup 100, wd 0.1, betas 0.9/0.99,
 # clip 1.0, batch 64 x 256 bytes), byte-level, bf16 autocast, best held-out checkpoint kept. These
 # models overfit the 1 MB text far sooner than nanoGPT's transformer (a 4000-step run peaked at
-# step 400-600), so the schedule is short and the dropout high; RUNS lists config:dropout:steps.
+# step 400-600), so the schedule is short, the dropout high and the weights averaged (--ema; the GLA
+# sweep behind examples/models/gla-10m is in docs/BENCHMARKS.md). RUNS lists config:dropout:steps[:options],
+# config a zoo name or a config.json, options comma-separated train flags (e.g. --weight-decay=0.5).
 set -u
 TEXT=${TEXT:-../shared/data/tinyshakespeare.txt}
 OUT=${OUT:-out/reference}
 BUDGET=${BUDGET:-300}
-RUNS=${RUNS:-gla-10m:0.4:1500 gla-10m:0.5:1500 hybrid-10m:0.4:1500 hybrid-10m:0.5:1500}
+RUNS=${RUNS:-gla-10m:0.4:1000:--weight-decay=0.5,--ema=0.99 hybrid-10m:0.5:2000}
 EXTRA=${EXTRA:-}
 QAT_EXTRA=${QAT_EXTRA:-}
 mkdir -p "$OUT"
@@ -26,32 +28,34 @@ edgelin_() {  # the installed command, or edgelin from PYTHONPATH (the GPU machi
   if command -v edgelin > /dev/null; then edgelin "$@"
   else python3 -c 'import sys; from edgelin.cli import main; sys.argv[0] = "edgelin"; main()' "$@"; fi
 }
-run() {  # config, dropout, steps
-  name="$1-d$2-s$3"
+run() {  # config, dropout, steps, options
+  opts=${4//,/ }
+  name="$(basename "$1" .json)-d$2-s$3$(echo "$opts" | sed 's/--weight-decay=/-wd/g; s/--/-/g; s/[= ]//g')"
   edgelin_ train --text "$TEXT" --config "$1" -o "$OUT/$name" --steps "$3" --dropout "$2" --eval-every 100 \
-    --save-dtype bfloat16 --time-budget "$BUDGET" --force $EXTRA > "$OUT/$name.txt" 2>&1
+    --save-dtype bfloat16 --time-budget "$BUDGET" --force $opts $EXTRA > "$OUT/$name.txt" 2>&1
   echo "$name exit $?: $(tail -n 1 "$OUT/$name.txt")"
 }
-for r in $RUNS; do IFS=: read -r c d s <<< "$r"; run "$c" "$d" "$s" & done
+for r in $RUNS; do IFS=: read -r c d s o <<< "$r"; run "$c" "$d" "$s" "$o" & done
 wait
-best() {  # the run of config $1 with the lowest held-out loss
+best() {  # the run whose name starts with $1 with the lowest held-out loss
   python3 - "$OUT" "$1" <<'PY'
 import json, sys, pathlib
-runs = {p.parent.name: json.loads(p.read_text())["best_val"] for p in pathlib.Path(sys.argv[1]).glob(f"{sys.argv[2]}-d*/train_log.json")}
-print(min(runs, key=runs.get))
+runs = {p.parent.name: json.loads(p.read_text())["best_val"] for p in pathlib.Path(sys.argv[1]).glob(f"{sys.argv[2]}*/train_log.json")}
+print(min(runs, key=runs.get) if runs else "")
 PY
 }
 best_gla=$(best gla-10m); best_hybrid=$(best hybrid-10m)
 echo "shipping gla-10m <- $best_gla, hybrid-10m <- $best_hybrid"
 if [ -n "${PACK_TO:-}" ]; then
   # Ship layout (examples/models/NAME), tarred and split: a bf16 10.8M model is 21.6 MB and the
-  # GPU machine returns files of at most 16 MB.
-  S=$(mktemp -d)
+  # GPU machine returns files of at most 16 MB. A config without runs keeps its shipped model.
+  S=$(mktemp -d); shipped=""
   for pair in "gla-10m:$best_gla" "hybrid-10m:$best_hybrid"; do
-    name=${pair%%:*}; run=${pair#*:}; mkdir -p "$S/$name"
+    name=${pair%%:*}; run=${pair#*:}; [ -z "$run" ] && continue
+    mkdir -p "$S/$name"; shipped="$shipped $name"
     cp "$OUT/$run"/{config.json,model.safetensors,train_log.json,loss.png,command.txt} "$S/$name/"
   done
-  tar -C "$S" -cf "$S/models.tar" gla-10m hybrid-10m && (cd "$PACK_TO" && split -b 15M "$S/models.tar" models.tar.part-)
+  tar -C "$S" -cf "$S/models.tar" $shipped && (cd "$PACK_TO" && split -b 15M "$S/models.tar" models.tar.part-)
   (cd "$OUT" && tar --exclude=last --exclude=model.safetensors -czf "$PACK_TO/runs-logs.tgz" *)
 fi
 [ "${QAT:-1}" = 0 ] && exit 0
