@@ -83,41 +83,6 @@ def _float_state_ports(model, manifest: Manifest) -> None:
     model.validate_nodes_and_infer_types()
 
 
-def _split_unit_slices(model) -> None:
-    """Unit-wide Slices that together cover one axis of a tensor become one Split, in place.
-
-    The short convolution reads its K taps as K slices of `cat(conv_state, x)` (one column each);
-    OpenVINO's CPU plugin runs each Slice as a separate reference kernel, one Split does it once.
-    """
-    from openvino import opset13 as ops
-
-    groups: dict[tuple, list] = {}
-    for op in model.get_ordered_ops():
-        if op.get_type_name() != "Slice" or op.get_input_size() != 5:
-            continue
-        bounds = [op.input_value(i).get_node() for i in range(1, 5)]
-        if any(b.get_type_name() != "Constant" for b in bounds):
-            continue
-        (start,), (stop,), (step,), (axis,) = (b.get_data().reshape(-1).tolist() for b in bounds)
-        source = op.input_value(0)
-        shape = source.get_partial_shape()
-        axis %= shape.rank.get_length()
-        if step != 1 or shape[axis].is_dynamic:
-            continue
-        size = shape[axis].get_length()
-        start %= size
-        if min(stop, size) - start == 1:
-            groups.setdefault((source, axis), []).append((start, op))
-    for (source, axis), slices in groups.items():
-        size = source.get_partial_shape()[axis].get_length()
-        if size < 2 or sorted(start for start, _ in slices) != list(range(size)):
-            continue
-        split = ops.split(source, ops.constant(axis, dtype=np.int64), size)
-        for start, op in slices:
-            op.output(0).replace(split.output(start))
-    model.validate_nodes_and_infer_types()
-
-
 def _weight(matmul):
     """(weight constant [K, N], per-column scale constant [1, N] or None) of a MatMul, else None.
 
@@ -211,7 +176,6 @@ def convert_graph(onnx_path: Path, manifest: Manifest, *, stateful: bool, work: 
     except Exception as e:  # OpenVINO's frontend raises its own types
         raise EdgelinError(f"OpenVINO cannot convert {onnx_path.name}: {str(e).strip().splitlines()[0]}") from None
     _name_ports(model, manifest)
-    _split_unit_slices(model)
     _fuse_sibling_matmuls(model)
     if stateful:
         _float_state_ports(model, manifest)

@@ -5,18 +5,6 @@ import pytest
 ov = pytest.importorskip("openvino")
 
 
-def taps_model(width: int, starts: list[int]):
-    """x [2, 3, width] -> one output per start: x[..., start:start + 1] * (start + 1)."""
-    from openvino import opset13 as ops
-
-    x = ops.parameter([2, 3, width], ov.Type.f32, name="x")
-    outs = []
-    for start in starts:
-        tap = ops.slice(x, np.array([start]), np.array([start + 1]), np.array([1]), np.array([2]))
-        outs.append(ops.result(ops.multiply(tap, np.float32(start + 1))))
-    return ov.Model(outs, [x])
-
-
 def run(model, x):
     request = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}).create_infer_request()
     return [request.infer({"x": x})[o] for o in request.model_outputs]
@@ -24,27 +12,6 @@ def run(model, x):
 
 def op_types(model) -> list[str]:
     return [op.get_type_name() for op in model.get_ops()]
-
-
-def test_unit_slices_covering_an_axis_become_one_split():
-    from edgelin.exporters.openvino import _split_unit_slices
-
-    x = np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)
-    model = taps_model(4, [2, 0, 3, 1])
-    want = run(model, x)
-    _split_unit_slices(model)
-    assert op_types(model).count("Split") == 1 and "Slice" not in op_types(model)
-    for w, g in zip(want, run(model, x)):
-        np.testing.assert_array_equal(g, w)
-
-
-@pytest.mark.parametrize("starts", [[0, 1, 2], [0, 1, 1, 2, 3]], ids=["gap", "repeat"])
-def test_slices_not_covering_the_axis_stay(starts):
-    from edgelin.exporters.openvino import _split_unit_slices
-
-    model = taps_model(4, starts)
-    _split_unit_slices(model)
-    assert "Split" not in op_types(model) and op_types(model).count("Slice") == len(starts)
 
 
 @pytest.mark.parametrize("quantized", [False, True], ids=["f32", "int8"])

@@ -2,8 +2,8 @@
 
 Toy model, two layers, vocab 256, width 8:
   layer 0 recurrent_state h [B, D]:    h' = 0.9 h + E[tok]
-  layer 1 conv_state      c [B, D, 2]: c' = [c[..., 1], E[tok]]   (last two embeddings)
-  logits = (h' + c'[..., 0]) @ W
+  layer 1 conv_state      c [B, 2, D]: c' = [c[:, 1], E[tok]]   (last two embeddings, channel-last)
+  logits = (h' + c'[:, 0]) @ W
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ STATES = [
     {"input": "past_key_values.0.recurrent_state", "output": "present.0.recurrent_state",
      "layer": 0, "kind": "recurrent_state", "shape": ["batch", D], "dtype": "float32"},
     {"input": "past_key_values.1.conv_state", "output": "present.1.conv_state",
-     "layer": 1, "kind": "conv_state", "shape": ["batch", D, 2], "dtype": "float32"},
+     "layer": 1, "kind": "conv_state", "shape": ["batch", 2, D], "dtype": "float32"},
 ]
 
 
@@ -37,7 +37,7 @@ def toy_graph(tokens: int, seed: int = 0) -> bytes:
     i64 = lambda name, v: numpy_helper.from_array(np.array(v, np.int64), name)  # noqa: E731
     inits = [numpy_helper.from_array(E, "E"), numpy_helper.from_array(W, "W"),
              numpy_helper.from_array(np.array(DECAY, np.float32), "decay"),
-             i64("one", [1]), i64("two", [2]), i64("zero", [0]), i64("ax1", [1]), i64("ax2", [2])]
+             i64("one", [1]), i64("two", [2]), i64("zero", [0]), i64("ax1", [1])]
     nodes, h, c, outs = [], STATES[0]["input"], STATES[1]["input"], []
     for t in range(tokens):
         inits.append(i64(f"t{t}", t))
@@ -45,8 +45,8 @@ def toy_graph(tokens: int, seed: int = 0) -> bytes:
                                    nodes[-1].output[0])[1]
         e = n("Gather", ["E", n("Gather", ["input_ids", f"t{t}"], axis=1)], axis=0)  # [B, D]
         h = n("Add", [n("Mul", [h, "decay"]), e])
-        c = n("Concat", [n("Slice", [c, "one", "two", "ax2"]), n("Unsqueeze", [e, "ax2"])], axis=2)
-        prev = n("Squeeze", [n("Slice", [c, "zero", "one", "ax2"]), "ax2"])
+        c = n("Concat", [n("Slice", [c, "one", "two", "ax1"]), n("Unsqueeze", [e, "ax1"])], axis=1)
+        prev = n("Squeeze", [n("Slice", [c, "zero", "one", "ax1"]), "ax1"])
         outs.append(n("Unsqueeze", [n("MatMul", [n("Add", [h, prev]), "W"]), "ax1"]))  # [B, 1, V]
     nodes.append(helper.make_node("Concat", outs, ["logits"], axis=1))
     nodes.append(helper.make_node("Identity", [h], [STATES[0]["output"]]))
@@ -56,10 +56,10 @@ def toy_graph(tokens: int, seed: int = 0) -> bytes:
         nodes, f"toy_step_{tokens}",
         [vi("input_ids", TensorProto.INT64, ["batch", tokens]),
          vi(STATES[0]["input"], TensorProto.FLOAT, ["batch", D]),
-         vi(STATES[1]["input"], TensorProto.FLOAT, ["batch", D, 2])],
+         vi(STATES[1]["input"], TensorProto.FLOAT, ["batch", 2, D])],
         [vi("logits", TensorProto.FLOAT, ["batch", tokens, V]),
          vi(STATES[0]["output"], TensorProto.FLOAT, ["batch", D]),
-         vi(STATES[1]["output"], TensorProto.FLOAT, ["batch", D, 2])],
+         vi(STATES[1]["output"], TensorProto.FLOAT, ["batch", 2, D])],
         inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     onnx.checker.check_model(model)
@@ -70,12 +70,12 @@ def toy_reference(ids: np.ndarray, seed: int = 0) -> np.ndarray:
     """Logits [B, T, V] of the toy model from zero state, in numpy."""
     E, W = toy_weights(seed)
     B, T = ids.shape
-    h, c, out = np.zeros((B, D), np.float32), np.zeros((B, D, 2), np.float32), []
+    h, c, out = np.zeros((B, D), np.float32), np.zeros((B, 2, D), np.float32), []
     for t in range(T):
         e = E[ids[:, t]]
         h = h * np.float32(DECAY) + e
-        c = np.concatenate([c[:, :, 1:], e[:, :, None]], axis=2)
-        out.append((h + c[:, :, 0]) @ W)
+        c = np.concatenate([c[:, 1:], e[:, None]], axis=1)
+        out.append((h + c[:, 0]) @ W)
     return np.stack(out, axis=1)
 
 

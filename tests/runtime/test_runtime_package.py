@@ -18,7 +18,7 @@ def test_read_round_trip(toy_package):
     assert isinstance(m, Manifest) and m.vocab_size == 256
     assert m.graphs["prefill"].tokens == PREFILL and m.graphs["decode"].tokens == 1
     assert [s.input for s in m.states] == [s["input"] for s in STATES]
-    assert m.states[1].shape_for(3) == (3, 8, 2) and m.states[0].kind == "recurrent_state"
+    assert m.states[1].shape_for(3) == (3, 2, 8) and m.states[0].kind == "recurrent_state"
     assert set(m.files) == {"decode.onnx", "prefill.onnx"}
     assert package_size_bytes(toy_package) > sum((toy_package / f).stat().st_size for f in m.files)
 

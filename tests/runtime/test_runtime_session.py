@@ -42,7 +42,7 @@ def test_state_carries_across_calls_and_is_not_modified(session):
 def test_new_state_shapes(session):
     st = session.new_state(3)
     assert {k: v.shape for k, v in st.items()} == {
-        "past_key_values.0.recurrent_state": (3, 8), "past_key_values.1.conv_state": (3, 8, 2)}
+        "past_key_values.0.recurrent_state": (3, 8), "past_key_values.1.conv_state": (3, 2, 8)}
     assert all(v.dtype == np.float32 for v in st.values())
 
 

@@ -1,7 +1,9 @@
 """Depthwise causal short convolution over a carried state of the last `kernel - 1` inputs.
 
-Written as `kernel` shifted multiply-adds instead of a Conv op: the same arithmetic in the
-parallel and step forms, no padding tricks, and an integer-friendly graph on every back end.
+Written as shifted multiply-adds instead of a Conv op: the same arithmetic in the parallel and
+step forms, no padding tricks, and an integer-friendly graph on every back end. The state is
+channel-last [B, kernel-1, C], like the input, so no form needs a transpose; one step is one
+Mul by the [kernel, C] taps and one ReduceSum over them.
 """
 from __future__ import annotations
 
@@ -21,17 +23,21 @@ class ShortConvolution(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels)) if bias else None
 
     def state_shape(self, batch: int) -> tuple[int, int, int]:
-        return (batch, self.channels, self.kernel - 1)
+        return (batch, self.kernel - 1, self.channels)
 
     def forward(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [B, T, C], state [B, C, kernel-1] -> y [B, T, C], new state."""
-        T = x.shape[1]
-        xs = torch.cat([state.to(x.dtype), x.transpose(1, 2)], dim=2)  # [B, C, kernel-1+T]
-        w = self.weight[:, 0]  # [C, kernel]
-        y = sum(xs[:, :, i : i + T] * w[:, i, None] for i in range(self.kernel))
+        """x [B, T, C], state [B, kernel-1, C] -> y [B, T, C], new state [B, kernel-1, C]."""
+        if state.dtype != x.dtype:  # a no-op .to() would still trace as a Cast
+            state = state.to(x.dtype)
+        xs = torch.cat([state, x], dim=1)  # [B, kernel-1+T, C]
+        w = self.weight[:, 0].t()  # [kernel, C]; constant-folded in the exported graph
+        if x.shape[1] == 1:
+            y, new_state = (xs * w).sum(1, keepdim=True), xs[:, 1:]
+        else:
+            T = x.shape[1]
+            y, new_state = sum(xs[:, i : i + T] * w[i] for i in range(self.kernel)), xs[:, T:]
         if self.bias is not None:
-            y = y + self.bias[:, None]
-        y = y.transpose(1, 2)
+            y = y + self.bias
         if self.activation == "silu":
             y = F.silu(y)
-        return y, xs[:, :, T:]
+        return y, new_state
