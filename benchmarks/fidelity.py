@@ -107,7 +107,8 @@ def ort_static(fp: Path, out: Path, calib: str, streams: int, tokens: int) -> Pa
         quantize_static(str(fp / g.file), str(dst), Reader(feeds[name]), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
         files[g.file] = dst
-    manifest = {k: v for k, v in m.raw.items() if k not in ("files", "format_version")}
+    # quantize_static writes self-contained graphs: no shared weights file
+    manifest = {k: v for k, v in m.raw.items() if k not in ("files", "format_version", "weights")}
     manifest["precision"] = {"scheme": "ort-quantize_static", "layers": {}}
     return write_package(out, files, manifest)
 

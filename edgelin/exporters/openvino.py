@@ -140,6 +140,47 @@ def _fuse_sibling_matmuls(model) -> None:
     model.validate_nodes_and_infer_types()
 
 
+def _merge_split_concats(model) -> None:
+    """A Concat of consecutive outputs of one VariadicSplit, on the split axis, becomes one output, in place.
+
+    After `_fuse_sibling_matmuls` the q/k/v projections come out of one split and go straight back
+    together into the short convolution; at one token those copies cost more than the arithmetic.
+    """
+    from openvino import opset13 as ops
+
+    def axis(node, value: int) -> int:
+        return value % node.get_input_partial_shape(0).rank.get_length()
+
+    runs, seen = [], set()
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "Concat":
+            continue
+        sources = [op.input_value(i) for i in range(op.get_input_size())]
+        split = sources[0].get_node()
+        name = split.get_friendly_name()
+        if split.get_type_name() != "VariadicSplit" or name in seen or len(sources) < 2:
+            continue
+        first = sources[0].get_index()
+        consecutive = all(s.get_node().get_friendly_name() == name and s.get_index() == first + i for i, s in enumerate(sources))
+        sole_use = all(len(s.get_target_inputs()) == 1 for s in sources)
+        split_axis = split.input_value(1).get_node()
+        if not (consecutive and sole_use and split_axis.get_type_name() == "Constant"):
+            continue
+        if axis(split, int(split_axis.get_data())) != axis(op, op.get_attributes()["axis"]):
+            continue
+        seen.add(name)
+        runs.append((op, split, first, len(sources)))
+    for concat, split, first, count in runs:
+        widths = [int(w) for w in split.input_value(2).get_node().get_data()]
+        merged = widths[:first] + [sum(widths[first:first + count])] + widths[first + count:]
+        new = ops.variadic_split(split.input_value(0), split.input_value(1), ops.constant(merged, dtype=np.int64))
+        for j in range(len(widths)):
+            if j < first or j >= first + count:
+                split.output(j).replace(new.output(j if j < first else j - count + 1))
+        concat.output(0).replace(new.output(first))
+    model.validate_nodes_and_infer_types()
+
+
 def make_stateful(model, manifest: Manifest) -> None:
     """Turn each state input/output pair of `model` (static batch) into an OpenVINO variable, in place."""
     _openvino()
@@ -177,6 +218,7 @@ def convert_graph(onnx_path: Path, manifest: Manifest, *, stateful: bool, work: 
         raise EdgelinError(f"OpenVINO cannot convert {onnx_path.name}: {str(e).strip().splitlines()[0]}") from None
     _name_ports(model, manifest)
     _fuse_sibling_matmuls(model)
+    _merge_split_concats(model)
     if stateful:
         _float_state_ports(model, manifest)
         make_stateful(model, manifest)

@@ -37,3 +37,22 @@ def test_matmuls_reading_one_input_become_one(quantized):
     assert op_types(model).count("MatMul") == 1 and "VariadicSplit" in op_types(model)
     for w, g in zip(want, run(model, feed)):
         np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6)
+
+
+def test_concat_of_consecutive_split_outputs_becomes_one_output():
+    from openvino import opset13 as ops
+
+    from edgelin.exporters.openvino import _merge_split_concats
+
+    rng = np.random.default_rng(1)
+    x = ops.parameter([1, 2, 12], ov.Type.f32, name="x")
+    split = ops.variadic_split(x, ops.constant(-1, dtype=np.int64), ops.constant([2, 3, 4, 3], dtype=np.int64))
+    joined = ops.concat([split.output(1), split.output(2)], 2)  # consecutive, on the split axis: merged
+    apart = ops.concat([split.output(0), split.output(3)], 2)  # not consecutive: kept
+    model = ov.Model([ops.result(joined), ops.result(apart)], [x])
+    feed = rng.standard_normal((1, 2, 12)).astype(np.float32)
+    want = run(model, feed)
+    _merge_split_concats(model)
+    assert op_types(model).count("Concat") == 1
+    for w, g in zip(want, run(model, feed)):
+        np.testing.assert_array_equal(g, w)

@@ -1,4 +1,4 @@
-"""The decode graph's short convolutions stay minimal: Concat, Mul, ReduceSum, Slice (+ bias, activation)."""
+"""The decode graph's short convolutions stay minimal: Concat, Mul, ReduceSum, Split (+ bias, activation)."""
 from collections import Counter
 
 import pytest
@@ -11,7 +11,7 @@ CONV_MODELS = ["gla-tiny", "gated-delta-tiny", "delta-net-tiny", "mamba-tiny", "
 
 
 def expected_ops(conv: ShortConvolution) -> Counter:
-    ops = Counter(Concat=1, Mul=1, ReduceSum=1, Slice=1)
+    ops = Counter(Concat=1, Mul=1, ReduceSum=1, Split=1)
     if conv.bias is not None:
         ops["Add"] += 1
     if conv.activation == "silu":

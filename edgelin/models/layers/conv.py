@@ -32,7 +32,8 @@ class ShortConvolution(nn.Module):
         xs = torch.cat([state, x], dim=1)  # [B, kernel-1+T, C]
         w = self.weight[:, 0].t()  # [kernel, C]; constant-folded in the exported graph
         if x.shape[1] == 1:
-            y, new_state = (xs * w).sum(1, keepdim=True), xs[:, 1:]
+            # the new state by a constant Split, not a Slice: OpenVINO runs Slice on a reference kernel
+            y, new_state = (xs * w).sum(1, keepdim=True), xs.split([1, self.kernel - 1], dim=1)[1]
         else:
             T = x.shape[1]
             y, new_state = sum(xs[:, i : i + T] * w[i] for i in range(self.kernel)), xs[:, T:]
