@@ -85,8 +85,9 @@ def markdown(results: dict) -> str:
     """The results as a markdown table (one row per model x precision x back end)."""
     rows = ["| model | precision | back end | decode tok/s | ms/token p50 / p90 | prefill tok/s | peak RSS MiB "
             "| package on disk MiB | weights read / token MiB | copy GB/s | floor tok/s | fraction of floor "
+            "| read GB/s | fraction of read floor "
             "| load avg before / after | torch eager fp32 decode tok/s |",
-            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     torch = {r["model"]: r["torch_eager_fp32"]["decode_tokens_per_s"] for r in results["runs"] if "torch_eager_fp32" in r}
     for r in results["runs"]:
         rows.append(f"| {r['model']} | {r['precision_label']} | {r['backend']} | {r['decode_tokens_per_s']:.0f} "
@@ -94,6 +95,7 @@ def markdown(results: dict) -> str:
                     f"| {r['peak_rss_bytes'] / 2**20:.0f} | {r['bytes_on_disk'] / 2**20:.0f} "
                     f"| {r['weight_bytes_per_token'] / 2**20:.1f} | {r['copy_bandwidth_bytes_per_s'] / 1e9:.1f} "
                     f"| {r['bandwidth_floor_tokens_per_s']:.0f} | {r['fraction_of_floor']:.0%} "
+                    f"| {r['read_bandwidth_bytes_per_s'] / 1e9:.1f} | {r['fraction_of_read_floor']:.0%} "
                     f"| {r['load_average'][0]:.1f} / {r['load_average'][1]:.1f} "
                     f"| {torch.get(r['model'], float('nan')):.1f} |")
     return "\n".join(rows)
@@ -142,7 +144,7 @@ def main() -> None:
                 r.update(model=name, precision_label=prec)
                 results["runs"].append(r)
                 log(f"{name:10s} {prec:8s} {backend:18s} decode {r['decode_tokens_per_s']:8.1f} tok/s  "
-                    f"floor {r['bandwidth_floor_tokens_per_s']:8.1f}  fraction {r['fraction_of_floor']:.0%}  "
+                    f"floor {r['bandwidth_floor_tokens_per_s']:8.1f}  fraction {r['fraction_of_floor']:.0%} (read floor {r['fraction_of_read_floor']:.0%})  "
                     f"RSS {r['peak_rss_bytes'] / 2**20:.0f} MiB")
                 results_path.write_text(json.dumps(results, indent=1))
     if args.rss_tokens and results["runs"]:

@@ -41,4 +41,6 @@ def bench(
     table.add_row("copy bandwidth", f"{r['copy_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s", "")
     table.add_row("bandwidth floor", f"{r['bandwidth_floor_tokens_per_s']:.1f} tok/s", "")
     table.add_row("fraction of floor", f"{r['fraction_of_floor']:.0%}", "")
+    table.add_row("read bandwidth", f"{r['read_bandwidth_bytes_per_s'] / 1e9:.1f} GB/s",
+                  f"{r['fraction_of_read_floor']:.0%} of its floor")
     console.print(table)

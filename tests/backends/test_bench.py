@@ -12,7 +12,8 @@ KEYS = {"package", "backend", "device", "threads", "precision", "decode_tokens_p
         "prefill_tokens_per_s",
         "ms_per_token_p50", "ms_per_token_p90", "peak_rss_bytes", "bytes_on_disk", "weight_bytes_per_token",
         "copy_bandwidth_bytes_per_s", "bandwidth_floor_ms_per_token", "bandwidth_floor_tokens_per_s",
-        "fraction_of_floor", "torch_eager_fp32", "load_average", "cpu_count"}
+        "fraction_of_floor", "read_bandwidth_bytes_per_s", "fraction_of_read_floor", "torch_eager_fp32", "load_average",
+        "cpu_count"}
 
 
 def test_bench_json(fp_packages, tmp_path):
@@ -29,6 +30,8 @@ def test_bench_json(fp_packages, tmp_path):
     assert data["ms_per_token_p50"] <= data["ms_per_token_p90"]
     assert data["fraction_of_floor"] > 0
     assert data["fraction_of_floor"] == pytest.approx(data["decode_tokens_per_s"] / data["bandwidth_floor_tokens_per_s"])
+    read_floor_s = data["weight_bytes_per_token"] / data["read_bandwidth_bytes_per_s"]
+    assert data["fraction_of_read_floor"] == pytest.approx(data["decode_tokens_per_s"] * read_floor_s)
     # the embedding is gathered (one row per token); every other weight is read whole
     assert data["weight_bytes_per_token"] == weight_bytes_per_token(pkg / "decode.onnx") < (pkg / "weights.bin").stat().st_size
 
