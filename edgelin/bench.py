@@ -33,50 +33,49 @@ from edgelin.errors import EdgelinError
 COPY_BYTES = 256 << 20
 
 
-def copy_bandwidth(threads: int, nbytes: int = COPY_BYTES, repeats: int = 5) -> float:
-    """Bytes moved per second by `threads` numpy copies of disjoint slices (read + write counted)."""
-    src = np.ones(nbytes // 8, np.float64)
-    dst = np.empty_like(src)
-    parts = np.array_split(np.arange(src.size), threads)
-    bounds = [(int(p[0]), int(p[-1]) + 1) for p in parts if p.size]
+def _slices(n: int, threads: int) -> list[tuple[int, int]]:
+    parts = np.array_split(np.arange(n), threads)
+    return [(int(p[0]), int(p[-1]) + 1) for p in parts if p.size]
 
-    def work(lo: int, hi: int) -> None:
-        np.copyto(dst[lo:hi], src[lo:hi])
 
+def _best_seconds(work, args: list[tuple], repeats: int) -> float:
+    """Fastest of `repeats` wall times of `work(*a)` run on one thread per entry of `args`."""
     best = float("inf")
     for _ in range(repeats):
-        pool = [threading.Thread(target=work, args=b) for b in bounds]
+        pool = [threading.Thread(target=work, args=a) for a in args]
         start = time.perf_counter()
         for t in pool:
             t.start()
         for t in pool:
             t.join()
         best = min(best, time.perf_counter() - start)
-    return 2 * nbytes / best
+    return best
+
+
+def copy_bandwidth(threads: int, nbytes: int = COPY_BYTES, repeats: int = 5) -> float:
+    """Bytes moved per second by `threads` numpy copies of disjoint slices (read + write counted)."""
+    src = np.ones(nbytes // 8, np.float64)
+    dst = np.empty_like(src)
+
+    def work(lo: int, hi: int) -> None:
+        np.copyto(dst[lo:hi], src[lo:hi])
+
+    return 2 * nbytes / _best_seconds(work, _slices(src.size, threads), repeats)
 
 
 def read_bandwidth(threads: int, nbytes: int = COPY_BYTES, repeats: int = 5, sink_bytes: int = 512 << 10) -> float:
     """Bytes read per second by `threads` threads streaming disjoint slices through a cache-sized sink."""
     src = np.ones(nbytes // 8, np.float64)
-    parts = np.array_split(np.arange(src.size), threads)
-    bounds = [(int(p[0]), int(p[-1]) + 1) for p in parts if p.size]
-    sinks = [np.empty(sink_bytes // 8) for _ in bounds]
+    n = sink_bytes // 8
 
-    def work(lo: int, hi: int, sink: np.ndarray) -> None:
-        for a in range(lo, hi - sink.size + 1, sink.size):
-            np.copyto(sink, src[a : a + sink.size])
+    def work(lo: int, hi: int) -> None:
+        sink = np.empty(n)
+        for a in range(lo, hi - n + 1, n):
+            np.copyto(sink, src[a : a + n])
 
-    read = sum((hi - lo) // sinks[0].size * sink_bytes for lo, hi in bounds)
-    best = float("inf")
-    for _ in range(repeats):
-        pool = [threading.Thread(target=work, args=(*b, s)) for b, s in zip(bounds, sinks)]
-        start = time.perf_counter()
-        for t in pool:
-            t.start()
-        for t in pool:
-            t.join()
-        best = min(best, time.perf_counter() - start)
-    return read / best
+    bounds = _slices(src.size, threads)
+    read = sum((hi - lo) // n * sink_bytes for lo, hi in bounds)
+    return read / _best_seconds(work, bounds, repeats)
 
 
 def weight_bytes_per_token(onnx_path: str | os.PathLike) -> int:

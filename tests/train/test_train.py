@@ -42,6 +42,11 @@ def data(text):
     return ByteData.from_file(text, SEQ)
 
 
+def interrupt_after_step_10_eval(event: dict) -> None:
+    if event.get("step") == 10 and "val_loss" in event:
+        raise KeyboardInterrupt
+
+
 def test_split_is_first_90_last_10(data, text):
     raw = text.read_bytes()
     assert len(data.train) == int(len(raw) * 0.9) and bytes(data.train.tolist() + data.val.tolist()) == raw
@@ -66,12 +71,8 @@ def test_resume_continues_exactly(data, tmp_path):
     cfg = TrainConfig(steps=20, dropout=0.1, **FAST)
     full = train(fresh(), data, cfg, tmp_path / "full")
     # Interrupted right after the step-10 evaluation (which wrote last/), then resumed to step 20.
-    def interrupt(event):
-        if event.get("step") == 10 and "val_loss" in event:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        train(fresh(), data, cfg, tmp_path / "part", progress=interrupt)
+        train(fresh(), data, cfg, tmp_path / "part", progress=interrupt_after_step_10_eval)
     resumed = train(fresh(), data, cfg, tmp_path / "resumed", resume=tmp_path / "part")
     assert resumed.log["train_step"] == full.log["train_step"]
     assert resumed.log["train_loss"][10:] == full.log["train_loss"][10:]  # bit-identical, steps 11..20
@@ -94,12 +95,8 @@ def test_ema_is_what_is_evaluated_and_saved_and_resumes_exactly(data, tmp_path):
     best = load_checkpoint(tmp_path / "full" / "best")
     assert evaluate(best, data, TrainConfig(**FAST)) == pytest.approx(full.best_val, abs=1e-5)
 
-    def interrupt(event):
-        if event.get("step") == 10 and "val_loss" in event:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        train(fresh(), data, cfg, tmp_path / "part", progress=interrupt)
+        train(fresh(), data, cfg, tmp_path / "part", progress=interrupt_after_step_10_eval)
     resumed = train(fresh(), data, cfg, tmp_path / "resumed", resume=tmp_path / "part")
     assert resumed.log["eval"][-1]["val_loss"] == full.log["eval"][-1]["val_loss"]
     resumed_average = load_file(str(tmp_path / "resumed" / "last" / "ema.safetensors"))
