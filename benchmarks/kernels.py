@@ -7,6 +7,8 @@
 
 bf16, H=16, head dim 128; forward (no grad) and forward+backward milliseconds from
 triton.testing.do_bench (median). fla is optional: its columns are blank where it is not importable.
+fla 0.6.0 refuses its gated delta backward on Hopper with Triton 3.4-3.7.0 (its issue #640: wrong
+results); `--lift-fla-guard` times that backward anyway, for speed only, and marks the row.
 """
 
 import argparse
@@ -22,6 +24,7 @@ from edgelin.kernels.gla.triton_chunk import chunk_gla
 
 SHAPES = [(4, 2048), (2, 4096), (1, 16384)]
 NO_FLA = False
+LIFT_FLA_GUARD = False
 H, D = 16, 128
 
 
@@ -34,6 +37,10 @@ def fla_ops():
     except Exception as e:  # noqa: BLE001 - any import failure means "no fla column"
         print(f"fla not importable: {e!r}")
         return None
+    if LIFT_FLA_GUARD:
+        import fla.ops.common.chunk_o as chunk_o
+
+        chunk_o.TRITON_ABOVE_3_7_1 = True  # the guard's only switch; the kernel itself is unchanged
     return {"gla": fla_gla, "gated_delta": fla_gdn}
 
 
@@ -66,19 +73,22 @@ def bench(fn, inputs, backward):
 
 def run_speed(args):
     fla = fla_ops()
-    rows = []
+    rows, sdpa_ms = [], {}
     for B, T in SHAPES:
         q, k, v = (torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
         sdpa = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)  # noqa: E731
         with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
-            sdpa_ms = {"sdpa_fwd_ms": bench(sdpa, [q, k, v], False), "sdpa_fwdbwd_ms": bench(sdpa, [q, k, v], True)}
-        for op in ("gla", "gated_delta"):
+            sdpa_ms[B, T] = {"sdpa_fwd_ms": bench(sdpa, [q, k, v], False),
+                             "sdpa_fwdbwd_ms": bench(sdpa, [q, k, v], True)}
+    for op in ("gla", "gated_delta"):  # op by op, so a run cut short has whole ops
+        for B, T in SHAPES:
             inputs = make_inputs(op, B, T)
             ours = {"gla": chunk_gla, "gated_delta": chunk_gated_delta_rule}[op]
             fns = {"edgelin": lambda *x, f=ours: f(*x)[0]}
             if fla is not None:
                 fns["fla"] = lambda *x, f=fla[op]: f(*x)[0]
-            row = {"op": op, "B": B, "T": T, "H": H, "D": D, "fla_fwd_ms": None, "fla_fwdbwd_ms": None}
+            row = {"op": op, "B": B, "T": T, "H": H, "D": D, "fla_fwd_ms": None, "fla_fwdbwd_ms": None,
+                   "fla_guard_lifted": LIFT_FLA_GUARD and op == "gated_delta"}
             for name, fn in fns.items():
                 for bwd in (False, True):
                     key = f"{name}_{'fwdbwd' if bwd else 'fwd'}_ms"
@@ -87,9 +97,11 @@ def run_speed(args):
                     except Exception as e:  # noqa: BLE001 - record and go on
                         row[key] = None
                         print(f"{op} B{B} T{T} {name} bwd={bwd}: {e!r}"[:400])
-            row.update(sdpa_ms)
+            row.update(sdpa_ms[B, T])
             rows.append(row)
             print(row, flush=True)
+            if args.json:  # after every row, so a run cut short still leaves what it measured
+                write_json(args.json, rows)
 
     fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
     print("\n| op | shape | edgelin fwd | fla fwd | sdpa fwd | edgelin fwd+bwd | fla fwd+bwd | sdpa fwd+bwd "
@@ -101,12 +113,14 @@ def run_speed(args):
             ratio = f"{r['edgelin_fwdbwd_ms'] / r['fla_fwdbwd_ms']:.2f}"
         print(f"| {r['op']} | B{r['B']} T{r['T']} | {fmt(r['edgelin_fwd_ms'])} | {fmt(r['fla_fwd_ms'])} | "
               f"{fmt(r['sdpa_fwd_ms'])} | {fmt(r['edgelin_fwdbwd_ms'])} | {fmt(r['fla_fwdbwd_ms'])} | "
-              f"{fmt(r['sdpa_fwdbwd_ms'])} | {ratio} |")
-    if args.json:
-        meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-                "python": platform.python_version(), "dtype": "bfloat16", "H": H, "D": D}
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+              f"{fmt(r['sdpa_fwdbwd_ms'])} | {ratio}{' (fla guard lifted)' if r['fla_guard_lifted'] else ''} |")
+
+
+def write_json(path, rows):
+    meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+            "python": platform.python_version(), "dtype": "bfloat16", "H": H, "D": D}
+    with open(path, "w") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=1)
 
 
 def rms_ratio(ref, out):
@@ -187,8 +201,10 @@ if __name__ == "__main__":
     p.add_argument("--profile", action="store_true", help="per-kernel CUDA time at B4 T2048")
     p.add_argument("--speed", action="store_true", help="the speed table (the default when nothing else is asked)")
     p.add_argument("--no-fla", action="store_true", help="leave fla out (its autotuning compiles for minutes)")
+    p.add_argument("--lift-fla-guard", action="store_true",
+                   help="time fla's gated delta backward where fla refuses it (speed only: its results are wrong there)")
     a = p.parse_args()
-    NO_FLA = a.no_fla
+    NO_FLA, LIFT_FLA_GUARD = a.no_fla, a.lift_fla_guard
     torch.backends.cuda.matmul.allow_tf32 = True
     if a.check:
         run_check(a)

@@ -39,12 +39,13 @@ def quantized_loss(model, scheme, data, cfg, device) -> float:
     return evaluate(q.to(device), data, cfg, amp=False)
 
 
-def training_dropout(spec: str) -> float | None:
-    """The dropout the checkpoint was trained with: fine-tuning with less makes these models overfit at once."""
+def training_setting(spec: str, key: str) -> float | None:
+    """A setting the checkpoint was trained with (dropout, ema): fine-tuning with less dropout makes
+    these models overfit at once."""
     for run_dir in (Path(spec), shipped_checkpoint(spec)):
         log = run_dir / "train_log.json" if run_dir else None
         if log and log.is_file():
-            return json.loads(log.read_text()).get("train_config", {}).get("dropout")
+            return json.loads(log.read_text()).get("train_config", {}).get(key)
     return None
 
 
@@ -54,12 +55,14 @@ def main() -> None:
     ap.add_argument("--text", required=True)
     ap.add_argument("--bits", type=int, default=4, choices=(4, 8))
     ap.add_argument("--group-size", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--seq-len", type=int, default=256)
-    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--lr", type=float, default=3e-5, help="low: any fine-tune of these models on the same text overfits")
     ap.add_argument("--dropout", type=float, default=None,
                     help="fine-tuning dropout (default: the model's training dropout from its train_log.json, else 0.2)")
+    ap.add_argument("--ema", type=float, default=None,
+                    help="weight average during fine-tuning (default: the checkpoint's own, from its train_log.json)")
     ap.add_argument("--time-budget", type=float, default=0.0, help="seconds per fine-tuning run (0 = none)")
     ap.add_argument("--eval-windows", type=int, default=0, help="held-out windows per evaluation (0 = all)")
     ap.add_argument("--device", default="auto")
@@ -67,8 +70,10 @@ def main() -> None:
     args = ap.parse_args()
 
     if args.dropout is None:
-        trained = training_dropout(args.model)
+        trained = training_setting(args.model, "dropout")
         args.dropout = 0.2 if trained is None else trained
+    if args.ema is None:
+        args.ema = training_setting(args.model, "ema") or 0.0
     device = torch.device("cuda" if args.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
     loaded = load_model(args.model)
     base = loaded.model.float()
@@ -85,7 +90,7 @@ def main() -> None:
     for name, qat in (("ft + ptq", None), ("qat", scheme)):
         cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
                           warmup=min(50, args.steps // 10), dropout=args.dropout, eval_every=max(1, args.steps // 4),
-                          time_budget=args.time_budget, seed=1, qat=qat, eval_windows=args.eval_windows,
+                          time_budget=args.time_budget, seed=1, qat=qat, ema=args.ema, eval_windows=args.eval_windows,
                           keep_state=False)
         t0 = time.time()
         with tempfile.TemporaryDirectory() as tmp:

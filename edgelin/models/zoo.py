@@ -21,7 +21,7 @@ ZOO: dict[str, LMConfig] = {
     "gla-1m": LMConfig(d_model=128, n_layers=4, n_heads=2, pattern=["gla"], mixers={"gla": {"use_short_conv": True}}),
     # ~10M-parameter byte-level models, the shapes of the trained reference models.
     "gla-10m": LMConfig(
-        d_model=320, n_layers=8, n_heads=4, pattern=["gla"], mixers={"gla": {"use_short_conv": True, "expand_k": 1.0}}
+        d_model=288, n_layers=10, n_heads=4, pattern=["gla"], mixers={"gla": {"use_short_conv": True, "expand_k": 1.0}}
     ),
     "hybrid-10m": LMConfig(
         d_model=384, n_layers=6, n_heads=6, pattern=["short_conv", "gated_delta", "swa"], mixers={"swa": {"window": 128}}
