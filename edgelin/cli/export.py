@@ -21,7 +21,9 @@ def export(
     int16: bool = typer.Option(False, "--int16", help="Quantize: W8A16 (16-bit activations, NPU layout)."),
     int4: bool = typer.Option(False, "--int4", help="Quantize: W4A16 (4-bit block-wise weights)."),
     w4a8: bool = typer.Option(False, "--w4a8", help="Quantize: W4A8."),
-    w8: bool = typer.Option(False, "--w8", help="Quantize: weight-only int8, float activations (OpenVINO's fast form)."),
+    w8: bool = typer.Option(False, "--w8", help="Quantize: weight-only int8, float activations."),
+    state: str = typer.Option("int16", "--state", help="Quantized recurrent states: int16 (NPU-ready) or fp32 "
+                              "(faster decode on CPU back ends)."),
     group_size: Optional[int] = typer.Option(None, "--group-size", help="4-bit block size: 32 (default), 64 or 128."),
     gptq: bool = typer.Option(False, "--gptq", help="GPTQ instead of round-to-nearest for 4-bit weights."),
     calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration text (default: the shipped sample)."),
@@ -44,7 +46,7 @@ def export(
         raise EdgelinError(f"--profile must be one of {', '.join(EXPORT_PROFILES)}, not {profile!r}")
     if profile == "qnn-htp":
         _export_htp(model, output, force, prefill_tokens, max_context, calib, (int8, int16, int4, w4a8),
-                    refused={"--w8": w8, "--group-size": group_size is not None, "--gptq": gptq, "--rotate": rotate,
+                    refused={"--w8": w8, "--state": state != "int16", "--group-size": group_size is not None, "--gptq": gptq, "--rotate": rotate,
                              "--smooth": smooth is not None, "--max-loss-increase": max_loss_increase is not None})
         return
     from edgelin.cli.quantize import build_scheme, export_quantized
@@ -52,9 +54,10 @@ def export(
     # MatMulNBits is ONNX Runtime's own op; the NPU takes 4-bit weights as standard blocked DequantizeLinear
     int4_format = "qdq" if profile == "openvino-npu" else "matmul_nbits"
     scheme = build_scheme(int8, int16, int4, w4a8, w8, group_size=group_size or 32, gptq=gptq, smooth=smooth, rotate=rotate,
-                          int4_format=int4_format)
-    if scheme is None and (rotate or smooth is not None or max_loss_increase is not None or calib or gptq):
-        raise EdgelinError("--calib, --rotate, --smooth, --gptq and --max-loss-increase need --int8, --int16, --int4, --w4a8 or --w8")
+                          int4_format=int4_format, state=state)
+    if scheme is None and (rotate or smooth is not None or max_loss_increase is not None or calib or gptq or state != "int16"):
+        raise EdgelinError("--calib, --rotate, --smooth, --gptq, --state and --max-loss-increase need --int8, --int16, --int4, "
+                           "--w4a8 or --w8")
     with console.status("loading model"):
         loaded = load_model(model, max_context=max_context)
     out = output or Path("out") / (loaded.name if scheme is None else f"{loaded.name}-{scheme.name}")

@@ -76,6 +76,14 @@ def test_export_int8_end_to_end_and_errors(tmp_path, text_file):
     assert not (tmp_path / "e").exists()
     assert_user_error(run("export", ckpt, "--int8", "--int4", "-o", tmp_path / "e"), "choose one scheme")
     assert_user_error(run("export", ckpt, "--rotate", "-o", tmp_path / "e"), "need --int8")
+    assert_user_error(run("export", ckpt, "--state", "fp32", "-o", tmp_path / "e"), "need --int8")
+    assert_user_error(run("export", ckpt, "--int8", "--state", "int4", "-o", tmp_path / "e"), "state")
+
+    float_states = tmp_path / "gla-int8-fp32-states"
+    result = run("export", ckpt, "--int8", "--state", "fp32", "--calib", text_file, "--prefill-tokens", 16, "-o", float_states)
+    assert result.exit_code == 0, result.output
+    precision = json.loads((float_states / "manifest.json").read_text())["precision"]
+    assert precision["scheme"] == "w8a8" and precision["state"] == "fp32"
 
     model = LM(ZOO["gla-tiny"]).init_weights()
     with __import__("torch").no_grad():
