@@ -15,7 +15,8 @@ import numpy as np
 
 from edgelin.errors import EdgelinError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: conv_state channel-last [batch, kernel - 1, channels] (1: [batch, channels, kernel - 1])
+READABLE_VERSIONS = (1, 2)  # a state's layout only matters to code that looks inside it; the graphs carry their own
 MANIFEST = "manifest.json"
 
 
@@ -50,7 +51,7 @@ class GraphSpec:
 
 @dataclass
 class Manifest:
-    """A typed view of manifest.json (format version 1, see docs/FORMAT.md).
+    """A typed view of manifest.json (format version 2, see docs/FORMAT.md).
 
     Fields the runtime does not interpret (architecture, precision, ...) are kept
     as plain JSON; `raw` holds the whole document as read.
@@ -73,10 +74,10 @@ class Manifest:
         if not isinstance(d, dict):
             raise EdgelinError(f"{where} is not a JSON object")
         version = d.get("format_version")
-        if version != FORMAT_VERSION:
+        if type(version) is not int or version not in READABLE_VERSIONS:
             raise EdgelinError(
                 f"{where} has package format version {version!r}; this edgelin reads "
-                f"version {FORMAT_VERSION} (re-export the model or upgrade edgelin)"
+                f"versions {', '.join(map(str, READABLE_VERSIONS))} (re-export the model or upgrade edgelin)"
             )
         try:
             graphs = {k: GraphSpec(str(g["file"]), int(g["tokens"])) for k, g in d["graphs"].items()}

@@ -40,12 +40,12 @@ def test_missing_and_extra_files_refused(fresh_package):
         read_package(fresh_package)
 
 
-@pytest.mark.parametrize("version", [2, 0, "1", None])
+@pytest.mark.parametrize("version", [3, 0, "1", True, None])
 def test_unknown_format_version_refused(fresh_package, version):
     doc = json.loads((fresh_package / "manifest.json").read_text())
     doc["format_version"] = version
     (fresh_package / "manifest.json").write_text(json.dumps(doc))
-    with pytest.raises(EdgelinError, match="format version .* this edgelin reads version 1"):
+    with pytest.raises(EdgelinError, match="format version .* this edgelin reads versions 1, 2"):
         read_package(fresh_package)
 
 
