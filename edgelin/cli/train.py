@@ -16,7 +16,7 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -127,13 +127,32 @@ def _progress(steps: int):
 TEXT = typer.Option(..., "--text", help="Training text file: the first 90% trains, the last 10% is held out.")
 OUT = typer.Option(..., "-o", "--output", help="Run directory to write (a checkpoint plus log, plot and resume state).")
 
-
-def _common(steps, batch_size, seq_len, lr, min_lr, warmup, weight_decay, grad_clip, dropout, ema, eval_every, eval_windows,
-            seed, time_budget, save_dtype, qat, qat_group_size, qat_head) -> dict:
-    return dict(steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr, min_lr=min_lr, warmup=warmup,
-                weight_decay=weight_decay, grad_clip=grad_clip, dropout=dropout, ema=ema, eval_every=eval_every,
-                eval_windows=eval_windows, seed=seed,
-                time_budget=time_budget, save_dtype=save_dtype, qat=qat, qat_group_size=qat_group_size, qat_head=qat_head)
+# The options `train` and `finetune` share, each command with its own defaults.
+Steps = Annotated[int, typer.Option(help="Optimizer steps.")]
+BatchSize = Annotated[int, typer.Option(help="Sequences per step (global, split over torchrun processes).")]
+SeqLen = Annotated[int, typer.Option(help="Bytes per training sequence.")]
+Lr = Annotated[float, typer.Option(help="Peak learning rate.")]
+MinLr = Annotated[float, typer.Option(help="Final learning rate of the cosine (-1 = lr / 10).")]
+Warmup = Annotated[int, typer.Option(help="Linear warmup steps.")]
+WeightDecay = Annotated[float, typer.Option(help="AdamW weight decay (matrices and embeddings only).")]
+GradClip = Annotated[float, typer.Option(help="Gradient norm clip (0 = off).")]
+Dropout = Annotated[float, typer.Option(help="Residual dropout during training.")]
+Ema = Annotated[float, typer.Option(help="Decay of a moving average of the weights, which is evaluated and saved "
+                                         "(0 = off; e.g. 0.99).")]
+EvalEvery = Annotated[int, typer.Option(help="Steps between held-out evaluations (and checkpoints).")]
+EvalWindows = Annotated[int, typer.Option(help="Held-out windows per evaluation (0 = all of the last 10%).")]
+Seed = Annotated[int, typer.Option(help="Seed of the batches and dropout (and, for train, of the init).")]
+TimeBudget = Annotated[float, typer.Option(help="Seconds; the run ends itself in time to evaluate and save (0 = none).")]
+SaveDtype = Annotated[str, typer.Option(help="dtype of the saved best weights: float32, bfloat16 or float16.")]
+Qat = Annotated[Optional[str], typer.Option(help="Quantization-aware training: int8 or int4.")]
+QatGroupSize = Annotated[int, typer.Option(help="Block size of --qat int4 (32, 64 or 128).")]
+QatHead = Annotated[bool, typer.Option("--qat-head/--qat-no-head",
+                                       help="Fake-quantize LM head and embedding at int8 (the export default).")]
+Resume = Annotated[Optional[Path], typer.Option(help="Continue an interrupted or finished run from its directory.")]
+Device = Annotated[str, typer.Option(help="auto (CUDA when present), cuda or cpu.")]
+Force = Annotated[bool, typer.Option("--force", help="Replace an existing output directory.")]
+TRAIN_OPTIONS = ("steps", "batch_size", "seq_len", "lr", "min_lr", "warmup", "weight_decay", "grad_clip", "dropout", "ema",
+                 "eval_every", "eval_windows", "seed", "time_budget", "save_dtype", "qat", "qat_group_size", "qat_head")
 
 
 @app.command("train")
@@ -142,33 +161,32 @@ def train_cmd(
     text: Path = TEXT,
     config: str = typer.Option(..., "--config", help="Built-in model name, config.json, or checkpoint directory (its config)."),
     output: Path = OUT,
-    steps: int = typer.Option(5000, help="Optimizer steps."),
-    batch_size: int = typer.Option(64, help="Sequences per step (global, split over torchrun processes)."),
-    seq_len: int = typer.Option(256, help="Bytes per training sequence."),
-    lr: float = typer.Option(1e-3, help="Peak learning rate."),
-    min_lr: float = typer.Option(-1.0, help="Final learning rate of the cosine (-1 = lr / 10)."),
-    warmup: int = typer.Option(100, help="Linear warmup steps."),
-    weight_decay: float = typer.Option(0.1, help="AdamW weight decay (matrices and embeddings only)."),
-    grad_clip: float = typer.Option(1.0, help="Gradient norm clip (0 = off)."),
-    dropout: float = typer.Option(0.0, help="Residual dropout during training."),
-    ema: float = typer.Option(0.0, help="Decay of a moving average of the weights, which is evaluated and saved (0 = off; e.g. 0.99)."),
-    eval_every: int = typer.Option(250, help="Steps between held-out evaluations (and checkpoints)."),
-    eval_windows: int = typer.Option(0, help="Held-out windows per evaluation (0 = all of the last 10%)."),
-    seed: int = typer.Option(0, help="Seed of the init, the batches and dropout."),
-    time_budget: float = typer.Option(0.0, help="Seconds; the run ends itself in time to evaluate and save (0 = none)."),
-    save_dtype: str = typer.Option("float32", help="dtype of the saved best weights: float32, bfloat16 or float16."),
-    qat: Optional[str] = typer.Option(None, help="Quantization-aware training: int8 or int4."),
-    qat_group_size: int = typer.Option(32, help="Block size of --qat int4 (32, 64 or 128)."),
-    qat_head: bool = typer.Option(True, "--qat-head/--qat-no-head", help="Fake-quantize LM head and embedding at int8 (the export default)."),
-    resume: Optional[Path] = typer.Option(None, help="Continue an interrupted or finished run from its directory."),
-    device: str = typer.Option("auto", help="auto (CUDA when present), cuda or cpu."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing output directory."),
+    steps: Steps = 5000,
+    batch_size: BatchSize = 64,
+    seq_len: SeqLen = 256,
+    lr: Lr = 1e-3,
+    min_lr: MinLr = -1.0,
+    warmup: Warmup = 100,
+    weight_decay: WeightDecay = 0.1,
+    grad_clip: GradClip = 1.0,
+    dropout: Dropout = 0.0,
+    ema: Ema = 0.0,
+    eval_every: EvalEvery = 250,
+    eval_windows: EvalWindows = 0,
+    seed: Seed = 0,
+    time_budget: TimeBudget = 0.0,
+    save_dtype: SaveDtype = "float32",
+    qat: Qat = None,
+    qat_group_size: QatGroupSize = 32,
+    qat_head: QatHead = True,
+    resume: Resume = None,
+    device: Device = "auto",
+    force: Force = False,
 ) -> None:
     """Train a model from scratch on a text file (byte-level)."""
     from edgelin.models.lm import LM
 
-    cfg_kwargs = _common(steps, batch_size, seq_len, lr, min_lr, warmup, weight_decay, grad_clip, dropout, ema, eval_every,
-                         eval_windows, seed, time_budget, save_dtype, qat, qat_group_size, qat_head)
+    cfg_kwargs = {k: v for k, v in locals().items() if k in TRAIN_OPTIONS}
     _train_config(**dict(cfg_kwargs))  # every bad option fails before the model is built
     model_config = replace(_resolve_config(config), seed=seed)  # the seed of every initial parameter, kept in config.json
     model = LM(model_config).init_weights()
@@ -181,33 +199,32 @@ def finetune_cmd(
     checkpoint: str = typer.Argument(..., help="Checkpoint directory, or a built-in model that ships trained weights."),
     text: Path = TEXT,
     output: Path = OUT,
-    steps: int = typer.Option(1000, help="Optimizer steps."),
-    batch_size: int = typer.Option(64, help="Sequences per step (global, split over torchrun processes)."),
-    seq_len: int = typer.Option(256, help="Bytes per training sequence."),
-    lr: float = typer.Option(3e-4, help="Peak learning rate."),
-    min_lr: float = typer.Option(-1.0, help="Final learning rate of the cosine (-1 = lr / 10)."),
-    warmup: int = typer.Option(50, help="Linear warmup steps."),
-    weight_decay: float = typer.Option(0.1, help="AdamW weight decay (matrices and embeddings only)."),
-    grad_clip: float = typer.Option(1.0, help="Gradient norm clip (0 = off)."),
-    dropout: float = typer.Option(0.0, help="Residual dropout during training."),
-    ema: float = typer.Option(0.0, help="Decay of a moving average of the weights, which is evaluated and saved (0 = off; e.g. 0.99)."),
-    eval_every: int = typer.Option(100, help="Steps between held-out evaluations (and checkpoints)."),
-    eval_windows: int = typer.Option(0, help="Held-out windows per evaluation (0 = all of the last 10%)."),
-    seed: int = typer.Option(0, help="Seed of the batches and dropout."),
-    time_budget: float = typer.Option(0.0, help="Seconds; the run ends itself in time to evaluate and save (0 = none)."),
-    save_dtype: str = typer.Option("float32", help="dtype of the saved best weights: float32, bfloat16 or float16."),
-    qat: Optional[str] = typer.Option(None, help="Quantization-aware fine-tuning: int8 or int4."),
-    qat_group_size: int = typer.Option(32, help="Block size of --qat int4 (32, 64 or 128)."),
-    qat_head: bool = typer.Option(True, "--qat-head/--qat-no-head", help="Fake-quantize LM head and embedding at int8 (the export default)."),
-    resume: Optional[Path] = typer.Option(None, help="Continue an interrupted or finished run from its directory."),
-    device: str = typer.Option("auto", help="auto (CUDA when present), cuda or cpu."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing output directory."),
+    steps: Steps = 1000,
+    batch_size: BatchSize = 64,
+    seq_len: SeqLen = 256,
+    lr: Lr = 3e-4,
+    min_lr: MinLr = -1.0,
+    warmup: Warmup = 50,
+    weight_decay: WeightDecay = 0.1,
+    grad_clip: GradClip = 1.0,
+    dropout: Dropout = 0.0,
+    ema: Ema = 0.0,
+    eval_every: EvalEvery = 100,
+    eval_windows: EvalWindows = 0,
+    seed: Seed = 0,
+    time_budget: TimeBudget = 0.0,
+    save_dtype: SaveDtype = "float32",
+    qat: Qat = None,
+    qat_group_size: QatGroupSize = 32,
+    qat_head: QatHead = True,
+    resume: Resume = None,
+    device: Device = "auto",
+    force: Force = False,
 ) -> None:
     """Fine-tune a trained checkpoint on a text file (optionally quantization-aware: --qat int8|int4)."""
     from edgelin.models.loading import load_model
 
-    cfg_kwargs = _common(steps, batch_size, seq_len, lr, min_lr, warmup, weight_decay, grad_clip, dropout, ema, eval_every,
-                         eval_windows, seed, time_budget, save_dtype, qat, qat_group_size, qat_head)
+    cfg_kwargs = {k: v for k, v in locals().items() if k in TRAIN_OPTIONS}
     _train_config(**dict(cfg_kwargs))
     loaded = load_model(checkpoint)
     if not loaded.trained:
