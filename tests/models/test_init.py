@@ -4,7 +4,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from edgelin.models import LM, ZOO
+from edgelin.models import LM, ZOO, LMConfig
+from edgelin.models.zoo import shipped_checkpoint
 
 TINY = [name for name in ZOO if name.endswith("-tiny")]
 
@@ -24,3 +25,10 @@ def test_seed_changes_weights():
     cfg = ZOO["hybrid-tiny"]
     a, b = LM(cfg).state_dict(), LM(replace(cfg, seed=cfg.seed + 1)).state_dict()
     assert any(not torch.equal(a[k], b[k]) for k in a if "conv" in k)
+
+
+@pytest.mark.parametrize("name", [name for name in ZOO if shipped_checkpoint(name)])
+def test_zoo_config_is_the_shipped_models_shape(name):
+    """A zoo name with shipped weights builds the shape of those weights (the seed aside)."""
+    shipped = LMConfig.load(shipped_checkpoint(name) / "config.json")
+    assert replace(shipped, seed=0) == replace(ZOO[name], seed=0)
