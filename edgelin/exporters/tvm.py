@@ -2,7 +2,8 @@
 
 Each graph is made static (batch 1, shape arithmetic folded: TVM's ONNX importer turns the traced
 `Shape -> Pow` chains into float64 scalars otherwise), imported with `relax.frontend.onnx`, given
-a matrix-vector schedule of our own plus dlight's CPU rules (GEMV, reductions), and built into a `.so` with the weights inside. AArch64
+a matrix-vector schedule of our own plus dlight's CPU rules (GEMV, reductions), and built with the
+other graphs into one `.so`: one function per graph, each distinct weight stored once. AArch64
 libraries are linked with Debian's `aarch64-linux-gnu-gcc` (package gcc-aarch64-linux-gnu).
 """
 from __future__ import annotations
@@ -115,14 +116,40 @@ def _schedule_matvec(mod, chunks: int = 8, lanes: int = 16, max_rows: int = 64):
     return mod
 
 
-def build_library(proto: onnx.ModelProto, arch: str, out: Path) -> None:
-    """Compile one static ONNX graph for `arch` into the shared library `out`."""
+def merge_graphs(mods: dict):
+    """Relax modules, one per graph, as one module whose function `name` is graph `name`'s main.
+
+    Helper kernels keep their module's name as a prefix; equal weights become equal constants, which
+    relax.build stores once, so decode and prefill share them.
+    """
+    from tvm import relax
+
+    @relax.expr_functor.mutator
+    class Rename(relax.PyExprMutator):
+        def __init__(self, mapping: dict):
+            super().__init__()
+            self.mapping = mapping
+
+        def visit_global_var_(self, op):
+            return self.mapping.get(op.name_hint, op)
+
+    bb = relax.BlockBuilder()
+    for name, mod in mods.items():
+        helpers = {gv.name_hint: bb.add_func(f, f"{name}_{gv.name_hint}") for gv, f in mod.functions.items()
+                   if gv.name_hint != "main"}
+        bb.add_func(Rename(helpers).visit_expr(mod["main"]), name)
+    merged = bb.get()
+    return _tvm().IRModule({gv: f.with_attr("global_symbol", gv.name_hint) for gv, f in merged.functions.items()})
+
+
+def build_library(protos: dict[str, onnx.ModelProto], arch: str, out: Path) -> None:
+    """Compile static ONNX graphs for `arch` into one shared library `out`, a function per graph name."""
     tvm = _tvm()
     from tvm import relax
     from tvm.s_tir import dlight
     from tvm.support import cc
 
-    mod = import_graph(proto)
+    mod = merge_graphs({name: import_graph(proto) for name, proto in protos.items()})
     target = tvm.target.Target(target_for(arch))
     # the passes of TVM's default CPU pipeline (this module: its package does not export all four)
     from tvm.relax.backend.cpu_generic import pipeline
@@ -160,15 +187,14 @@ def export_tvm(package_dir: str | os.PathLike, *, target: str | None = None) -> 
     arch = target or platform.machine()
     root = Path(package_dir)
     manifest = read_package(root)
-    entry, files = {"batch": 1, "target": target_for(arch), "tvm": tvm.__version__}, {}
+    entry = {"batch": 1, "target": target_for(arch), "tvm": tvm.__version__}
     with TemporaryDirectory(prefix="edgelin-tvm-") as tmp:
-        for name, g in manifest.graphs.items():
-            so = Path(tmp) / f"{name}.so"
-            proto = make_static(onnx.load(str(root / g.file)), batch=1)
-            build_library(proto, arch, so)
-            # the library's main() takes the graph inputs in order and returns the outputs in order
-            entry[name] = {"file": f"tvm/{arch}/{so.name}", "inputs": [i.name for i in proto.graph.input],
-                           "outputs": [o.name for o in proto.graph.output]}
-            files[entry[name]["file"]] = so
-        attach_backend(root, "tvm", arch, entry, files)
+        so = Path(tmp) / "steps.so"
+        protos = {name: make_static(onnx.load(str(root / g.file)), batch=1) for name, g in manifest.graphs.items()}
+        build_library(protos, arch, so)
+        for name, proto in protos.items():
+            # function `name` takes the graph inputs in order and returns the outputs in order
+            entry[name] = {"file": f"tvm/{arch}/{so.name}", "function": name,
+                           "inputs": [i.name for i in proto.graph.input], "outputs": [o.name for o in proto.graph.output]}
+        attach_backend(root, "tvm", arch, entry, {f"tvm/{arch}/{so.name}": so})
     return root

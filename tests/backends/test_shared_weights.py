@@ -1,5 +1,7 @@
-"""Decode and prefill graphs share one weights file on disk, and one copy in memory on ORT."""
+"""Decode and prefill graphs share one weights file on disk, and one copy in memory on ORT and TVM."""
 import json
+import math
+import re
 
 import numpy as np
 import onnx
@@ -103,3 +105,23 @@ def test_openvino_ir_share_one_bin(fp_packages, variant):
     assert not [f for f in entry["files"] if f.endswith(".bin") and f != entry["weights"]]
     onnx_weights = (pkg / "weights.bin").stat().st_size
     assert (pkg / entry["weights"]).stat().st_size < 1.1 * onnx_weights
+
+
+@pytest.mark.parametrize("name", ["gla-tiny", "hybrid-tiny"])
+def test_tvm_library_holds_the_weights_once(fp_packages, name):
+    pkg = fp_packages[name]
+    entry = read_package(pkg).raw["backends"]["tvm"]["x86_64"]
+    assert entry["decode"]["file"] == entry["prefill"]["file"] and len(entry["files"]) == 1
+    assert (entry["decode"]["function"], entry["prefill"]["function"]) == ("decode", "prefill")
+    # the library's constant pool: every weight tensor of both graphs, stored once
+    import tvm
+    from tvm import relax
+
+    stats = relax.VMExecutable(tvm.runtime.load_module(str(pkg / entry["files"][0]))).stats()
+    pool = stats.split("Constant pool")[1].splitlines()[0]
+    tensors = [[int(d) for d in dims.split(", ")] for dims in re.findall(r"(?<![a-z])\[(\d+(?:, \d+)*)\]", pool)]
+    float_bytes = 4 * sum(math.prod(t) for t in tensors)  # FP32 package
+    weights = (pkg / "weights.bin").stat().st_size
+    assert 0.9 * weights < float_bytes < 1.2 * weights, (float_bytes, weights)
+    session = Session(pkg, backend="tvm", threads=1)
+    assert session.graphs["decode"]._vm is session.graphs["prefill"]._vm  # one library loaded, its weights once

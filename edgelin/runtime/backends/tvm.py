@@ -1,7 +1,9 @@
 """TVM back end: the Relax shared libraries `edgelin compile PKG --backend tvm` adds to a package.
 
-The library for this machine's architecture (`backends.tvm.<arch>` in the manifest) is loaded into
-a Relax VirtualMachine on the CPU. The graphs are compiled for batch 1.
+The library for this machine's architecture (`backends.tvm.<arch>` in the manifest) holds one
+function per step graph (packages from before: one library per graph, function `main`). It is
+loaded once into a Relax VirtualMachine on the CPU, shared by the graphs, so the weights are in
+memory once. The graphs are compiled for batch 1.
 """
 from __future__ import annotations
 
@@ -29,14 +31,29 @@ def _tvm():
     return tvm
 
 
+@functools.lru_cache(maxsize=4)
+def _virtual_machine(path: Path, stamp: tuple[int, int]):
+    """One VirtualMachine per library file (and version of it, `stamp`): a package's decode and
+    prefill share it, and its weights."""
+    tvm = _tvm()
+    from tvm import relax
+
+    try:
+        return relax.VirtualMachine(tvm.runtime.load_module(str(path)), tvm.cpu())
+    except Exception as e:  # TVMError and friends
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EdgelinError(f"TVM cannot load {path}: {first}") from None
+
+
 @register_backend("tvm")
 class TvmBackend:
-    """One step graph as a TVM Relax library (`main(*inputs) -> (*outputs)`).
+    """One step graph as a function of a TVM Relax library (`function(*inputs) -> (*outputs)`).
 
     Args:
         graph_path: the .so file.
         threads: TVM thread-pool size (default 2; the pool is process-wide).
-        inputs, outputs: the graph's input and output names in `main`'s order (from the manifest).
+        inputs, outputs: the graph's input and output names in the function's order (from the manifest).
+        function: the graph's function in the library (from the manifest; `main` in older packages).
     """
 
     batch = 1
@@ -47,17 +64,17 @@ class TvmBackend:
         entry = backend_variant(manifest, "tvm", arch, hint=f"edgelin compile PKG --backend tvm --target {arch}")
         return {name: entry[name] for name in manifest.graphs}
 
-    def __init__(self, graph_path: Path, *, threads: int | None = None, inputs: list[str], outputs: list[str]) -> None:
+    def __init__(self, graph_path: Path, *, threads: int | None = None, inputs: list[str], outputs: list[str],
+                 function: str = "main") -> None:
         tvm = _tvm()
-        from tvm import relax
-
         tvm.get_global_func("runtime.config_threadpool")(1, DEFAULT_THREADS if threads is None else int(threads))
+        path = Path(graph_path).resolve()
+        stat = path.stat()
+        self._vm = _virtual_machine(path, (stat.st_mtime_ns, stat.st_size))
         try:
-            self._vm = relax.VirtualMachine(tvm.runtime.load_module(str(graph_path)), tvm.cpu())
-        except Exception as e:  # TVMError and friends
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise EdgelinError(f"TVM cannot load {graph_path}: {first}") from None
-        self._main = self._vm["main"]
+            self._main = self._vm[function]
+        except Exception:  # the library has no such function
+            raise EdgelinError(f"TVM library {graph_path} has no function {function!r}") from None
         self._device = tvm.cpu()
         self.input_names, self.output_names = list(inputs), list(outputs)
 
