@@ -4,7 +4,8 @@
         [--rss-tokens 20000]
 
 Reference models come from examples/models/NAME when shipped (trained weights), else the zoo's
-seeded random init (speed does not depend on the values). INT8 is W8A8 (INT16 states), INT4 is
+seeded random init (speed does not depend on the values). INT8 is W8A8 (INT16 states), plus
+`int8-fs`, W8A8 with float states (`--int8 --state fp32`, the fastest INT8 decode on CPU); INT4 is
 W4A16 in ONNX Runtime's MatMulNBits form, plus its standard-ONNX QDQ form for OpenVINO. Results go
 to OUT/results.json and a markdown table on stdout (docs/BENCHMARKS.md holds a recorded run).
 The RSS soak generates --rss-tokens tokens on the fastest INT8 back end of the last model and
@@ -32,14 +33,16 @@ def build(name: str, root: Path, prefill: int, log, rebuild: tuple[str, ...] = (
     from edgelin.exporters.tvm import export_tvm
     from edgelin.models.loading import load_model
     from edgelin.quantize.package import quantize_package
-    from edgelin.quantize.schemes import W4A16, W8A8, Int4Format
+    from edgelin.quantize.schemes import W4A16, W8A8, Int4Format, StatePrecision
 
     fp = root / name / "fp32"
     if not (fp / "manifest.json").exists():
         export_package(load_model(name).model, fp, prefill_tokens=prefill, force=True)
     pkgs = {"fp32": fp}
     table = None
-    for prec, scheme in (("int8", W8A8()), ("int4", W4A16()), ("int4-qdq", W4A16(int4_format=Int4Format.QDQ))):
+    schemes = (("int8", W8A8()), ("int8-fs", W8A8(state=StatePrecision.FP32)), ("int4", W4A16()),
+               ("int4-qdq", W4A16(int4_format=Int4Format.QDQ)))
+    for prec, scheme in schemes:
         out = root / name / prec
         if not (out / "manifest.json").exists():
             table = table or calibrate_package(fp, default_text()[:50000], streams=2, tokens=512)
@@ -148,12 +151,12 @@ def main() -> None:
                     f"RSS {r['peak_rss_bytes'] / 2**20:.0f} MiB")
                 results_path.write_text(json.dumps(results, indent=1))
     if args.rss_tokens and results["runs"]:
-        last = [r for r in results["runs"] if r["model"] == args.models[-1] and r["precision_label"] == "int8"]
+        last = [r for r in results["runs"] if r["model"] == args.models[-1] and r["precision_label"].startswith("int8")]
         if last:
             best = max(last, key=lambda r: r["decode_tokens_per_s"])
             samples = rss_soak(Path(best["package"]), best["backend"], args.rss_tokens, args.threads)
             results["rss_soak"] = {"model": best["model"], "backend": best["backend"], "samples": samples}
-            log(f"RSS soak {best['model']} int8 {best['backend']}: " +
+            log(f"RSS soak {best['model']} {best['precision_label']} {best['backend']}: " +
                 ", ".join(f"{n}:{b / 2**20:.1f}MiB" for n, b in samples))
     results_path.write_text(json.dumps(results, indent=1))
 
