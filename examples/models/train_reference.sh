@@ -7,7 +7,7 @@
 #   TEXT=../shared/data/tinyshakespeare.txt OUT=out/reference bash examples/models/train_reference.sh
 #
 # On the GPU machine (edgelin from PYTHONPATH, text carried in .data/, results under $PACK_TO):
-#   D=$OUT; PYTHONPATH=. OUT=/tmp/ref TEXT=.data/tinyshakespeare.txt PACK_TO=$D bash examples/models/train_reference.sh
+#   D=$OUT; PYTHONPATH=. OUT=/tmp/ref TEXT=.data/tinyshakespeare.txt PACK_TO=$D MPS=1 bash examples/models/train_reference.sh
 # then here: cat models.tar.part-* | tar -x -C examples/models
 #
 # Recipe: nanoGPT's shakespeare_char (AdamW lr 1e-3 -> 1e-4 cosine, warmup 100, wd 0.1, betas 0.9/0.99,
