@@ -2,7 +2,9 @@
 
 This is what every exporter traces. `tokens == 1` traces the recurrent step form (decode graph);
 `tokens > 1` traces the chunked form over a fixed chunk (prefill graph). Both take and return the
-same states, named as ONNX Runtime GenAI names them.
+same states, named as ONNX Runtime GenAI names them. With `block_outputs`, the tensor that leaves
+each block is an extra output `hidden.<layer>`; the exporter records those tensors as sites and then
+drops the extra outputs.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ class StateEntry:
     layer: int
     kind: str
     shape: tuple[int, ...]  # without the batch dimension
+    policy: str = "int"  # "int": a quantized package may store it as integers; "float": always float
 
     @property
     def input(self) -> str:
@@ -30,19 +33,25 @@ class StateEntry:
 
     def to_manifest(self) -> dict:
         return {"input": self.input, "output": self.output, "layer": self.layer, "kind": self.kind,
-                "shape": ["batch", *self.shape], "dtype": "float32"}
+                "shape": ["batch", *self.shape], "dtype": "float32", "policy": self.policy}
 
 
 def state_entries(model: LM) -> list[StateEntry]:
-    return [StateEntry(i, kind, shape[1:]) for i, shapes in enumerate(model.state_shapes(1)) for kind, shape in shapes.items()]
+    """Every state of `model`; a mixer names the kinds that must stay float in `float_state_kinds`."""
+    return [StateEntry(i, kind, shape[1:], "float" if kind in getattr(block.mixer, "float_state_kinds", ()) else "int")
+            for i, (block, shapes) in enumerate(zip(model.blocks, model.state_shapes(1))) for kind, shape in shapes.items()]
+
+
+def hidden_name(layer: int) -> str:
+    return f"hidden.{layer}"
 
 
 class StepGraph(nn.Module):
     """Flat-signature wrapper: forward(input_ids, *states) -> (logits, *states), states in `entries` order."""
 
-    def __init__(self, model: LM, tokens: int):
+    def __init__(self, model: LM, tokens: int, block_outputs: bool = False):
         super().__init__()
-        self.model, self.tokens = model, tokens
+        self.model, self.tokens, self.block_outputs = model, tokens, block_outputs
         self.entries = state_entries(model)
 
     def forward(self, input_ids: torch.Tensor, *flat_state: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -50,8 +59,15 @@ class StepGraph(nn.Module):
         for entry, tensor in zip(self.entries, flat_state):
             state[entry.layer][entry.kind] = tensor
         run = self.model.step if self.tokens == 1 else self.model
-        logits, new_state = run(input_ids, state)
-        return (logits, *(new_state[e.layer][e.kind] for e in self.entries))
+        hidden: list[torch.Tensor] = []
+        hooks = [b.register_forward_hook(lambda _m, _i, out: hidden.append(out[0])) for b in self.model.blocks] \
+            if self.block_outputs else []
+        try:
+            logits, new_state = run(input_ids, state)
+        finally:
+            for h in hooks:
+                h.remove()
+        return (logits, *(new_state[e.layer][e.kind] for e in self.entries), *hidden)
 
     def example_inputs(self, batch: int = 1) -> tuple[torch.Tensor, ...]:
         ids = torch.zeros(batch, self.tokens, dtype=torch.long)
@@ -63,4 +79,5 @@ class StepGraph(nn.Module):
 
     @property
     def output_names(self) -> list[str]:
-        return ["logits", *(e.output for e in self.entries)]
+        hidden = [hidden_name(i) for i in range(len(self.model.blocks))] if self.block_outputs else []
+        return ["logits", *(e.output for e in self.entries), *hidden]

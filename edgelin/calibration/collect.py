@@ -16,24 +16,25 @@ import numpy as np
 import onnx
 
 from edgelin.calibration.observers import TensorObserver
+from edgelin.calibration.probe import Probe
 from edgelin.calibration.streams import MIN_STREAM_TOKENS, make_streams
 from edgelin.calibration.table import CalibrationTable
 from edgelin.errors import EdgelinError
 from edgelin.runtime.package import read_package
 from edgelin.runtime.tokenizer import load_tokenizer
+from edgelin.sites import GraphSites, activation_inputs, graph_sites
 
 GATE_OPS = {"Sigmoid", "Softplus", "Exp"}
 
 
-def observed_tensors(proto: onnx.ModelProto) -> dict[str, str]:
-    """tensor name -> role for one step graph."""
-    inits = {i.name for i in proto.graph.initializer}
+def observed_tensors(proto: onnx.ModelProto, sites: GraphSites) -> dict[str, str]:
+    """tensor name -> role for one step graph: the declared linear layers' inputs, gate values,
+    states and outputs."""
     roles: dict[str, str] = {}
+    for site in sites.linears():
+        for _, act in activation_inputs(proto, site):
+            roles[act] = "matmul_input"
     for node in proto.graph.node:
-        if node.op_type == "MatMul" and node.input[0] not in inits:
-            roles[node.input[0]] = "matmul_input"
-        if node.op_type == "MatMul" and node.input[1] not in inits:
-            roles.setdefault(node.input[1], "matmul_input")
         if node.op_type in GATE_OPS:
             roles.setdefault(node.output[0], "gate")
     for i in proto.graph.input:
@@ -42,19 +43,6 @@ def observed_tensors(proto: onnx.ModelProto) -> dict[str, str]:
     for o in proto.graph.output:
         roles[o.name] = "state_out" if o.name.startswith("present.") else "output"
     return roles
-
-
-def _session(proto: onnx.ModelProto, names: list[str]):
-    import onnxruntime as ort
-
-    proto = onnx.ModelProto.FromString(proto.SerializeToString())
-    outs = {o.name for o in proto.graph.output}
-    proto.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
-                              for n in names if n not in outs and not n.startswith("past_key_values."))
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC  # graph outputs survive fusion
-    return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
 def calibrate_package(package_dir: str | Path, text: str, *, streams: int = 4, tokens: int = MIN_STREAM_TOKENS,
@@ -81,34 +69,17 @@ def calibrate_package(package_dir: str | Path, text: str, *, streams: int = 4, t
     if decode_every < 1:
         raise EdgelinError(f"decode_every must be >= 1 (the decode graph needs ranges too), got {decode_every}")
     ids = make_streams(load_tokenizer(root, manifest).encode(text), streams, tokens)
-    graphs = {name: onnx.load(str(root / g.file)) for name, g in manifest.graphs.items() if name in ("decode", "prefill")}
-    roles = {name: observed_tensors(p) for name, p in graphs.items()}
-    sessions = {name: _session(p, list(roles[name])) for name, p in graphs.items()}
+    graphs = [name for name in ("decode", "prefill") if name in manifest.graphs]
+    roles = {name: observed_tensors(onnx.load(str(root / manifest.graphs[name].file), load_external_data=False),
+                                    graph_sites(manifest.raw, name)) for name in graphs}
     observers = {name: {t: TensorObserver(t) for t in r} for name, r in roles.items()}
-    out_names = {name: [o.name for o in s.get_outputs()] for name, s in sessions.items()}
 
-    def run(graph: str, chunk: np.ndarray, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        feeds = {"input_ids": chunk, **state}
-        outs = dict(zip(out_names[graph], sessions[graph].run(None, feeds)))
+    def observe(graph: str, feeds: dict[str, np.ndarray], outs: dict[str, np.ndarray]) -> None:
         for name, obs in observers[graph].items():
             obs.update(feeds[name] if name in feeds else outs[name])
-        return {s.input: outs[s.output] for s in manifest.states}
 
-    C = manifest.graphs["prefill"].tokens if "prefill" in graphs else 1
+    Probe(root, extra=roles).mixed_stream(ids, observe, decode_every, progress)
     n, T = ids.shape
-    state = {s.input: np.zeros(s.shape_for(n), s.np_dtype) for s in manifest.states}
-    chunks = [(p, min(p + C, T)) for p in range(0, T, C)]
-    for i, (a, b) in enumerate(chunks):
-        use_decode = "prefill" not in graphs or b - a < C or i % decode_every == 0
-        start = state
-        if use_decode:
-            for t in range(a, b):
-                state = run("decode", ids[:, t:t + 1], state)
-        if i == 0 or not use_decode:  # the zero-state start is seen by both graphs
-            if "prefill" in graphs and b - a == C:
-                state = run("prefill", ids[:, a:b], start)
-        if progress:
-            progress(i + 1, len(chunks))
     tables = {}
     for graph, obs in observers.items():
         tables[graph] = {}

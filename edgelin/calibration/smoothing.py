@@ -22,34 +22,36 @@ from onnx import numpy_helper
 from edgelin.calibration.table import CalibrationTable
 from edgelin.errors import EdgelinError
 from edgelin.exporters.weights import save_graphs
-from edgelin.quantize.qdq import canonical_layer_names, is_weight_matmul
-from edgelin.runtime.package import read_package, write_package
+from edgelin.runtime.package import read_package, rewrite_package
+from edgelin.sites import GraphSites, WeightSite, activation_inputs, graph_sites, weight_readers
 
 
-def _sites(proto: onnx.ModelProto, names: dict[str, str]) -> list[tuple[str, onnx.NodeProto, list[onnx.NodeProto]]]:
-    """(norm output tensor, the Mul node with the norm weight, the weight MatMuls that read it).
+def _smoothing_sites(proto: onnx.ModelProto, sites: GraphSites) -> list[tuple[str, str, onnx.NodeProto, list[WeightSite]]]:
+    """(norm output tensor, norm scale initializer, the Mul by it, the linear layers that read that output).
 
-    The weight MatMuls must be the only readers, each reading the tensor as its activation.
+    A declared norm is a site when every reader of its output is a declared linear layer stored
+    [K, N] that reads it as its activation.
     """
-    inits = {i.name: i for i in proto.graph.initializer}
-    # the exporter stores equal weights once and aliases the copies through Identity nodes
-    alias = {n.output[0]: n.input[0] for n in proto.graph.node if n.op_type == "Identity" and n.input[0] in inits}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
+    readers: dict[str, list[onnx.NodeProto]] = {}
     for n in proto.graph.node:
         for x in n.input:
-            consumers.setdefault(x, []).append(n)
-    graph_outputs = {o.name for o in proto.graph.output}
-    sites = []
-    for n in proto.graph.node:
-        if n.op_type != "Mul" or len(n.input) != 2:
-            continue
-        g = next((x for x in n.input if len(getattr(inits.get(alias.get(x, x)), "dims", ())) == 1), None)
-        if g is None:
-            continue
-        users = consumers.get(n.output[0], [])
-        if users and n.output[0] not in graph_outputs and all(is_weight_matmul(u, inits) and u.input[0] == n.output[0] for u in users):
-            sites.append((n.output[0], n, users))
-    return sites
+            readers.setdefault(x, []).append(n)
+    linear_of: dict[int, WeightSite] = {}  # product node -> the linear it computes, activation-side
+    activation_of: dict[int, str] = {}
+    for site in sites.linears():
+        for node, act in activation_inputs(proto, site):
+            if site.axis == 1 and node.op_type == "MatMul":
+                linear_of[id(node)], activation_of[id(node)] = site, act
+    outputs = {o.name for o in proto.graph.output}
+    found = []
+    for init in sites.norms.values():
+        for mul, _ in weight_readers(proto, init):
+            if mul.op_type != "Mul" or mul.output[0] in outputs:
+                continue
+            users = readers.get(mul.output[0], [])
+            if users and all(id(u) in linear_of and activation_of[id(u)] == mul.output[0] for u in users):
+                found.append((mul.output[0], init, mul, [linear_of[id(u)] for u in users]))
+    return found
 
 
 def smooth_package(fp_dir: str | Path, out_dir: str | Path, table: CalibrationTable, alpha: float = 0.5,
@@ -64,12 +66,11 @@ def smooth_package(fp_dir: str | Path, out_dir: str | Path, table: CalibrationTa
     root = Path(fp_dir)
     m = read_package(root)
     protos = {name: onnx.load(str(root / g.file)) for name, g in m.graphs.items()}
-    names = canonical_layer_names(protos)
-    found = {g: _sites(p, names[g]) for g, p in protos.items()}
+    found = {g: _smoothing_sites(p, graph_sites(m.raw, g)) for g, p in protos.items()}
     act: dict[tuple[str, ...], np.ndarray] = {}
     for g, sites in found.items():  # combine channel maxima of both graphs, keyed by the layers read
-        for tensor, _, users in sites:
-            key = tuple(sorted(names[g][u.name] for u in users))
+        for tensor, _, _, linears in sites:
+            key = tuple(sorted(w.name for w in linears))
             cmax = np.asarray(table.graphs.get(g, {}).get(tensor, {}).get("channel_absmax", []), np.float64)
             if cmax.size:
                 act[key] = np.maximum(act[key], cmax) if key in act else cmax
@@ -77,33 +78,29 @@ def smooth_package(fp_dir: str | Path, out_dir: str | Path, table: CalibrationTa
     count = 0
     for g, proto in protos.items():
         inits = {i.name: i for i in proto.graph.initializer}
-        for tensor, mul, users in found[g]:
-            key = tuple(sorted(names[g][u.name] for u in users))
+        for tensor, gname, mul, linears in found[g]:
+            key = tuple(sorted(w.name for w in linears))
             if key not in act:
                 continue
-            alias = {n.output[0]: n.input[0] for n in proto.graph.node if n.op_type == "Identity" and n.input[0] in inits}
-            gname = next(x for x in mul.input if len(getattr(inits.get(alias.get(x, x)), "dims", ())) == 1)
-            if gname in alias or sum(gname in n.input for n in proto.graph.node) > 1:  # shared: make our own copy
+            if len(weight_readers(proto, gname)) > 1:  # a scale shared with another norm: make our own copy
                 own = f"{tensor}_smoothed_weight"
-                proto.graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(inits[alias.get(gname, gname)]), own))
+                proto.graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(inits[gname]), own))
                 inits[own] = proto.graph.initializer[-1]
                 mul.input[:] = [own if x == gname else x for x in mul.input]
                 gname = own
-            weights = [numpy_helper.to_array(inits[u.input[1]]) for u in users]
+            weights = [numpy_helper.to_array(inits[w.initializer]) for w in linears]
             if key not in scales:
                 wmax = np.max([np.abs(w).max(1) for w in weights], 0)
                 s = np.power(np.maximum(act[key], 1e-5), alpha) / np.power(np.maximum(wmax, 1e-5), 1 - alpha)
                 scales[key] = np.clip(s, 1e-2, 1e2).astype(np.float32)
             s = scales[key]
             inits[gname].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(inits[gname]) / s, gname))
-            for u, w in zip(users, weights):
-                inits[u.input[1]].CopyFrom(numpy_helper.from_array((w * s[:, None]).astype(np.float32), u.input[1]))
+            for w, arr in zip(linears, weights):
+                inits[w.initializer].CopyFrom(numpy_helper.from_array((arr * s[:, None]).astype(np.float32), w.initializer))
             count += 1
     with tempfile.TemporaryDirectory(prefix="edgelin-smooth-") as tmp:
-        files, weights = save_graphs(protos, {name: m.graphs[name].file for name in protos}, Path(tmp))
-        for name in m.files:
-            files.setdefault(name, root / name)
-        manifest = {k: v for k, v in m.raw.items() if k not in ("files", "format_version")}
-        manifest["weights"] = weights
-        manifest["smoothing"] = {"alpha": alpha, "norms": len(scales)}
-        return write_package(out_dir, files, manifest, force=force), count
+        files, weights_index = save_graphs(protos, {name: m.graphs[name].file for name in protos}, Path(tmp))
+        return rewrite_package(root, out_dir, files=files, update={"weights": weights_index,
+                               "smoothing": {"alpha": alpha, "norms": len(scales)}},
+                               drop_fields=("backends",), drop_files=tuple(f"{b}/" for b in m.raw.get("backends") or {}),
+                               force=force), count

@@ -1,7 +1,9 @@
 """The `edgelin` command line: the typer app and its error handling.
 
 Each command lives in its own module beside this one (export.py, generate.py, ...); `main` imports
-them, which registers them on `app`. torch and the back ends load lazily inside the commands.
+them, which registers them on `app`. A command parses its arguments, calls the library and prints;
+what several show (progress bars, the validation table) is in `ui.py`, and no command module imports
+another. torch and the back ends load lazily inside the commands.
 """
 from __future__ import annotations
 
@@ -39,6 +41,14 @@ def refuse_existing(out: Path, force: bool) -> None:
     """Fail before any work is done when the output exists and --force was not given."""
     if (out.exists() or out.is_symlink()) and not force:
         raise EdgelinError(f"{out} exists; pass --force to overwrite")
+
+
+def scheme_flag(**flags: bool) -> str | None:
+    """The one scheme flag given (int8=True -> "int8"), or None; two are an error."""
+    chosen = [name for name, on in flags.items() if on]
+    if len(chosen) > 1:
+        raise EdgelinError(f"choose one scheme, not {' and '.join('--' + name for name in chosen)}")
+    return chosen[0] if chosen else None
 
 
 def load_commands() -> typer.Typer:

@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from edgelin.cli import app, console, refuse_existing, user_errors
+from edgelin.cli.ui import note, progress_bars
 
 
 @app.command()
@@ -24,7 +25,6 @@ def calibrate(
     from rich.table import Table
 
     from edgelin.calibration import calibrate_package, read_text
-    from edgelin.cli.quantize import progress_bars
 
     out = output or package.with_name(f"{package.name}.calibration.json")
     refuse_existing(out, force)
@@ -45,4 +45,4 @@ def calibrate(
     console.print(f"{meta['streams']} streams x {meta['tokens_per_stream']} tokens, "
                   f"{sum(len(g) for g in table.graphs.values())} tensors observed; wrote [bold]{out}[/]")
     if meta["short_streams"]:
-        console.print("[yellow]note:[/] streams are shorter than 2048 tokens; states may not reach their full range")
+        note("streams are shorter than 2048 tokens; states may not reach their full range")

@@ -1,90 +1,25 @@
 """`edgelin quantize`: an FP package to an INT8 / INT16 / INT4 package (calibrate, quantize, validate)."""
 from __future__ import annotations
 
-import contextlib
+import warnings
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import typer
 
-from edgelin.cli import app, console, refuse_existing, user_errors
+from edgelin.cli import app, refuse_existing, scheme_flag, user_errors
+from edgelin.cli.ui import print_summary, progress_bars
 from edgelin.errors import EdgelinError
 
 
-def build_scheme(int8: bool, int16: bool, int4: bool, w4a8: bool, w8: bool = False, *, group_size: int = 32, gptq: bool = False,
-                 observer: Optional[str] = None, state: str = "int16", embedding: str = "int8",
-                 lm_head: Optional[str] = None, int4_format: str = "matmul_nbits", smooth: Optional[float] = None,
-                 rotate: bool = False):
-    """The scheme one of --int8 / --int16 / --int4 / --w4a8 / --w8 names, or None when none is given."""
-    from edgelin.quantize.schemes import W4A8, W4A16, W8, W8A8, W8A16, PerGroup
+def build_scheme(int8: bool, int16: bool, int4: bool, w4a8: bool, w8: bool = False, **options):
+    """Deprecated: name the scheme with `edgelin.quantize.schemes.scheme_by_name("int8", **options)`."""
+    from edgelin.quantize.schemes import scheme_by_name
 
-    chosen = [name for name, on in (("--int8", int8), ("--int16", int16), ("--int4", int4), ("--w4a8", w4a8),
-                                    ("--w8", w8)) if on]
-    if len(chosen) > 1:
-        raise EdgelinError(f"choose one scheme, not {' and '.join(chosen)}")
-    if not chosen:
-        return None
-    cls = {"--int8": W8A8, "--int16": W8A16, "--int4": W4A16, "--w4a8": W4A8, "--w8": W8}[chosen[0]]
-    kwargs: dict = {"state": state, "embedding": embedding, "int4_format": int4_format, "gptq": gptq,
-                    "smooth": smooth, "rotate": rotate}
-    if observer:
-        kwargs["observer"] = observer
-    if lm_head:
-        kwargs["lm_head"] = lm_head
-    if cls.weight_bits == 4:
-        kwargs["granularity"] = PerGroup(group_size)
-    return cls(**kwargs)
-
-
-@contextlib.contextmanager
-def progress_bars() -> Iterator:
-    """A rich progress display; yields on_progress(stage, done, total)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=False) as bars:
-        tasks: dict[str, int] = {}
-
-        def on_progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bars.add_task(stage, total=total)
-            bars.update(tasks[stage], completed=done, total=total)
-
-        yield on_progress
-
-
-def read_eval_text(path: Optional[Path]) -> Optional[str]:
-    from edgelin.calibration.streams import read_text
-
-    return read_text(path) if path is not None else None
-
-
-def export_quantized(loaded, out: Path, scheme, *, calib: Optional[Path], prefill_tokens: int,
-                     max_loss_increase: Optional[float], force: bool) -> None:
-    """export MODEL --int8 ...: FP export (and a rotated copy) in a temporary directory, then the pipeline."""
-    import tempfile
-
-    from edgelin.calibration.streams import read_text
-    from edgelin.cli.validate import print_summary
-    from edgelin.exporters.package import export_package
-    from edgelin.quantize.pipeline import run_pipeline
-
-    text = read_text(calib)
-    kw = dict(prefill_tokens=prefill_tokens, source_layout=loaded.source_layout, tokenizer_json=loaded.tokenizer_json,
-              special_tokens=loaded.special_tokens)
-    with tempfile.TemporaryDirectory(prefix="edgelin-export-") as tmp:
-        fp = Path(tmp) / "fp32"
-        with console.status(f"exporting {loaded.name} ({loaded.model.num_parameters() / 1e6:.1f}M parameters)"):
-            export_package(loaded.model, fp, **kw)
-            source = fp
-            if scheme.rotate:
-                from edgelin.calibration.rotation import rotate_model
-
-                source = export_package(rotate_model(loaded.model), Path(tmp) / "rotated", **kw)
-        with progress_bars() as on_progress:
-            result = run_pipeline(source, out, scheme, text, reference_dir=fp, max_loss_increase=max_loss_increase,
-                                  force=force, on_progress=on_progress)
-    print_summary(result, out, out / "report")
+    warnings.warn("edgelin.cli.quantize.build_scheme is deprecated; use edgelin.quantize.schemes.scheme_by_name",
+                  DeprecationWarning, stacklevel=2)
+    name = scheme_flag(int8=int8, int16=int16, int4=int4, w4a8=w4a8, w8=w8)
+    return scheme_by_name(name, **options) if name else None
 
 
 @app.command()
@@ -97,7 +32,7 @@ def quantize(
     int4: bool = typer.Option(False, "--int4", help="W4A16: 4-bit block-wise weights, 16-bit activations."),
     w4a8: bool = typer.Option(False, "--w4a8", help="W4A8: 4-bit block-wise weights, 8-bit activations."),
     w8: bool = typer.Option(False, "--w8", help="Weight-only int8: int8 per-channel weights, float activations."),
-    group_size: int = typer.Option(32, "--group-size", help="4-bit block size: 32, 64 or 128."),
+    group_size: Optional[int] = typer.Option(None, "--group-size", help="4-bit block size: 32 (default), 64 or 128."),
     gptq: bool = typer.Option(False, "--gptq", help="GPTQ instead of round-to-nearest for 4-bit weights."),
     calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration text (default: the shipped sample)."),
     table: Optional[Path] = typer.Option(None, "--table", help="Calibration table from `edgelin calibrate` (skips calibrating)."),
@@ -118,19 +53,19 @@ def quantize(
     """Calibrate PACKAGE on real text, quantize it with one scheme, validate it against PACKAGE."""
     from edgelin.calibration.streams import read_text
     from edgelin.quantize.pipeline import load_table, run_pipeline
+    from edgelin.quantize.schemes import scheme_by_name
 
-    scheme = build_scheme(int8, int16, int4, w4a8, w8, group_size=group_size, gptq=gptq, observer=observer, state=state,
-                          embedding=embedding, lm_head=lm_head, int4_format=int4_format, smooth=smooth)
-    if scheme is None:
+    name = scheme_flag(int8=int8, int16=int16, int4=int4, w4a8=w4a8, w8=w8)
+    if name is None:
         raise EdgelinError("choose a scheme: --int8, --int16, --int4, --w4a8 or --w8")
+    scheme = scheme_by_name(name, group_size=group_size, gptq=gptq, observer=observer, state=state, embedding=embedding,
+                            lm_head=lm_head, int4_format=int4_format, smooth=smooth)
     out = output or package.with_name(f"{package.name}-{scheme.name}")
     refuse_existing(out, force)
     text = read_text(calib)
     with progress_bars() as on_progress:
-        result = run_pipeline(package, out, scheme, text, eval_text=read_eval_text(eval_text), streams=streams,
-                              tokens=tokens, max_loss_increase=max_loss_increase, horizon=horizon,
+        result = run_pipeline(package, out, scheme, text, eval_text=read_text(eval_text) if eval_text else None,
+                              streams=streams, tokens=tokens, max_loss_increase=max_loss_increase, horizon=horizon,
                               validate=not no_validate, force=force, on_progress=on_progress,
                               table=load_table(table) if table else None)
-    from edgelin.cli.validate import print_summary
-
     print_summary(result, out, report=out / "report" if result else None)

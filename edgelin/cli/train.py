@@ -21,6 +21,7 @@ from typing import Annotated, Optional
 import typer
 
 from edgelin.cli import app, console, refuse_existing, user_errors
+from edgelin.cli.ui import note
 from edgelin.errors import EdgelinError
 
 
@@ -87,7 +88,7 @@ def _run(model, text: Path, out: Path, force: bool, resume: Optional[Path], devi
     except BaseException:
         if main:
             if (work / "last").is_dir():
-                console.print(f"[yellow]note:[/] interrupted; the partial run is kept at {work} (continue with --resume {work})")
+                note(f"interrupted; the partial run is kept at {work} (continue with --resume {work})")
             else:
                 shutil.rmtree(work, ignore_errors=True)
         raise

@@ -12,7 +12,7 @@ from typing import Any
 
 from edgelin.errors import EdgelinError
 from edgelin.runtime.backends._variants import source_digests
-from edgelin.runtime.package import read_package, write_package
+from edgelin.runtime.package import read_package, rewrite_package
 
 
 def attach_backend(package_dir: str | os.PathLike, backend: str, variant: str, entry: dict[str, Any],
@@ -33,15 +33,12 @@ def attach_backend(package_dir: str | os.PathLike, backend: str, variant: str, e
     for name in files:
         if not name.startswith(f"{backend}/"):
             raise EdgelinError(f"back-end file {name} must live under {backend}/")
-    doc = {k: v for k, v in manifest.raw.items() if k not in ("files", "format_version")}
-    backends = {k: dict(v) for k, v in (doc.get("backends") or {}).items()}
+    backends = {k: dict(v) for k, v in (manifest.raw.get("backends") or {}).items()}
     old = backends.setdefault(backend, {}).get(variant) or {}
-    dropped = set(old.get("files", []))
-    keep: dict[str, Path | bytes] = {n: root / n for n in manifest.files if n not in dropped}
-    clash = sorted(set(keep) & set(files))
+    dropped = tuple(old.get("files", []))
+    clash = sorted(set(manifest.files).difference(dropped) & set(files))
     if clash:
         raise EdgelinError(f"{clash[0]} already belongs to another part of {root}")
     backends[backend][variant] = {**entry, "files": sorted(files), "source": source_digests(manifest)}
-    doc["backends"] = backends
-    # write_package copies every file; stage through a sibling so a failure leaves the package as it was
-    return write_package(root, {**keep, **files}, doc, force=True)
+    # the files are copied into a sibling first, so a failure leaves the package as it was
+    return rewrite_package(root, root, files=files, update={"backends": backends}, drop_files=dropped, force=True)

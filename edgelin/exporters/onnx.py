@@ -1,6 +1,14 @@
-"""Step graphs to ONNX: a decode graph (1 token) and a prefill graph (a fixed chunk), loop-free."""
+"""Step graphs to ONNX: a decode graph (1 token) and a prefill graph (a fixed chunk), loop-free.
+
+Which torch exporter traces the graph is decided in one place, `trace_to_onnx` (chosen by `EXPORTER`,
+overridable with the EDGELIN_ONNX_EXPORTER environment variable); everything after it (shape pinning,
+the loop-free check) is shared. docs/DESIGN.md, "The ONNX exporter", records how the torch.export
+path (dynamo=True) compares today.
+"""
 from __future__ import annotations
 
+import inspect
+import os
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -14,19 +22,100 @@ from edgelin.trace import StepGraph
 
 OPSET = 17
 FORBIDDEN_OPS = {"Loop", "Scan", "If"}
+EXPORTERS = ("torchscript", "dynamo")
+# The default stays the TorchScript tracer: see docs/DESIGN.md, "The ONNX exporter".
+EXPORTER = os.environ.get("EDGELIN_ONNX_EXPORTER", "torchscript")
+BATCH = "batch"
+DYNAMO_MIN_OPSET = 18  # the lowest opset torch.onnx (dynamo=True) has implementations for
 
 
-def export_step_graph(model: LM, tokens: int, path: str | Path, *, opset: int = OPSET) -> onnx.ModelProto:
-    """Trace the step graph for `tokens` tokens (batch symbolic) and write it to `path` as ONNX."""
-    graph = StepGraph(model.eval(), tokens)
-    dynamic = {name: {0: "batch"} for name in graph.input_names + graph.output_names}
+def trace_to_onnx(
+    module: torch.nn.Module,
+    example_inputs: tuple[torch.Tensor, ...],
+    path: str | Path,
+    *,
+    input_names: list[str],
+    output_names: list[str],
+    opset: int = OPSET,
+    exporter: str | None = None,
+) -> None:
+    """Trace `module` on `example_inputs` and write a self-contained ONNX file to `path`.
+
+    Axis 0 of every input and output is the symbolic dimension "batch"; every other dimension is
+    fixed by the example. This is the only function that calls torch.onnx.export: switching the
+    exporter is a change of `EXPORTER` (or of this function) and nothing else. Exporter warnings
+    are left visible.
+    """
+    exporter = exporter or EXPORTER
+    if exporter not in EXPORTERS:
+        raise EdgelinError(f"unknown ONNX exporter {exporter!r} (one of {', '.join(EXPORTERS)})")
+    module.eval()  # both exporters trace inference; the legacy one would switch modes itself
     with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            graph, graph.example_inputs(), str(path), dynamo=False, opset_version=opset,
-            input_names=graph.input_names, output_names=graph.output_names, dynamic_axes=dynamic,
-            do_constant_folding=True,
-        )
+        # torch's own legacy exporter calls a torch helper it has deprecated; nothing here can act on
+        # it. Every other warning (TracerWarning, the exporter's DeprecationWarning, ...) passes.
+        warnings.filterwarnings("ignore", message="The feature will be removed. Please remove usage of this function")
+        # Each step graph is specialized to its fixed token count on purpose, so Python branches on
+        # traced shapes are expected; `exporters.package.check_parity` runs every traced graph
+        # against the model. Any other tracer warning passes.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning,
+                                message="Converting a tensor to a Python (boolean|float|integer|index)")
+        if exporter == "torchscript":
+            torch.onnx.export(
+                module, example_inputs, str(path), dynamo=False, opset_version=opset,
+                input_names=input_names, output_names=output_names,
+                dynamic_axes={name: {0: BATCH} for name in input_names + output_names},
+                do_constant_folding=True,
+            )
+        else:
+            _export_dynamo(module, example_inputs, path, input_names, output_names, opset)
+
+
+def _export_dynamo(module, example_inputs, path, input_names, output_names, opset) -> None:
+    """torch.export (dynamo=True). A batch of 1 would be specialized, so it traces a batch of 2."""
+    if opset < DYNAMO_MIN_OPSET:
+        # torch's own down-conversion fails on these graphs (no Split 18 -> 17 adapter in onnx) and
+        # prints a traceback; ask for the lowest opset it implements and say so.
+        warnings.warn(f"the dynamo ONNX exporter writes opset {DYNAMO_MIN_OPSET}, not the requested {opset}", stacklevel=3)
+        opset = DYNAMO_MIN_OPSET
+    batch = torch.export.Dim(BATCH)
+    args = tuple(t.expand(2, *t.shape[1:]).contiguous() if t.shape[0] == 1 else t for t in example_inputs)
+    program = torch.onnx.export(
+        module, args, dynamo=True, opset_version=opset, input_names=input_names, output_names=output_names,
+        dynamic_shapes=_batch_shapes(module, args, batch), optimize=True, external_data=False, verbose=False,
+    )
+    # onnxscript folds a constant over 8192 elements only when that uses no more memory; a tied
+    # embedding / LM head (read by Gather and, transposed, by MatMul) would stay a Transpose run at
+    # every step. Fold like the TorchScript exporter does: a transposed copy, no size limit.
+    import onnxscript.optimizer
+
+    onnxscript.optimizer.fold_constants(program.model, input_size_limit=2**62, output_size_limit=2**62)
+    onnxscript.optimizer.remove_unused_nodes(program.model)
+    proto = program.model_proto
+    for node in proto.graph.node:  # keep the module scope; drop stack traces (local paths, bytes per node)
+        kept = [(p.key, p.value) for p in node.metadata_props if p.key == "namespace"]
+        del node.metadata_props[:]
+        for key, value in kept:
+            node.metadata_props.add(key=key, value=value)
+    onnx.save(proto, str(path))
+
+
+def _batch_shapes(module: torch.nn.Module, args: tuple, batch) -> dict:
+    """torch.export's dynamic_shapes follow forward's signature: a *args parameter takes a tuple."""
+    bound = inspect.signature(module.forward).bind(*args).arguments
+    params = inspect.signature(module.forward).parameters
+    return {name: tuple({0: batch} for _ in value) if params[name].kind is inspect.Parameter.VAR_POSITIONAL
+            else {0: batch} for name, value in bound.items()}
+
+
+def export_step_graph(model: LM, tokens: int, path: str | Path, *, opset: int = OPSET,
+                      block_outputs: bool = False) -> onnx.ModelProto:
+    """Trace the step graph for `tokens` tokens (batch symbolic) and write it to `path` as ONNX.
+
+    `block_outputs` adds each block's output as an extra graph output `hidden.<layer>` (see trace.py).
+    """
+    graph = StepGraph(model.eval(), tokens, block_outputs=block_outputs)
+    trace_to_onnx(graph, graph.example_inputs(), path, input_names=graph.input_names,
+                  output_names=graph.output_names, opset=opset)
     proto = onnx.load(str(path))
     # The tracer names the logits' token axis after a node; pin it to the graph's fixed size.
     logits = next(o for o in proto.graph.output if o.name == "logits")

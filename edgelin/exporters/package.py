@@ -6,11 +6,18 @@ from pathlib import Path
 from typing import Any
 
 from edgelin import __version__
+import numpy as np
+import onnx
+import torch
+
+from edgelin.errors import EdgelinError
 from edgelin.exporters.onnx import export_step_graph
+from edgelin.exporters.sites import Fingerprints, declared_norms, declared_weights, graph_sites
 from edgelin.exporters.weights import save_graphs
 from edgelin.models.lm import LM
 from edgelin.runtime.package import write_package
-from edgelin.trace import state_entries
+from edgelin.sites import GraphSites
+from edgelin.trace import StepGraph, hidden_name, state_entries
 
 DEFAULT_PREFILL_TOKENS = 64
 
@@ -62,11 +69,58 @@ def export_package(
     tokenizer = {"type": "tokenizers", "file": "tokenizer.json"} if tokenizer_json else {"type": "bytes"}
     tokenizer.update(special_tokens or {})
     with tempfile.TemporaryDirectory(prefix="edgelin-export-") as tmp:
-        protos = {name: export_step_graph(model, tokens, Path(tmp) / f"{name}.onnx")
+        traced = {name: export_with_sites(model, name, tokens, Path(tmp) / f"{name}.onnx")
                   for name, tokens in (("decode", 1), ("prefill", prefill_tokens))}
+        protos = {name: proto for name, (proto, _) in traced.items()}
         files, weights = save_graphs(protos, {name: f"{name}.onnx" for name in protos}, Path(tmp))
         if tokenizer_json:
             files["tokenizer.json"] = Path(tokenizer_json)
         manifest = base_manifest(model, prefill_tokens=prefill_tokens, source_layout=source_layout, tokenizer=tokenizer)
+        for name, (_, sites) in traced.items():
+            manifest["graphs"][name]["sites"] = sites.to_dict()
         manifest["weights"] = weights
         return write_package(out_dir, files, manifest, force=force)
+
+
+def export_with_sites(model: LM, graph: str, tokens: int, path: Path) -> tuple[onnx.ModelProto, GraphSites]:
+    """Trace one step graph with fingerprinted weights; return it with its real weights and its sites record."""
+    weights, norms = declared_weights(model), declared_norms(model)
+    prints = Fingerprints([w.param for w in weights] + list(norms.values()))
+    with prints.applied():
+        proto = export_step_graph(model, tokens, path, block_outputs=True)
+    found = prints.restore(proto)
+    hidden = {hidden_name(i) for i in range(len(model.blocks))}
+    kept = [o for o in proto.graph.output if o.name not in hidden]
+    del proto.graph.output[:]
+    proto.graph.output.extend(kept)
+    blocks = {f"blocks.{i}": hidden_name(i) for i in range(len(model.blocks))}
+    sites = graph_sites(proto, graph, weights, norms, prints, found, blocks)
+    check_parity(model, proto, graph, tokens)
+    return proto, sites
+
+
+def check_parity(model: LM, proto: onnx.ModelProto, graph: str, tokens: int) -> None:
+    """The exported graph must compute what the model computes: a constant folded from a fingerprinted
+    weight into anything but the weight itself would otherwise go unnoticed."""
+    import onnxruntime as ort
+
+    step = StepGraph(model.eval(), tokens)
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (1, tokens), generator=gen)
+    states = [torch.randn(1, *e.shape, generator=gen) * 0.1 if e.policy == "int" else torch.ones(1, *e.shape)
+              for e in step.entries]
+    with torch.no_grad():
+        want = step(ids, *states)[0].numpy()
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    got = sess.run(["logits"], dict(zip(step.input_names, [ids.numpy(), *(s.numpy() for s in states)])))[0]
+    finite = np.isfinite(want)  # a model with non-finite weights is refused later, by calibration
+    if not np.array_equal(finite, np.isfinite(got)):
+        err = float("inf")
+    else:
+        err = float(np.max(np.abs(got - want), where=finite, initial=0) / (np.max(np.abs(want), where=finite, initial=0) + 1e-6))
+    if not err < 1e-3:
+        raise EdgelinError(f"the traced {graph} graph differs from the model (relative error {err:.2e}); "
+                           "a module derives a constant from a declared weight")

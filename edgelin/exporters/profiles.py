@@ -15,13 +15,20 @@ The op lists are written down from public documentation, as of 2026-11:
   the 4-bit limits found here: com.microsoft ops have no importer, and TVM 0.27 mis-sizes packed
   int4/uint4 initializers ("TensorCopyFromBytes: size mismatch").
 - ort-cpu: every ONNX and com.microsoft op of ONNX Runtime's CPU provider; only the static shapes apply.
+
+A profile is registered once (`register_profile`) with what `edgelin check` demands and how
+`edgelin export --profile NAME` builds for it: which quantizer applies the scheme, the scheme used
+when none is named, the export options the target cannot honour. The export pipeline is one
+(`edgelin.api.export`, `edgelin.quantize.pipeline.run_pipeline`); a profile only fills it in.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from tempfile import TemporaryDirectory
+from typing import Callable, Iterable
 
 import onnx
 
@@ -56,15 +63,25 @@ FOUR_BIT = frozenset({"int4", "uint4"})
 
 @dataclass(frozen=True)
 class Profile:
-    """What one target accepts.
+    """What one target accepts, and how an export builds for it.
 
     Attributes:
         name: the profile / target name.
         ops: allowed op types ("Op" for the default domain, "domain.Op" otherwise); None: any.
-        static: every graph input/output dimension must be a number.
+        static: every graph input/output dimension must be a number (an export makes the graphs
+            static, batch 1).
         quantized_activations: dtypes a compute op's float inputs must be dequantized from (None: float is fine).
         weight_dtypes: dtypes weight initializers may be dequantized from (None: any).
         bad_initializer_dtypes: initializer dtypes the target's importer cannot read.
+        ops_from: reads `ops` when the profile is looked up (the list lives in an optional package).
+        exportable: `edgelin export --profile NAME` builds for it (False: `edgelin check` only).
+        quantizer: what applies a scheme: "qdq" (`edgelin.quantize.package.quantize_package`, the
+            CPU pass) or "htp" (`edgelin.quantize.htp_package.quantize_htp_package`, QDQ everywhere).
+        default_scheme: set for a target that runs quantized graphs only: an export always
+            quantizes, with this scheme when none is named.
+        int4_format: the 4-bit graph form of a named scheme (None: the scheme's default).
+        refuses: export options the target cannot honour, as on the command line without "--".
+        refusal_reason: why, for the error message.
     """
 
     name: str
@@ -73,6 +90,20 @@ class Profile:
     quantized_activations: frozenset[str] | None = None
     weight_dtypes: frozenset[str] | None = None
     bad_initializer_dtypes: frozenset[str] = frozenset()
+    ops_from: Callable[[], frozenset[str]] | None = None
+    exportable: bool = True
+    quantizer: str = "qdq"
+    default_scheme: str | None = None
+    int4_format: str | None = None
+    refuses: tuple[str, ...] = ()
+    refusal_reason: str = ""
+
+    def refuse(self, given: Iterable[str]) -> None:
+        """Raise EdgelinError naming every option in `given` (command-line names) this target cannot honour."""
+        given = set(given)
+        bad = [f"--{option}" for option in self.refuses if option in given]
+        if bad:
+            raise EdgelinError(f"--profile {self.name} does not take {', '.join(bad)} ({self.refusal_reason})")
 
 
 def _tvm_ops() -> frozenset[str]:
@@ -83,49 +114,81 @@ def _tvm_ops() -> frozenset[str]:
     return frozenset(_get_convert_map())
 
 
+PROFILES: dict[str, Profile] = {}
+
+
+def register_profile(profile: Profile) -> Profile:
+    """Add `profile` to the targets `edgelin check` (and, if exportable, `edgelin export --profile`) know."""
+    PROFILES[profile.name] = profile
+    return profile
+
+
+register_profile(Profile("ort-cpu", None))
+register_profile(Profile(
+    "qnn-htp", QNN_HTP_OPS, quantized_activations=UNSIGNED_ACTIVATIONS, weight_dtypes=WEIGHTS_8_4,
+    quantizer="htp", default_scheme="int16",
+    refuses=("w8", "state", "group-size", "gptq", "rotate", "smooth", "max-loss-increase"),
+    refusal_reason="HTP reads quantized activations only, its 4-bit weights have one scale per output channel, and "
+                   "smoothing, rotation, GPTQ and mixed precision are CPU-pipeline steps"))
+# MatMulNBits is ONNX Runtime's own op; the NPU takes 4-bit weights as standard blocked DequantizeLinear
+register_profile(Profile("openvino-npu", OPENVINO_NPU_OPS, int4_format="qdq"))
+# TVM's graphs are made static (batch 1) when compiled, so a symbolic batch is fine here
+register_profile(Profile("tvm", None, static=False, bad_initializer_dtypes=FOUR_BIT, ops_from=_tvm_ops,
+                         exportable=False))
+
+
 def get_profile(name: str) -> Profile:
     """The profile called `name` (ort-cpu, qnn-htp, openvino-npu, tvm)."""
-    if name == "ort-cpu":
-        return Profile(name, None)
-    if name == "qnn-htp":
-        return Profile(name, QNN_HTP_OPS, quantized_activations=UNSIGNED_ACTIVATIONS, weight_dtypes=WEIGHTS_8_4)
-    if name == "openvino-npu":
-        return Profile(name, OPENVINO_NPU_OPS)
-    if name == "tvm":
-        # TVM's graphs are made static (batch 1) when compiled, so a symbolic batch is fine here
-        return Profile(name, _tvm_ops(), static=False, bad_initializer_dtypes=FOUR_BIT)
-    raise EdgelinError(f"unknown profile {name!r}; choose from {', '.join(PROFILE_NAMES)}")
+    profile = PROFILES.get(name)
+    if profile is None:
+        raise EdgelinError(f"unknown profile {name!r}; choose from {', '.join(PROFILES)}")
+    return dataclasses.replace(profile, ops=profile.ops_from()) if profile.ops_from else profile
 
 
-PROFILE_NAMES = ("ort-cpu", "qnn-htp", "openvino-npu", "tvm")
-EXPORT_PROFILES = ("ort-cpu", "qnn-htp", "openvino-npu")
+def export_profile(name: str) -> Profile:
+    """The profile `edgelin export --profile NAME` builds for."""
+    profile = PROFILES.get(name)
+    if profile is None or not profile.exportable:
+        names = [p.name for p in PROFILES.values() if p.exportable]
+        raise EdgelinError(f"--profile must be one of {', '.join(names)}, not {name!r}")
+    return profile
 
 
-def apply_profile(package_dir: str | os.PathLike, name: str) -> Path:
-    """Make a package's step graphs static for profile `name` (batch 1, shapes folded), in place.
+def apply_profile(package_dir: str | os.PathLike, name: str, out_dir: str | os.PathLike | None = None, *,
+                  force: bool = False) -> Path:
+    """Make a package's step graphs fit profile `name`: static (batch 1, shapes folded) where the
+    target wants static shapes, and ops the target lacks rewritten where an exact equivalent exists
+    (`lowering.lower_graph`).
 
-    Ops the target lacks are rewritten where an exact equivalent exists (`lowering.lower_graph`).
-    The manifest records `"profile": {"name": ..., "batch": 1}`. Dtypes are the quantizer's job:
-    `edgelin export --profile qnn-htp` runs `edgelin.quantize.htp` after this; `edgelin check`
-    lists whatever remains.
+    The manifest records `"profile": {"name": ..., "batch": 1}` (without "batch" when it stays
+    symbolic); compiled back-end graphs are dropped (they belong to the old graphs). Dtypes are the
+    quantizer's job (`Profile.quantizer`); `edgelin check` lists whatever remains.
+
+    Args:
+        package_dir: the package.
+        name: an export profile (ort-cpu, qnn-htp, openvino-npu).
+        out_dir: where to write the new package (default: `package_dir`, in place).
+        force: replace an existing `out_dir`.
+    Returns:
+        The new package's directory.
     """
     from edgelin.exporters.lowering import lower_graph
     from edgelin.exporters.static import make_static
     from edgelin.exporters.weights import save_graphs
-    from edgelin.runtime.package import read_package, write_package
+    from edgelin.runtime.package import read_package, rewrite_package
     from edgelin.runtime.weights import WEIGHTS_FILE
 
-    if name not in EXPORT_PROFILES:
-        raise EdgelinError(f"unknown profile {name!r}; choose from {', '.join(EXPORT_PROFILES)}")
+    target = export_profile(name)
     root = Path(package_dir)
     manifest = read_package(root)
-    doc = {k: v for k, v in manifest.raw.items() if k not in ("files", "format_version", "backends")}
-    doc["profile"] = {"name": name, "batch": 1}
     graph_files = {g: spec.file for g, spec in manifest.graphs.items()}
     with TemporaryDirectory(prefix="edgelin-profile-") as tmp:
-        files: dict[str, Path | bytes] = {n: root / n for n in manifest.files if n.split("/")[0] not in ("openvino", "tvm")
-                                          and n not in graph_files.values() and n != WEIGHTS_FILE}
-        protos = {g: lower_graph(make_static(onnx.load(str(root / f)), batch=1), get_profile(name).ops)
-                  for g, f in graph_files.items()}
-        paths, doc["weights"] = save_graphs(protos, graph_files, Path(tmp))
-        return write_package(root, {**files, **paths}, doc, force=True)
+        protos = {}
+        for g, f in graph_files.items():
+            proto = onnx.load(str(root / f))
+            protos[g] = lower_graph(make_static(proto, batch=1) if target.static else proto, target.ops)
+        paths, weights = save_graphs(protos, graph_files, Path(tmp))
+        record = {"name": name, "batch": 1} if target.static else {"name": name}
+        return rewrite_package(root, out_dir or root, files=paths, update={"profile": record, "weights": weights},
+                               drop_files=("openvino/", "tvm/", WEIGHTS_FILE, *graph_files.values()),
+                               drop_fields=("backends",), force=force or out_dir is None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from edgelin.errors import EdgelinError
 from edgelin.models.config import LMConfig
 from edgelin.models.layers import MIXERS
 from edgelin.models.layers.base import State
@@ -15,7 +16,11 @@ class Block(nn.Module):
     def __init__(self, config: LMConfig, layer: int):
         super().__init__()
         self.mixer_norm = RMSNorm(config.d_model, config.norm_eps)
-        self.mixer = MIXERS[config.mixer(layer)](config, layer)
+        name = config.mixer(layer)
+        try:
+            self.mixer = MIXERS[name](config, layer)
+        except ValueError as e:  # a family's own checks of its sizes (divisibility, kernel lengths, ...)
+            raise EdgelinError(f"config: mixer {name!r} in layer {layer}: {e}") from None
         self.mlp_norm = RMSNorm(config.d_model, config.norm_eps) if config.ffn_dim else None
         self.mlp = SwiGLU(config.d_model, config.ffn_dim) if config.ffn_dim else None
 

@@ -16,6 +16,7 @@ import torch
 
 from edgelin.quantize.primitives import WeightQuant, quantize_weight
 from edgelin.runtime.package import read_package
+from edgelin.sites import activation_inputs, graph_sites
 
 DAMP = 0.01
 BLOCK = 128
@@ -23,36 +24,26 @@ BLOCK = 128
 
 def collect_hessians(fp_dir: str | Path, ids: np.ndarray) -> dict[str, np.ndarray]:
     """Layer name -> H = 2 X^T X / n over `ids` [B, T] streamed through the prefill graph (states carried)."""
-    import onnxruntime as ort
-
-    from edgelin.quantize.qdq import canonical_layer_names, weight_matmuls
+    from edgelin.calibration.probe import Probe
 
     root = Path(fp_dir)
     m = read_package(root)
-    protos = {name: onnx.load(str(root / g.file)) for name, g in m.graphs.items()}
-    names = canonical_layer_names(protos)["prefill"]
-    proto = protos["prefill"]
-    inputs = {}
-    for node in weight_matmuls(proto):
-        inputs.setdefault(node.input[0], []).append(names[node.name])
-    proto.graph.output.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in inputs)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    outs = [o.name for o in sess.get_outputs()]
-    C = m.graphs["prefill"].tokens
-    state = {s.input: np.zeros(s.shape_for(ids.shape[0]), s.np_dtype) for s in m.states}
+    proto = onnx.load(str(root / m.graphs["prefill"].file), load_external_data=False)
+    inputs: dict[str, list[str]] = {}
+    for site in graph_sites(m.raw, "prefill").linears():
+        for _, act in activation_inputs(proto, site):
+            inputs.setdefault(act, []).append(site.name)
     acc: dict[str, np.ndarray] = {}
-    n = 0
-    for a in range(0, ids.shape[1] - C + 1, C):
-        r = dict(zip(outs, sess.run(None, {"input_ids": ids[:, a:a + C], **state})))
-        state = {s.input: r[s.output] for s in m.states}
-        n += ids.shape[0] * C
+    rows = [0]
+
+    def accumulate(_graph: str, _feeds: dict, out: dict[str, np.ndarray]) -> None:
+        rows[0] += ids.shape[0] * m.graphs["prefill"].tokens
         for t in inputs:
-            x = r[t].reshape(-1, r[t].shape[-1]).astype(np.float64)
+            x = out[t].reshape(-1, out[t].shape[-1]).astype(np.float64)
             acc[t] = acc.get(t, 0) + x.T @ x
-    return {layer: 2 * acc[t] / max(n, 1) for t, layers in inputs.items() if t in acc for layer in layers}
+
+    Probe(root, extra={"prefill": inputs}).prefill_stream(ids, accumulate)
+    return {layer: 2 * acc[t] / max(rows[0], 1) for t, layers in inputs.items() if t in acc for layer in layers}
 
 
 @torch.no_grad()

@@ -39,6 +39,7 @@ from onnx import version_converter
 from edgelin.calibration.table import CalibrationTable
 from edgelin.errors import EdgelinError
 from edgelin.quantize.primitives import ActQuant, activation_qparams
+from edgelin.sites import GraphSites, activation_inputs
 
 Feeds = dict[str, np.ndarray]
 OPSET = 21  # standard 16-bit QuantizeLinear / DequantizeLinear
@@ -85,8 +86,9 @@ class HtpScheme:
                 "state_headroom": self.state_headroom, "observer": "minmax",
                 "quantizer": "onnxruntime.quantization (get_qnn_qdq_config)"}
 
-    def linear_overrides(self, proto: onnx.ModelProto, table: CalibrationTable, graph: str) -> dict[str, list[dict]]:
-        """ORT TensorQuantOverrides for the linear layers (MatMul by a 2-D weight) and embedding tables.
+    def linear_overrides(self, proto: onnx.ModelProto, sites: GraphSites, table: CalibrationTable,
+                         graph: str) -> dict[str, list[dict]]:
+        """ORT TensorQuantOverrides for the declared linear layers and embedding tables.
 
         uint8 inputs take the MSE range of edgelin's calibration table (as `--int8` does on the CPU;
         ORT's min-max range costs gla-1m's W8A8 a larger KL); uint16 keeps ORT's min-max.
@@ -94,19 +96,18 @@ class HtpScheme:
         from onnxruntime.quantization import QuantType
 
         weight = QuantType.QInt8 if self.weight_bits == 8 else QuantType.QInt4
-        inits = {t.name: t for t in proto.graph.initializer}
         out: dict[str, list[dict]] = {}
-        for n in proto.graph.node:
-            if n.op_type == "Gather" and n.input[0] in inits and len(inits[n.input[0]].dims) == 2:
-                out[n.input[0]] = [{"quant_type": QuantType.QUInt8}]  # ORT would give it the activation type
-            if n.op_type == "MatMul" and n.input[1] in inits and len(inits[n.input[1]].dims) == 2:
-                out[n.input[1]] = [{"quant_type": weight, "symmetric": True, "axis": 1}]
-                if self.matmul_act_bits == 8 and n.input[0] not in inits:
-                    spec: dict[str, Any] = {"quant_type": QuantType.QUInt8}
-                    if n.input[0] in table.graphs.get(graph, {}):
-                        lo, hi = table.range(graph, n.input[0], "mse")
-                        spec.update(rmin=np.array(min(lo, 0.0), np.float32), rmax=np.array(max(hi, 0.0), np.float32))
-                    out[n.input[0]] = [spec]
+        for site in sites.weights.values():
+            if site.kind == "embedding":
+                out[site.initializer] = [{"quant_type": QuantType.QUInt8}]  # ORT would give it the activation type
+                continue
+            out[site.initializer] = [{"quant_type": weight, "symmetric": True, "axis": site.axis}]
+            for _, act in activation_inputs(proto, site) if self.matmul_act_bits == 8 else ():
+                spec: dict[str, Any] = {"quant_type": QuantType.QUInt8}
+                if act in table.graphs.get(graph, {}):
+                    lo, hi = table.range(graph, act, "mse")
+                    spec.update(rmin=np.array(min(lo, 0.0), np.float32), rmax=np.array(max(hi, 0.0), np.float32))
+                out[act] = [spec]
         return out
 
 
@@ -116,7 +117,7 @@ def state_overrides(entries: list[dict], table: CalibrationTable, headroom: floa
 
     out: dict[str, list[dict]] = {}
     for s in entries:
-        if s["kind"] == "window_mask":
+        if s.get("policy") == "float":  # 0/1 flags
             lo, hi = 0.0, 1.0
         else:
             a = table.state_absmax(s["input"], s["output"]) * headroom
@@ -207,7 +208,7 @@ class _Reader:
 
 
 def quantize_graph_htp(proto: onnx.ModelProto, feeds: list[Feeds], overrides: dict[str, list[dict]],
-                       scheme: HtpScheme, table: CalibrationTable, graph: str) -> onnx.ModelProto:
+                       scheme: HtpScheme, table: CalibrationTable, graph: str, sites: GraphSites) -> onnx.ModelProto:
     """One static FP32 step graph -> its full-QDQ form (ORT's QNN configuration, states on `overrides`)."""
     from onnxruntime.quantization import QuantType, quantize
     from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config, qnn_preprocess_model
@@ -221,7 +222,7 @@ def quantize_graph_htp(proto: onnx.ModelProto, feeds: list[Feeds], overrides: di
         onnx.save(proto, str(src))
         if qnn_preprocess_model(str(src), str(pre)):
             src = pre
-        init = {**scheme.linear_overrides(proto, table, graph), **{k: [dict(v[0])] for k, v in overrides.items()}}
+        init = {**scheme.linear_overrides(proto, sites, table, graph), **{k: [dict(v[0])] for k, v in overrides.items()}}
         config = get_qnn_qdq_config(str(src), _Reader(feeds), activation_type=QuantType.QUInt16,
                                     weight_type=QuantType.QUInt8, init_overrides=init)
         config.extra_options["ForceQuantizeNoInputCheck"] = True  # a Where of two constants still gets QDQ

@@ -1,18 +1,22 @@
 """`edgelin export --profile qnn-htp` as package steps: calibration feeds with the states carried,
-the quantized package, and the pipeline FP package -> static -> full QDQ -> validated (see `htp.py`)."""
+and the quantized package (see `htp.py`). The pipeline around them is `edgelin.quantize.pipeline`'s."""
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import onnx
 
 from edgelin.calibration.collect import calibrate_package
 from edgelin.calibration.streams import MIN_STREAM_TOKENS, make_streams
+from edgelin.calibration.table import CalibrationTable
 from edgelin.errors import EdgelinError
 from edgelin.quantize.htp import Feeds, HtpScheme, quantize_graph_htp, state_overrides
+from edgelin.sites import graph_sites
+from edgelin.quantize.schemes import SCHEME_FLAGS
 
 
 def calibration_feeds(fp_dir: Path, text: str, streams: int, tokens: int, decode_every: int = 4
@@ -60,8 +64,18 @@ def _thin(items: list[Feeds], most: int) -> list[Feeds]:
     return [items[i] for i in np.linspace(0, len(items) - 1, most).round().astype(int)]
 
 
+def htp_scheme_by_name(name: str) -> HtpScheme:
+    """The HTP scheme a flag (int8, int16, int4, w4a8) or label (w8a8, w8a16, w4a16, w4a8, with or
+    without "-htp") names; the bits name the linear layers, everything else is uint16."""
+    found = re.fullmatch(r"w(\d+)a(\d+)", SCHEME_FLAGS.get(name, name).removesuffix("-htp"))
+    if found is None:
+        raise EdgelinError(f"unknown HTP scheme {name!r}; choose from int8, int16, int4, w4a8")
+    return HtpScheme(weight_bits=int(found[1]), matmul_act_bits=int(found[2]))
+
+
 def quantize_htp_package(fp_dir: str | Path, static_dir: str | Path, out_dir: str | Path, scheme: HtpScheme,
-                         text: str, *, streams: int = 4, tokens: int = MIN_STREAM_TOKENS, force: bool = False,
+                         text: str, *, table: CalibrationTable | None = None, streams: int = 4,
+                         tokens: int = MIN_STREAM_TOKENS, force: bool = False,
                          progress: Callable[[str, int, int], None] | None = None) -> Path:
     """Quantize a package for HTP.
 
@@ -71,77 +85,36 @@ def quantize_htp_package(fp_dir: str | Path, static_dir: str | Path, out_dir: st
         out_dir: the quantized package (written atomically; must not exist unless `force`).
         scheme: `HtpScheme(...)`.
         text: calibration text.
+        table: the calibration table of `fp_dir` (default: calibrated here on `text`).
     Returns:
         `out_dir`.
     """
     from edgelin.exporters.weights import save_graphs
-    from edgelin.runtime.package import read_package, write_package
+    from edgelin.runtime.package import read_package, rewrite_package
     from edgelin.runtime.weights import WEIGHTS_FILE
 
     fp_dir, static_dir = Path(fp_dir), Path(static_dir)
     step = progress or (lambda *a: None)
-    table = calibrate_package(fp_dir, text, streams=streams, tokens=tokens, progress=lambda d, t: step("calibrate", d, t))
+    if table is None:
+        table = calibrate_package(fp_dir, text, streams=streams, tokens=tokens,
+                                  progress=lambda d, t: step("calibrate", d, t))
     feeds = calibration_feeds(fp_dir, text, streams, tokens)
     m = read_package(static_dir)
     overrides = state_overrides(m.raw["states"], table, scheme.state_headroom)
+    graph_files = {name: g.file for name, g in m.graphs.items()}
     with tempfile.TemporaryDirectory(prefix="edgelin-htp-") as tmp:
-        files: dict[str, Path | bytes] = {n: static_dir / n for n in m.files if not n.endswith(".onnx") and n != WEIGHTS_FILE}
         protos = {}
-        for i, (name, g) in enumerate(m.graphs.items()):
-            step("quantize (qdq)", i, len(m.graphs))
-            protos[name] = quantize_graph_htp(onnx.load(str(static_dir / g.file)), _thin(feeds[name], scheme.max_feeds),
-                                              overrides, scheme, table, name)
-        paths, weights = save_graphs(protos, {name: g.file for name, g in m.graphs.items()}, Path(tmp))
-        files.update(paths)
-        step("quantize (qdq)", len(m.graphs), len(m.graphs))
-        files["calibration.json"] = table.to_json().encode()
+        for i, (name, file) in enumerate(graph_files.items()):
+            step("quantize (qdq)", i, len(graph_files))
+            protos[name] = quantize_graph_htp(onnx.load(str(static_dir / file)), _thin(feeds[name], scheme.max_feeds),
+                                              overrides, scheme, table, name, graph_sites(m.raw, name))
+        paths, weights = save_graphs(protos, graph_files, Path(tmp))
+        step("quantize (qdq)", len(graph_files), len(graph_files))
         # states stay float32 at the boundary (no "quant" entry); their uint16 grids are recorded here
         grids = {s["input"]: {"scale": float(overrides[s["input"]][0]["scale"]),
                               "zero_point": int(overrides[s["input"]][0]["zero_point"]), "dtype": "uint16"}
                  for s in m.raw["states"]}
-        doc = {k: v for k, v in m.raw.items() if k not in ("files", "format_version", "backends")}
-        doc.update(precision={**scheme.to_dict(), "state_grids": grids}, weights=weights,
-                   calibration={"file": "calibration.json", **table.summary()})
-        return write_package(out_dir, files, doc, force=force)
-
-
-def run_htp_pipeline(fp_dir: str | Path, out_dir: str | Path, scheme: HtpScheme, text: str, *,
-                     streams: int = 4, tokens: int = MIN_STREAM_TOKENS, horizon: int = 8192, validate: bool = True,
-                     force: bool = False, on_progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
-    """FP package -> static (qnn-htp profile) -> full QDQ -> validated package at `out_dir`.
-
-    Calibration uses the head of `text` (what its streams need), validation the rest, against the
-    FP package. The HTP graphs take batch 1, so validation runs one stream of up to `horizon` tokens.
-    Returns:
-        The validation dict (`compare_packages`), or {} when `validate` is False.
-    """
-    import shutil
-
-    from edgelin.exporters.profiles import apply_profile
-    from edgelin.quantize.pipeline import split_text
-    from edgelin.runtime.package import read_package, write_package
-    from edgelin.validate.metrics import compare_packages
-    from edgelin.validate.report import report_files
-
-    fp_dir, out = Path(fp_dir), Path(out_dir)
-    step = on_progress or (lambda *a: None)
-    if not text or not text.strip():
-        raise EdgelinError("the calibration text is empty")
-    calib, rest = split_text(fp_dir, text, streams, tokens)
-    with tempfile.TemporaryDirectory(prefix="edgelin-htp-", dir=out.parent if out.parent.exists() else None) as tmp:
-        static = Path(tmp) / "static"
-        shutil.copytree(fp_dir, static)
-        apply_profile(static, "qnn-htp")
-        staged = quantize_htp_package(fp_dir, static, Path(tmp) / "quantized", scheme, calib, streams=streams,
-                                      tokens=tokens, progress=step)
-        result: dict[str, Any] = {}
-        files: dict[str, Path | bytes] = {}
-        if validate:
-            result = compare_packages(fp_dir, staged, rest, horizon=horizon, streams=1,
-                                      progress=lambda d, t: step("validate", d, t))
-            result.update(candidate=str(out), calibration_text_reused=rest is calib)
-            files = {f"report/{k}": v for k, v in report_files(result).items()}
-        m = read_package(staged)
-        files.update({name: staged / name for name in m.files})
-        write_package(out, files, {k: v for k, v in m.raw.items() if k not in ("files", "format_version")}, force=force)
-    return result
+        return rewrite_package(static_dir, out_dir, files={**paths, "calibration.json": table.to_json().encode()},
+                               update={"precision": {**scheme.to_dict(), "state_grids": grids}, "weights": weights,
+                                       "calibration": {"file": "calibration.json", **table.summary()}},
+                               drop_files=(WEIGHTS_FILE, *graph_files.values()), drop_fields=("backends",), force=force)

@@ -12,9 +12,10 @@ import onnx
 from edgelin.calibration.table import CalibrationTable
 from edgelin.errors import EdgelinError
 from edgelin.exporters.weights import save_graphs
-from edgelin.quantize.qdq import canonical_layer_names, quantize_graph, state_qparams
+from edgelin.quantize.qdq import quantize_graph, state_qparams
 from edgelin.quantize.schemes import QuantScheme
-from edgelin.runtime.package import read_package, write_package
+from edgelin.runtime.package import manifest_fields, read_package, write_package
+from edgelin.sites import graph_sites
 
 
 def quantize_protos(fp_dir: str | Path, scheme: QuantScheme, table: CalibrationTable,
@@ -31,10 +32,10 @@ def quantize_protos(fp_dir: str | Path, scheme: QuantScheme, table: CalibrationT
     entries = m.raw["states"]
     sq = state_qparams(entries, table, scheme)
     fp = {name: onnx.load(str(root / g.file)) for name, g in m.graphs.items()}
-    names = canonical_layer_names(fp)
     protos, precision, cache = {}, {}, {}
     for name, proto in fp.items():
-        protos[name], prec = quantize_graph(proto, name, scheme, table, sq, entries, names[name], hessians, cache)
+        protos[name], prec = quantize_graph(proto, name, scheme, table, sq, entries, graph_sites(m.raw, name),
+                                            hessians, cache)
         precision.update(prec)
     states = []
     for s in entries:
@@ -82,8 +83,11 @@ def quantize_package(fp_dir: str | Path, out_dir: str | Path, scheme: QuantSchem
         files["calibration.json"] = table.to_json().encode()
         files.update(extra_files or {})
         # Compiled back-end files belong to the FP graphs: `edgelin compile` rebuilds them for these.
-        manifest = {k: v for k, v in m.raw.items() if k not in ("files", "format_version", "backends")}
+        manifest = manifest_fields(m, drop=("backends",))
         manifest.update(fields, weights=weights)
+        for name in protos:  # the float weights are gone; which tensor leaves each block still holds
+            manifest["graphs"][name] = {**manifest["graphs"][name], "sites": {"weights": {}, "norms": {},
+                                        "blocks": graph_sites(m.raw, name).blocks}}
         return write_package(out_dir, files, manifest, force=force)
 
 

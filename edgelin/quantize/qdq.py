@@ -11,12 +11,13 @@ What it writes (opset 21, standard ONNX except MatMulNBits):
   * the embedding table as int8 per row -> DequantizeLinear(axis=0) -> Gather.
   * states: graph inputs and outputs become int16 (symmetric, per tensor, scale shared by both
     graphs) with a DequantizeLinear after each input and a QuantizeLinear before each output;
-    `window_mask` states stay float.
+    states whose policy is "float" (attention's `window_mask`) stay float.
+Which initializers are weights, and what each one is, comes from the graph's declared sites
+(edgelin/sites.py); the pass never guesses from node names or op patterns. A weight may be read by
+MatMul, Gemm or Einsum along any declared output axis; MatMulNBits needs a MatMul's [K, N].
 Integers come from `edgelin.quantize.primitives`, so QAT and export round identically.
 """
 from __future__ import annotations
-
-import hashlib
 
 import numpy as np
 import onnx
@@ -26,58 +27,11 @@ from edgelin.calibration.table import CalibrationTable
 from edgelin.errors import EdgelinError
 from edgelin.quantize.primitives import ActQuant, WeightQuant, activation_qparams, quantize_weight_np
 from edgelin.quantize.schemes import Int4Format, LayerPrecision, QuantScheme
+from edgelin.sites import GraphSites, WeightSite, activation_inputs, weight_readers
 
 OPSET = 21
-FLOAT_STATES_KINDS = {"window_mask"}
 NP_TO_ONNX = {np.dtype(np.int8): TensorProto.INT8, np.dtype(np.uint8): TensorProto.UINT8,
               np.dtype(np.int16): TensorProto.INT16, np.dtype(np.uint16): TensorProto.UINT16}
-
-
-def layer_name(node_name: str) -> str:
-    """'/blocks.0/gk_proj/gk_proj.0/MatMul' -> 'blocks.0.gk_proj.0' (the torch module's name)."""
-    parts = [p for p in node_name.split("/") if p][:-1]
-    if not parts:
-        return node_name
-    name, last = parts[0], parts[0]
-    for p in parts[1:]:
-        name += p[len(last):] if p.startswith(last + ".") else "." + p
-        last = p
-    return name
-
-
-def canonical_layer_names(protos: dict[str, onnx.ModelProto]) -> dict[str, dict[str, str]]:
-    """graph -> MatMul node name -> one layer name shared by every graph.
-
-    The tracer scopes the decode graph (step methods) and the prefill graph (module calls)
-    differently ('blocks.0.q_proj' vs 'model.blocks.0.mixer.q_proj'), so layers are matched by
-    their weight bytes and named after the most complete scope, without the 'model.' prefix.
-    """
-    keyed: dict[str, list[tuple[str, str]]] = {}
-    for graph, proto in protos.items():
-        inits = {i.name: i for i in proto.graph.initializer}
-        for node in weight_matmuls(proto):
-            w = numpy_helper.to_array(inits[node.input[1]])
-            key = hashlib.sha1(np.ascontiguousarray(w).tobytes() + bytes(str(w.shape), "ascii")).hexdigest()
-            keyed.setdefault(key, []).append((graph, node.name))
-    out: dict[str, dict[str, str]] = {g: {} for g in protos}
-    for refs in keyed.values():
-        names = [layer_name(n).removeprefix("model.") for _, n in refs]
-        best = max(names, key=lambda n: (len(n), n))
-        for graph, node_name in refs:
-            out[graph][node_name] = best
-    return out
-
-
-def is_weight_matmul(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> bool:
-    """A MatMul whose second input is a 2-D float initializer: one of the model's linear layers."""
-    return (node.op_type == "MatMul" and node.input[1] in inits and len(inits[node.input[1]].dims) == 2
-            and inits[node.input[1]].data_type == TensorProto.FLOAT)
-
-
-def weight_matmuls(proto: onnx.ModelProto) -> list[onnx.NodeProto]:
-    """The weight MatMul nodes of a graph, in graph order."""
-    inits = {i.name: i for i in proto.graph.initializer}
-    return [n for n in proto.graph.node if is_weight_matmul(n, inits)]
 
 
 class _Graph:
@@ -113,24 +67,44 @@ def _qdq_activation(b: _Graph, tensor: str, scale: np.float32, zero: int, spec: 
     return cache[tensor]
 
 
-def _int8_weight(b: _Graph, name: str, w: np.ndarray) -> str:
-    """w [K, N] -> DequantizeLinear output name."""
-    q, scale, _ = quantize_weight_np(w.T, WeightQuant(8))  # torch layout [N, K]
-    qn = b.add_init(f"{name}_int8", np.ascontiguousarray(q.T))
+def _int8_weight(b: _Graph, name: str, w: np.ndarray, axis: int) -> str:
+    """w (any rank) -> DequantizeLinear output name, one scale per index of `axis`."""
+    rows = np.moveaxis(w, axis, 0)
+    q, scale, _ = quantize_weight_np(rows.reshape(rows.shape[0], -1), WeightQuant(8))
+    qn = b.add_init(f"{name}_int8", np.ascontiguousarray(np.moveaxis(q.reshape(rows.shape), 0, axis)))
     sn = b.add_init(f"{name}_scale", scale[:, 0].astype(np.float32))
     zn = b.add_init(f"{name}_zero_point", np.zeros(q.shape[0], np.int8))
-    b.new_nodes.append((0, helper.make_node("DequantizeLinear", [qn, sn, zn], [f"{name}_dq"], name=f"{name}_DQ", axis=1)))
+    b.new_nodes.append((0, helper.make_node("DequantizeLinear", [qn, sn, zn], [f"{name}_dq"], name=f"{name}_DQ", axis=axis)))
     return f"{name}_dq"
 
 
-def _int4_qdq_weight(b: _Graph, name: str, ints: tuple, spec: WeightQuant) -> str:
+def _int4_qdq_weight(b: _Graph, name: str, ints: tuple, spec: WeightQuant, axis: int) -> str:
+    """Blocks of G along the input axis of a 2-D weight; `axis` is its output axis as stored."""
     q, scale, zero = ints  # [N, K], [N, K/G], [N, K/G]
-    qn = b.add_init(f"{name}_uint4", np.ascontiguousarray(q.T), TensorProto.UINT4)
-    sn = b.add_init(f"{name}_scale", np.ascontiguousarray(scale.T))
-    zn = b.add_init(f"{name}_zero_point", np.ascontiguousarray(zero.T.astype(np.uint8)), TensorProto.UINT4)
+    if axis == 1:
+        q, scale, zero = q.T, scale.T, zero.T
+    qn = b.add_init(f"{name}_uint4", np.ascontiguousarray(q), TensorProto.UINT4)
+    sn = b.add_init(f"{name}_scale", np.ascontiguousarray(scale))
+    zn = b.add_init(f"{name}_zero_point", np.ascontiguousarray(zero.astype(np.uint8)), TensorProto.UINT4)
     b.new_nodes.append((0, helper.make_node("DequantizeLinear", [qn, sn, zn], [f"{name}_dq"], name=f"{name}_DQ",
-                                            axis=0, block_size=spec.group_size)))
+                                            axis=1 - axis, block_size=spec.group_size)))
     return f"{name}_dq"
+
+
+def _layer_spec(b: _Graph, site: WeightSite, scheme: QuantScheme) -> tuple[LayerPrecision, WeightQuant | None, np.ndarray]:
+    """(precision, weight spec, weight) of one layer; a 4-bit layer whose input size is not a
+    multiple of the group size (or that is not 2-D) falls back to int8."""
+    prec = scheme.precision_of(site.name)
+    spec = scheme.weight_quant(prec)
+    w = numpy_helper.to_array(b.inits[site.initializer])
+    if spec is not None and spec.bits == 4 and (w.ndim != 2 or w.shape[1 - site.axis] % spec.group_size):
+        prec, spec = LayerPrecision.INT8, WeightQuant(8)
+    return prec, spec, w
+
+
+def _nbits_ok(node: onnx.NodeProto, site: WeightSite) -> bool:
+    """MatMulNBits replaces a MatMul whose second input is the [K, N] weight itself."""
+    return node.op_type == "MatMul" and site.axis == 1 and node.input[1] == site.initializer
 
 
 def _matmul_nbits(b: _Graph, node: onnx.NodeProto, ints: tuple, spec: WeightQuant, a_input: str) -> onnx.NodeProto:
@@ -153,7 +127,7 @@ def _matmul_nbits(b: _Graph, node: onnx.NodeProto, ints: tuple, spec: WeightQuan
 
 def _int4_ints(layer: str, w: np.ndarray, spec: WeightQuant, scheme: QuantScheme,
                hessians: dict[str, np.ndarray] | None, cache: dict) -> tuple:
-    """(q, scale, zero) in torch layout for a 4-bit layer: RTN, or GPTQ when the scheme asks."""
+    """(q, scale, zero) in torch layout for a 4-bit layer (`w` [out, in]): RTN, or GPTQ when the scheme asks."""
     key = (layer, spec)
     if key not in cache:
         if scheme.gptq:
@@ -161,9 +135,9 @@ def _int4_ints(layer: str, w: np.ndarray, spec: WeightQuant, scheme: QuantScheme
                 raise EdgelinError(f"GPTQ needs calibration inputs for layer {layer}; run it through the pipeline")
             from edgelin.quantize.gptq import gptq_quantize
 
-            cache[key] = gptq_quantize(w.T, hessians[layer], spec)
+            cache[key] = gptq_quantize(w, hessians[layer], spec)
         else:
-            cache[key] = quantize_weight_np(w.T, spec)
+            cache[key] = quantize_weight_np(w, spec)
     return cache[key]
 
 
@@ -174,7 +148,7 @@ def state_qparams(entries: list[dict], table: CalibrationTable, scheme: QuantSch
         return {}
     out = {}
     for s in entries:
-        if s["kind"] in FLOAT_STATES_KINDS:
+        if s.get("policy") == "float":
             continue
         a = table.state_absmax(s["input"], s["output"]) * scheme.state_headroom
         scale, zero = activation_qparams(-a, a, spec)
@@ -206,7 +180,7 @@ def _quantize_states(b: _Graph, qparams: dict[str, dict], entries: list[dict]) -
 
 
 def quantize_graph(proto: onnx.ModelProto, graph: str, scheme: QuantScheme, table: CalibrationTable,
-                   states: dict[str, dict], entries: list[dict], names: dict[str, str] | None = None,
+                   states: dict[str, dict], entries: list[dict], sites: GraphSites,
                    hessians: dict[str, np.ndarray] | None = None, cache: dict | None = None
                    ) -> tuple[onnx.ModelProto, dict[str, str]]:
     """Quantize one step graph (see the module docstring).
@@ -218,7 +192,7 @@ def quantize_graph(proto: onnx.ModelProto, graph: str, scheme: QuantScheme, tabl
         table: calibration ranges of this package.
         states: `state_qparams(...)`, shared by every graph of the package.
         entries: the manifest's state entries.
-        names: MatMul node name -> layer name (`canonical_layer_names`); scope names otherwise.
+        sites: the graph's declared sites (`edgelin.sites.graph_sites`).
         hessians: layer name -> GPTQ Hessian (`gptq.collect_hessians`), needed when `scheme.gptq`.
         cache: 4-bit integers by layer, shared between the graphs of one package (GPTQ runs once).
     Returns:
@@ -231,48 +205,48 @@ def quantize_graph(proto: onnx.ModelProto, graph: str, scheme: QuantScheme, tabl
     w_cache: dict[str, str] = {}
     replace: dict[int, onnx.NodeProto] = {}
     nodes = list(b.g.node)
-    for i, node in enumerate(nodes):
-        if not is_weight_matmul(node, b.inits):
-            continue
-        layer = (names or {}).get(node.name) or layer_name(node.name).removeprefix("model.")
-        prec = scheme.precision_of(layer)
-        w = numpy_helper.to_array(b.inits[node.input[1]])
-        spec = scheme.weight_quant(prec)
-        if spec is not None and spec.bits == 4 and w.shape[0] % spec.group_size:
-            prec, spec = LayerPrecision.INT8, WeightQuant(8)
-        precision[layer] = prec.value
+    position = {id(n): i for i, n in enumerate(nodes)}
+    first_use: dict[str, int] = {}  # an activation's Q/DQ goes before its first reader
+    for i, n in enumerate(nodes):
+        for x in n.input:
+            first_use.setdefault(x, i)
+    for site in sites.linears():
+        prec, spec, w = _layer_spec(b, site, scheme)
+        precision[site.name] = prec.value
         if spec is None:
             continue
-        a = node.input[0]
-        if a not in b.inits and scheme.act_bits:
-            lo, hi = table.range(graph, a, scheme.observer if scheme.act_bits == 8 else "minmax")
-            scale, zero = activation_qparams(lo, hi, scheme.activations)
-            a = _qdq_activation(b, a, scale, zero, scheme.activations, act_cache, i)
         ints = None
         if spec.bits == 4:
-            ints = _int4_ints(layer, w, spec, scheme, hessians, cache if cache is not None else {})
-        if spec.bits == 4 and scheme.int4_format == Int4Format.MATMUL_NBITS:
-            replace[i] = _matmul_nbits(b, node, ints, spec, a)
+            ints = _int4_ints(site.name, w if site.axis == 0 else w.T, spec, scheme, hessians,
+                              cache if cache is not None else {})
+        nbits = spec.bits == 4 and scheme.int4_format == Int4Format.MATMUL_NBITS
+        for node, act in activation_inputs(b.proto, site):
+            a = act
+            if scheme.act_bits:
+                lo, hi = table.range(graph, act, scheme.observer if scheme.act_bits == 8 else "minmax")
+                scale, zero = activation_qparams(lo, hi, scheme.activations)
+                a = _qdq_activation(b, act, scale, zero, scheme.activations, act_cache, first_use[act])
+            if nbits and _nbits_ok(node, site):
+                replace[position[id(node)]] = _matmul_nbits(b, node, ints, spec, a)
+            else:
+                node.input[list(node.input).index(act)] = a
+        remaining = [(n, i) for n, i in weight_readers(b.proto, site.initializer) if position[id(n)] not in replace]
+        if remaining:
+            key = f"{site.initializer}:{spec}"
+            if key not in w_cache:
+                w_cache[key] = (_int8_weight(b, site.initializer, w, site.axis) if spec.bits == 8
+                                else _int4_qdq_weight(b, site.initializer, ints, spec, site.axis))
+            for node, i in remaining:
+                node.input[i] = w_cache[key]
+    for site in sites.weights.values():
+        if site.kind != "embedding":
             continue
-        wname = node.input[1]
-        key = f"{wname}:{spec}"
-        if key not in w_cache:
-            w_cache[key] = _int8_weight(b, wname, w) if spec.bits == 8 else _int4_qdq_weight(b, wname, ints, spec)
-        node.input[0], node.input[1] = a, w_cache[key]
-    for node in nodes:
-        if node.op_type == "Gemm" and node.input[1] in b.inits:  # not produced by edgelin's exporter: left float
-            precision[(names or {}).get(node.name) or layer_name(node.name).removeprefix("model.")] = "fp32"
-        if node.op_type == "Gather" and node.input[0] in b.inits and len(b.inits[node.input[0]].dims) == 2:
-            layer = layer_name(node.name).removeprefix("model.")
-            precision[layer] = scheme.embedding.value
-            if scheme.embedding == LayerPrecision.INT8:
-                table_w = numpy_helper.to_array(b.inits[node.input[0]])
-                q, scale, _ = quantize_weight_np(table_w, WeightQuant(8))  # one scale per token row
-                name = node.input[0]
-                qn, sn = b.add_init(f"{name}_int8", q), b.add_init(f"{name}_scale", scale[:, 0])
-                zn = b.add_init(f"{name}_zero_point", np.zeros(q.shape[0], np.int8))
-                b.new_nodes.append((0, helper.make_node("DequantizeLinear", [qn, sn, zn], [f"{name}_dq"], name=f"{name}_DQ", axis=0)))
-                node.input[0] = f"{name}_dq"
+        precision[site.name] = scheme.embedding.value
+        if scheme.embedding == LayerPrecision.INT8:
+            key = f"{site.initializer}:int8"
+            w_cache.setdefault(key, _int8_weight(b, site.initializer, numpy_helper.to_array(b.inits[site.initializer]), 0))
+            for node, i in weight_readers(b.proto, site.initializer):
+                node.input[i] = w_cache[key]
     _quantize_states(b, states, entries)
     # rebuild the node list in order: new nodes go right before the node they feed
     out: list[onnx.NodeProto] = []

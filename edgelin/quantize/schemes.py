@@ -199,3 +199,35 @@ class W8(QuantScheme):
 
 
 SCHEMES: dict[str, type[QuantScheme]] = {c.name: c for c in (W8A8, W8A16, W4A16, W4A8, W8)}
+
+# the command line's scheme flags (--int8, ...) and the scheme each names
+SCHEME_FLAGS: dict[str, str] = {"int8": "w8a8", "int16": "w8a16", "int4": "w4a16", "w4a8": "w4a8", "w8": "w8"}
+
+
+def scheme_by_name(name: str, *, group_size: int | None = None, **options: Any) -> QuantScheme:
+    """The scheme `name` names, with `options` as its fields.
+
+    Args:
+        name: a scheme name (w8a8, w8a16, w4a16, w4a8, w8) or the flag that names it
+            (int8, int16, int4, w4a8, w8).
+        group_size: the 4-bit block size (`PerGroup(group_size)`); None keeps 32.
+        options: any other field of the scheme (state="fp32", smooth=0.5, gptq=True, ...); a
+            None value keeps the scheme's default.
+    Returns:
+        The scheme, checked.
+    Example:
+        >>> scheme_by_name("int4", group_size=64, gptq=True).granularity
+        PerGroup(size=64)
+    """
+    cls = SCHEMES.get(SCHEME_FLAGS.get(name, name))
+    if cls is None:
+        raise EdgelinError(f"unknown quantization scheme {name!r}; known: {', '.join([*SCHEME_FLAGS, *SCHEMES])}")
+    kwargs = {k: v for k, v in options.items() if v is not None}
+    if group_size is not None:
+        if cls.weight_bits != 4:
+            raise EdgelinError(f"{cls.name} has one weight scale per channel; --group-size is for 4-bit schemes")
+        kwargs["granularity"] = PerGroup(group_size)
+    unknown = sorted(set(kwargs) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise EdgelinError(f"{cls.name} has no option {', '.join(unknown)}")
+    return cls(**kwargs)

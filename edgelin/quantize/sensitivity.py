@@ -15,43 +15,35 @@ from typing import Callable
 import numpy as np
 import onnx
 
+from edgelin.calibration.probe import Probe
 from edgelin.calibration.table import CalibrationTable
 from edgelin.errors import EdgelinError
-from edgelin.quantize.qdq import canonical_layer_names, quantize_graph, state_qparams
+from edgelin.quantize.qdq import quantize_graph, state_qparams
 from edgelin.quantize.schemes import LayerPrecision, QuantScheme, StatePrecision
 from edgelin.runtime.package import read_package
+from edgelin.sites import graph_sites
 
 UP = {LayerPrecision.INT4: LayerPrecision.INT8, LayerPrecision.INT8: LayerPrecision.FP32}
 
 
-def _session(proto: onnx.ModelProto):
-    import onnxruntime as ort
+def prefill_loss(probe: Probe, ids: np.ndarray) -> float:
+    """Mean next-token NLL of a probe's prefill graph over `ids` [B, T] (states carried, zero-started)."""
+    C, T = probe.chunk, ids.shape[1]
+    pos, total, count = 0, 0.0, 0
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.intra_op_num_threads = 2
-    return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-
-
-def prefill_loss(proto: onnx.ModelProto, ids: np.ndarray, chunk: int) -> float:
-    """Mean next-token NLL of a prefill step graph over `ids` [B, T] (states carried, zero-started)."""
-    sess = _session(proto)
-    feeds_state = {i.name: np.zeros([ids.shape[0] if not d.dim_value else d.dim_value for d in i.type.tensor_type.shape.dim],
-                                    onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type))
-                   for i in proto.graph.input if i.name != "input_ids"}
-    outs = [o.name for o in sess.get_outputs()]
-    total, count = 0.0, 0
-    for a in range(0, ids.shape[1] - chunk + 1, chunk):
-        r = dict(zip(outs, sess.run(None, {"input_ids": ids[:, a:a + chunk], **feeds_state})))
-        feeds_state = {k: r[k.replace("past_key_values.", "present.")] for k in feeds_state}
-        lg = r["logits"][:, :-1].astype(np.float64) if a + chunk >= ids.shape[1] else r["logits"].astype(np.float64)
-        tgt = ids[:, a + 1:a + 1 + lg.shape[1]]
+    def nll(_graph: str, _feeds: dict, out: dict[str, np.ndarray]) -> None:
+        nonlocal pos, total, count
+        lg = (out["logits"][:, :-1] if pos + C >= T else out["logits"]).astype(np.float64)
+        tgt = ids[:, pos + 1:pos + 1 + lg.shape[1]]
         lg = lg - lg.max(-1, keepdims=True)
         lp = lg - np.log(np.exp(lg).sum(-1, keepdims=True))
         total -= float(np.take_along_axis(lp, tgt[..., None], -1).sum())
         count += tgt.size
+        pos += C
+
+    probe.prefill_stream(ids, nll)
     if count == 0:
-        raise EdgelinError(f"need at least one prefill chunk ({chunk} tokens) of text to measure a loss")
+        raise EdgelinError(f"need at least one prefill chunk ({C} tokens) of text to measure a loss")
     return total / count
 
 
@@ -61,19 +53,20 @@ class LossProbe:
     def __init__(self, fp_dir: str | Path, table: CalibrationTable, ids: np.ndarray):
         root = Path(fp_dir)
         m = read_package(root)
-        self.entries, self.table, self.ids = m.raw["states"], table, ids
-        fp = {name: onnx.load(str(root / g.file)) for name, g in m.graphs.items()}
-        self.names = canonical_layer_names(fp)["prefill"]
-        self.proto, self.chunk = fp["prefill"], m.graphs["prefill"].tokens
-        self.fp_loss = prefill_loss(self.proto, ids, self.chunk)
+        self.root, self.entries, self.table, self.ids = root, m.raw["states"], table, ids
+        self.sites = graph_sites(m.raw, "prefill")
+        self.proto = onnx.load(str(root / m.graphs["prefill"].file))
+        self.fp_loss = prefill_loss(Probe(root, graphs={"prefill": self.proto}), ids)
 
     def layers(self) -> list[str]:
-        return sorted(set(self.names.values()))
+        return sorted(w.name for w in self.sites.linears())
 
     def increase_pct(self, scheme: QuantScheme) -> float:
         sq = state_qparams(self.entries, self.table, scheme)
-        q, _ = quantize_graph(self.proto, "prefill", scheme, self.table, sq, self.entries, self.names)
-        return 100.0 * (prefill_loss(q, self.ids, self.chunk) - self.fp_loss) / self.fp_loss
+        q, _ = quantize_graph(self.proto, "prefill", scheme, self.table, sq, self.entries, self.sites)
+        states = [{**s, "dtype": sq[s["input"]]["dtype"]} if s["input"] in sq else s for s in self.entries]
+        probe = Probe(self.root, graphs={"prefill": q}, states=states)
+        return 100.0 * (prefill_loss(probe, self.ids) - self.fp_loss) / self.fp_loss
 
 
 def layer_sensitivity(probe: LossProbe, scheme: QuantScheme,

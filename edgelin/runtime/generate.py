@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -25,14 +25,14 @@ class Generation(Iterator[int]):
         self.session, self.sampling, self.state = session, sampling, state
         self.max_new_tokens, self.stop_ids = max_new_tokens, set(stop_ids)
         self.tokens: list[int] = []
-        self.pending: list[int] = [int(t) for t in prompt_ids]
+        self.pending: list[int] = prompt_ids.tolist()
         self._rng = np.random.default_rng(seed)
         self._done = max_new_tokens == 0
 
     def __next__(self) -> int:
         if self._done or len(self.tokens) >= self.max_new_tokens:
             raise StopIteration
-        logits, self.state = self.session.forward(np.array([self.pending], np.int64), self.state)
+        logits, self.state = self.session.forward(np.array([self.pending], np.int64), self.state, logits="last")
         token = int(sample(logits[:, -1], self.sampling, self._rng)[0])
         self.pending = [token]
         if token in self.stop_ids:
@@ -40,6 +40,10 @@ class Generation(Iterator[int]):
             raise StopIteration
         self.tokens.append(token)
         return token
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
 def generate(session: Session, prompt_ids: Sequence[int] | np.ndarray, max_new_tokens: int,
@@ -61,7 +65,12 @@ def generate(session: Session, prompt_ids: Sequence[int] | np.ndarray, max_new_t
         >>> for t in generate(Session("pkg"), [72, 105], 16, SamplingConfig(0.8, top_k=40), seed=1):  # doctest: +SKIP
         ...     print(t)
     """
-    ids = np.asarray(prompt_ids)
+    if not isinstance(session, Session):
+        raise EdgelinError(f"session must be a Session, not {type(session).__name__}")
+    try:
+        ids = np.asarray(prompt_ids)
+    except (ValueError, TypeError):
+        raise EdgelinError("prompt_ids must be 1-D token ids") from None
     if ids.ndim != 1 or ids.size == 0:
         raise EdgelinError("the prompt is empty; give at least one token" if ids.size == 0
                            else f"prompt_ids must be 1-D token ids, got shape {ids.shape}")
@@ -70,8 +79,16 @@ def generate(session: Session, prompt_ids: Sequence[int] | np.ndarray, max_new_t
     bad = ids[(ids < 0) | (ids >= session.vocab_size)]
     if bad.size:
         raise EdgelinError(f"token id {int(bad[0])} is outside the vocabulary [0, {session.vocab_size})")
-    if max_new_tokens < 0:
-        raise EdgelinError(f"max_new_tokens must be >= 0, not {max_new_tokens}")
+    if not _is_int(max_new_tokens) or max_new_tokens < 0:
+        raise EdgelinError(f"max_new_tokens must be an integer >= 0, not {max_new_tokens!r:.40}")
+    if not isinstance(sampling, SamplingConfig):
+        raise EdgelinError(f"sampling must be a SamplingConfig, not {type(sampling).__name__}")
+    if seed is not None and (not _is_int(seed) or seed < 0):
+        raise EdgelinError(f"seed must be an integer >= 0 or None, not {seed!r:.40}")
+    if state is not None and not isinstance(state, Mapping):
+        raise EdgelinError(f"state must be a state mapping (session.new_state()), not {type(state).__name__}")
+    if isinstance(stop_ids, (str, bytes)) or not isinstance(stop_ids, Collection) or not all(map(_is_int, stop_ids)):
+        raise EdgelinError("stop_ids must be a collection of token ids")
     state = session.new_state(1) if state is None else state
     return Generation(session, ids, max_new_tokens, sampling, seed, state, stop_ids)
 
@@ -82,6 +99,8 @@ def generate_text(session: Session, tokenizer: Tokenizer, prompt: str, max_new_t
     """Like `generate`, but takes text and streams decoded text pieces (whole characters only).
 
     A fresh sequence (no `state`) starts with the package's bos_id; its eos_id ends generation."""
+    if not isinstance(prompt, str):
+        raise EdgelinError(f"the prompt must be text (str), not {type(prompt).__name__}")
     ids = encode_prompt(tokenizer, prompt) if state is None else tokenizer.encode(prompt)
     stop = {*stop_ids, *([tokenizer.eos_id] if tokenizer.eos_id is not None else [])}
     tokens = generate(session, ids, max_new_tokens, sampling, seed, state, stop)

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,10 +15,15 @@ from typing import Any
 import numpy as np
 
 from edgelin.errors import EdgelinError
+from edgelin.runtime.schema import MAX_JSON_DEPTH, Checker, check_states, check_weights_index, json_depth, short
 
 FORMAT_VERSION = 2  # 2: conv_state channel-last [batch, kernel - 1, channels] (1: [batch, channels, kernel - 1])
 READABLE_VERSIONS = (1, 2)  # a state's layout only matters to code that looks inside it; the graphs carry their own
 MANIFEST = "manifest.json"
+MAX_MANIFEST_BYTES = 32 << 20
+MAX_FILE_BYTES = 16 << 30  # per package file; EDGELIN_MAX_FILE_BYTES overrides it
+MAX_VOCAB = 1 << 24
+MAX_TOKENS = 1 << 16  # of a prefill graph
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,12 @@ class StateSpec:
     def np_dtype(self) -> np.dtype:
         """The state's dtype as a numpy dtype."""
         return np.dtype(self.dtype)
+
+
+def state_spec(entry: dict[str, Any]) -> StateSpec:
+    """A StateSpec from a `states` entry of manifest.json (checked by `schema.check_states`)."""
+    return StateSpec(entry["input"], entry["output"], entry["layer"], entry["kind"], tuple(entry["shape"]),
+                     entry.get("dtype", "float32"))
 
 
 @dataclass(frozen=True)
@@ -70,58 +82,62 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "manifest.json") -> "Manifest":
-        """Parse and check a manifest dict; a malformed one raises EdgelinError naming `where`."""
+        """Parse and check a manifest dict against the schema of docs/FORMAT.md; a malformed one
+        raises EdgelinError naming `where` and the bad field."""
         if not isinstance(d, dict):
             raise EdgelinError(f"{where} is not a JSON object")
         version = d.get("format_version")
         if type(version) is not int or version not in READABLE_VERSIONS:
             raise EdgelinError(
-                f"{where} has package format version {version!r}; this edgelin reads "
+                f"{where} has package format version {short(version)}; this edgelin reads "
                 f"versions {', '.join(map(str, READABLE_VERSIONS))} (re-export the model or upgrade edgelin)"
             )
-        try:
-            graphs = {k: GraphSpec(str(g["file"]), int(g["tokens"])) for k, g in d["graphs"].items()}
-            states = [
-                StateSpec(str(s["input"]), str(s["output"]), int(s["layer"]), str(s["kind"]),
-                          tuple(s["shape"]), str(s.get("dtype", "float32")))
-                for s in d["states"]
-            ]
-            m = cls(version, int(d["vocab_size"]), dict(d.get("tokenizer") or {"type": "bytes"}),
-                    graphs, states, {str(k): str(v) for k, v in d["files"].items()},
-                    str(d.get("producer", "")), dict(d.get("architecture") or {}),
-                    dict(d.get("precision") or {}), d)
-        except KeyError as e:
-            raise EdgelinError(f"{where} is missing the field {e.args[0]!r}") from None
-        except (TypeError, ValueError, AttributeError) as e:
-            raise EdgelinError(f"{where} is malformed: {e}") from None
-        m._check(where)
-        return m
-
-    def _check(self, where: str) -> None:
-        if "decode" not in self.graphs:
+        for key in ("graphs", "states", "vocab_size", "files"):
+            if key not in d:
+                raise EdgelinError(f"{where} is missing the field {key!r}")
+        c = Checker(where)
+        files = {c.name(k, f"files[{short(k)}]"): c.digest(v, f"files.{k}")
+                 for k, v in c.dict(d["files"], "files").items()}
+        sizes = d.get("sizes")
+        if sizes is not None:
+            sizes = {c.name(k, "sizes key"): c.int(v, f"sizes.{k}") for k, v in c.dict(sizes, "sizes").items()}
+            if set(sizes) != set(files):
+                c.fail("sizes", "a map with the same names as 'files'", sorted(set(sizes) ^ set(files))[0])
+        vocab = c.int(d["vocab_size"], "vocab_size", 1, MAX_VOCAB)
+        graphs = {}
+        for name, g in c.dict(d["graphs"], "graphs", 16).items():
+            c.dict(g, f"graphs.{c.str(name, 'graphs key')}")
+            graphs[name] = GraphSpec(c.name(g.get("file"), f"graphs.{name}.file"),
+                                     c.int(g.get("tokens"), f"graphs.{name}.tokens", 1, MAX_TOKENS))
+            if graphs[name].file not in files:
+                raise EdgelinError(f"{where}: graph {name!r} file {graphs[name].file} is not listed in 'files'")
+            c.dict(g.get("sites") or {}, f"graphs.{name}.sites")
+        if "decode" not in graphs:
             raise EdgelinError(f"{where} lists no 'decode' graph")
-        for name, g in self.graphs.items():
-            if g.file not in self.files:
-                raise EdgelinError(f"{where}: graph {name!r} file {g.file} is not listed in 'files'")
-            if g.tokens < 1:
-                raise EdgelinError(f"{where}: graph {name!r} has tokens={g.tokens}; need >= 1")
-        if self.graphs["decode"].tokens != 1:
-            raise EdgelinError(f"{where}: the decode graph must have tokens=1, not {self.graphs['decode'].tokens}")
-        if self.vocab_size < 1:
-            raise EdgelinError(f"{where}: vocab_size must be >= 1, not {self.vocab_size}")
-        for s in self.states:
-            if s.shape.count("batch") != 1 or s.shape[0] != "batch":
-                raise EdgelinError(f"{where}: state {s.input} shape {list(s.shape)} must start with 'batch'")
-            try:
-                s.np_dtype
-            except TypeError:
-                raise EdgelinError(f"{where}: state {s.input} has unknown dtype {s.dtype!r}") from None
-        weights = self.raw.get("weights")
-        if weights is not None and (not isinstance(weights, dict) or weights.get("file") not in self.files):
-            raise EdgelinError(f"{where}: the weights file of 'weights' is not listed in 'files'")
-        tok_file = self.tokenizer.get("file")
-        if tok_file is not None and tok_file not in self.files:
-            raise EdgelinError(f"{where}: tokenizer file {tok_file} is not listed in 'files'")
+        if graphs["decode"].tokens != 1:
+            raise EdgelinError(f"{where}: the decode graph must have tokens=1, not {graphs['decode'].tokens}")
+        states = [state_spec(s) for s in check_states(c, d["states"])]
+        tokenizer = c.dict(d.get("tokenizer") or {"type": "bytes"}, "tokenizer")
+        c.str(tokenizer.get("type", "bytes"), "tokenizer.type")
+        if "file" in tokenizer and c.name(tokenizer["file"], "tokenizer.file") not in files:
+            raise EdgelinError(f"{where}: tokenizer file {tokenizer['file']} is not listed in 'files'")
+        for key in ("bos_id", "eos_id"):
+            if tokenizer.get(key) is not None:
+                c.int(tokenizer[key], f"tokenizer.{key}", 0, vocab - 1)
+        for key in ("producer", "source_layout"):
+            if key in d:
+                c.str(d[key], key, max_len=1 << 16)
+        for key in ("architecture", "precision", "profile", "backends"):
+            if d.get(key) is not None:
+                c.dict(d[key], key)
+        if "max_context" in d:
+            c.int(d["max_context"], "max_context", 1, 1 << 31)
+        if (d.get("profile") or {}).get("batch") is not None:
+            c.int(d["profile"]["batch"], "profile.batch", 1, 1 << 16)
+        if d.get("weights") is not None:
+            check_weights_index(c, d["weights"], files, sizes)
+        return cls(version, vocab, tokenizer, graphs, states, files, d.get("producer", ""),
+                   d.get("architecture") or {}, d.get("precision") or {}, d)
 
     def state_layout(self) -> list[tuple[str, list, str]]:
         """(input name, shape, dtype) for every state: what a state snapshot must match."""
@@ -137,42 +153,94 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _package_files(root: Path) -> set[str]:
-    names = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
-    return names - {MANIFEST}
+def max_file_bytes() -> int:
+    """The largest package file a reader accepts: EDGELIN_MAX_FILE_BYTES, else 16 GiB."""
+    value = os.environ.get("EDGELIN_MAX_FILE_BYTES", "")
+    if not value:
+        return MAX_FILE_BYTES
+    if not value.isdigit():
+        raise EdgelinError(f"EDGELIN_MAX_FILE_BYTES must be a number of bytes, not {value!r}")
+    return int(value)
+
+
+def _entries(root: Path) -> set[str]:
+    """Every entry of the package that is not a directory (symbolic links included, not followed)."""
+    names = set()
+    for top, dirs, files in os.walk(root):
+        here = Path(top).relative_to(root)
+        names |= {(here / n).as_posix() for n in files}
+        names |= {(here / n).as_posix() for n in dirs if (Path(top) / n).is_symlink()}  # os.walk does not enter them
+    return names
+
+
+def _regular_file(root: Path, name: str, limit: int) -> int:
+    """The size of package file `name`, refusing links, non-files, paths leaving `root` and files over `limit`."""
+    path = root / name
+    info = path.lstat()
+    if stat.S_ISLNK(info.st_mode):
+        raise EdgelinError(f"package {root}: {name} is a symbolic link; packages hold regular files only")
+    if not stat.S_ISREG(info.st_mode):
+        raise EdgelinError(f"package {root}: {name} is not a regular file")
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise EdgelinError(f"package {root}: {name} leads outside the package")
+    if info.st_size > limit:
+        raise EdgelinError(f"package {root}: {name} is {info.st_size} bytes, over the limit of {limit} "
+                           "(set EDGELIN_MAX_FILE_BYTES to allow more)")
+    return info.st_size
+
+
+def _read_manifest(root: Path) -> Any:
+    path = root / MANIFEST
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        raise EdgelinError(f"{root} has no {MANIFEST}; is it a model package?") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise EdgelinError(f"{path} is not a regular file")
+    if info.st_size > MAX_MANIFEST_BYTES:
+        raise EdgelinError(f"{path} is {info.st_size} bytes; the limit is {MAX_MANIFEST_BYTES}")
+    data = path.read_bytes()[:MAX_MANIFEST_BYTES + 1]
+    if json_depth(data) > MAX_JSON_DEPTH:
+        raise EdgelinError(f"{path} nests deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, too many digits
+        raise EdgelinError(f"{path} is not valid JSON: {e}") from None
 
 
 def read_package(path: str | os.PathLike) -> Manifest:
-    """Read a package's manifest, verifying its format version and every file's sha256.
+    """Read a package's manifest, verifying its schema, format version and every file's size and sha256.
 
     Args:
         path: the package directory.
     Returns:
         The parsed `Manifest`.
     Raises:
-        EdgelinError: unknown format version, missing / extra / changed files, bad JSON.
+        EdgelinError: unknown format version, a malformed manifest, missing / extra / changed files,
+            a file that is a symbolic link, leaves the package or is over the size limit (`max_file_bytes`).
     Example:
         >>> m = read_package("out/tiny-gla")  # doctest: +SKIP
         >>> m.graphs["prefill"].tokens
         64
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise EdgelinError(f"a package path must be a string or path, not {type(path).__name__}")
     root = Path(path)
     if not root.is_dir():
         raise EdgelinError(f"{root} is not a model package directory")
-    try:
-        raw = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise EdgelinError(f"{root} has no {MANIFEST}; is it a model package?") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise EdgelinError(f"{root / MANIFEST} is not valid JSON: {e}") from None
-    manifest = Manifest.from_dict(raw, where=f"{root / MANIFEST}")
-    present = _package_files(root)
+    manifest = Manifest.from_dict(_read_manifest(root), where=f"{root / MANIFEST}")
+    present = _entries(root) - {MANIFEST}
     for name in sorted(manifest.files):
         if name not in present:
             raise EdgelinError(f"package {root} is missing {name} (listed in {MANIFEST})")
     extra = sorted(present - set(manifest.files))
     if extra:
         raise EdgelinError(f"package {root} has a file not listed in {MANIFEST}: {extra[0]}")
+    limit, sizes = max_file_bytes(), manifest.raw.get("sizes") or {}
+    for name in sorted(manifest.files):
+        size = _regular_file(root, name, limit)
+        if name in sizes and sizes[name] != size:
+            raise EdgelinError(f"checksum mismatch for {name} in {root}: it is {size} bytes, {MANIFEST} says {sizes[name]}")
     for name, digest in sorted(manifest.files.items()):
         if sha256_file(root / name) != digest:
             raise EdgelinError(f"checksum mismatch for {name} in {root}")
@@ -213,7 +281,7 @@ def write_package(out_dir: str | os.PathLike, files: dict[str, Path | bytes], ma
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        digests = {}
+        digests, sizes = {}, {}
         for name, src in files.items():
             rel = _check_name(name)
             dst = tmp / rel
@@ -225,8 +293,9 @@ def write_package(out_dir: str | os.PathLike, files: dict[str, Path | bytes], ma
                     shutil.copyfile(src, dst)
             except OSError as e:
                 raise EdgelinError(f"cannot write {rel} into the package: {e}") from None
-            digests[rel] = sha256_file(dst)
-        doc = {"format_version": FORMAT_VERSION, **manifest, "files": digests}
+            digests[rel], sizes[rel] = sha256_file(dst), dst.stat().st_size
+        # the manifest may keep its source's version
+        doc = {"format_version": FORMAT_VERSION, **manifest, "files": digests, "sizes": sizes}
         Manifest.from_dict(doc, where=f"manifest for {out}")
         (tmp / MANIFEST).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
         if out.exists():
@@ -247,6 +316,30 @@ def write_package(out_dir: str | os.PathLike, files: dict[str, Path | bytes], ma
     return out
 
 
+def manifest_fields(manifest: Manifest, *, drop: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A package's manifest as fields for `write_package`: without `files` and `sizes`, with its own format version."""
+    return {k: v for k, v in manifest.raw.items() if k not in ("files", "sizes", *drop)}
+
+
+def rewrite_package(src: str | os.PathLike, out_dir: str | os.PathLike, *, files: dict[str, Path | bytes] | None = None,
+                    update: dict[str, Any] | None = None, drop_files: tuple[str, ...] = (),
+                    drop_fields: tuple[str, ...] = (), force: bool = False) -> Path:
+    """A new package at `out_dir` made from the package at `src`: its files, replaced or added by `files`,
+    without `drop_files` (names, or folders ending in '/'), its manifest fields updated by `update`
+    and without `drop_fields`. The source's format version is kept (a rewrite does not relabel
+    a version-1 package as the current version).
+    """
+    root = Path(src)
+    m = read_package(root)
+    dropped = lambda n: any(n == d or (d.endswith("/") and n.startswith(d)) for d in drop_files)  # noqa: E731
+    merged: dict[str, Path | bytes] = {n: root / n for n in m.files if not dropped(n)}
+    merged.update(files or {})
+    doc = manifest_fields(m, drop=drop_fields)
+    doc.update(update or {})
+    return write_package(out_dir, merged, doc, force=force)
+
+
 def package_size_bytes(path: str | os.PathLike) -> int:
     """Total size in bytes of every file in the package directory (manifest included)."""
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+    root = Path(path)
+    return sum((root / n).lstat().st_size for n in _entries(root))

@@ -9,6 +9,10 @@ import numpy as np
 from edgelin.errors import EdgelinError
 
 
+def _is_real(v: object) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
     """How to pick the next token.
@@ -24,12 +28,12 @@ class SamplingConfig:
     top_p: float = 1.0
 
     def __post_init__(self) -> None:
-        if not (self.temperature >= 0 and np.isfinite(self.temperature)):
-            raise EdgelinError(f"temperature must be a finite number >= 0, not {self.temperature}")
-        if int(self.top_k) != self.top_k or self.top_k < 0:
-            raise EdgelinError(f"top_k must be an integer >= 0 (0 = off), not {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise EdgelinError(f"top_p must be in (0, 1], not {self.top_p}")
+        if not _is_real(self.temperature) or not (self.temperature >= 0 and np.isfinite(self.temperature)):
+            raise EdgelinError(f"temperature must be a finite number >= 0, not {self.temperature!r:.40}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, (int, np.integer)) or self.top_k < 0:
+            raise EdgelinError(f"top_k must be an integer >= 0 (0 = off), not {self.top_k!r:.40}")
+        if not _is_real(self.top_p) or not 0 < self.top_p <= 1:
+            raise EdgelinError(f"top_p must be in (0, 1], not {self.top_p!r:.40}")
 
     @property
     def greedy(self) -> bool:
@@ -40,6 +44,15 @@ class SamplingConfig:
 GREEDY = SamplingConfig(temperature=0.0)
 
 
+def _logits(logits: np.ndarray) -> np.ndarray:
+    x = np.asarray(logits, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] < 1:
+        raise EdgelinError(f"logits must be a [batch, vocab] array, got shape {list(x.shape)}")
+    if not np.isfinite(x).all():
+        raise EdgelinError("the logits hold NaN or Inf; nothing to sample from")
+    return x
+
+
 def probabilities(logits: np.ndarray, config: SamplingConfig) -> np.ndarray:
     """The distribution `sample` draws from: softmax(logits / T) restricted by top-k / top-p.
 
@@ -48,16 +61,16 @@ def probabilities(logits: np.ndarray, config: SamplingConfig) -> np.ndarray:
     Returns:
         [B, V] float64, each row summing to 1 (one-hot on the argmax when greedy).
     """
-    x = np.asarray(logits, dtype=np.float64)
+    x = _logits(logits)
     B, V = x.shape
     if config.greedy:
         p = np.zeros_like(x)
         p[np.arange(B), x.argmax(-1)] = 1.0
         return p
-    x = x / config.temperature
+    with np.errstate(over="ignore"):  # <= 0 after the shift: a tiny temperature gives -inf, not NaN
+        x = (x - x.max(-1, keepdims=True)) / config.temperature
     order = np.argsort(-x, axis=-1, kind="stable")  # [B, V] most likely first
-    xs = np.take_along_axis(x, order, -1)
-    ps = np.exp(xs - xs[:, :1])
+    ps = np.exp(np.take_along_axis(x, order, -1))
     if config.top_k and config.top_k < V:
         ps[:, config.top_k:] = 0.0
     ps /= ps.sum(-1, keepdims=True)
@@ -79,7 +92,7 @@ def sample(logits: np.ndarray, config: SamplingConfig, rng: np.random.Generator)
         array([1])
     """
     if config.greedy:
-        return np.asarray(logits).argmax(-1).astype(np.int64)
+        return _logits(logits).argmax(-1).astype(np.int64)
     p = probabilities(logits, config)
     u = rng.random(p.shape[0])[:, None]
     idx = (np.cumsum(p, -1) <= u * p.sum(-1, keepdims=True)).sum(-1)  # first index past u

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 import zipfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from edgelin.errors import EdgelinError
-from edgelin.runtime.package import Manifest
+from edgelin.runtime.backends import first_line
+from edgelin.runtime.package import Manifest, StateSpec, max_file_bytes
 
 _FINGERPRINT = "__edgelin_state_layout__"
 
@@ -22,17 +25,50 @@ def state_fingerprint(manifest: Manifest) -> str:
     return hashlib.sha256(json.dumps(manifest.state_layout()).encode()).hexdigest()
 
 
-def save_state(path: str | os.PathLike, state: dict[str, np.ndarray], manifest: Manifest) -> Path:
+def all_finite(a: np.ndarray) -> bool:
+    """True unless a float array holds NaN or Inf."""
+    return a.dtype.kind != "f" or bool(np.isfinite(a).all())
+
+
+def check_state(state: object, specs: Sequence[StateSpec], *, finite: bool = True) -> int:
+    """Check `state` against the package's state specs: every name, dtype and shape, one batch for
+    all, and (with `finite`) no NaN or Inf. Returns the state's batch.
+
+    Raises:
+        EdgelinError: naming the first state that does not match.
+    """
+    if not isinstance(state, Mapping):
+        raise EdgelinError(f"a state must be a mapping of arrays (use new_state()), not {type(state).__name__}")
+    names = {s.input for s in specs}
+    if set(state) != names:
+        odd = sorted(names ^ set(state), key=str)[0]
+        raise EdgelinError(f"state does not match the package (check {odd}); use new_state()")
+    batch = None
+    for s in specs:
+        a = state[s.input]
+        if not isinstance(a, np.ndarray):
+            raise EdgelinError(f"state {s.input} must be a numpy array, not {type(a).__name__}")
+        batch = a.shape[0] if batch is None and a.ndim else batch
+        if batch is None or a.shape != s.shape_for(batch) or a.dtype != s.np_dtype:
+            raise EdgelinError(f"state {s.input} is {a.dtype}{list(a.shape)}; the package needs "
+                               f"{s.dtype}{list(s.shape_for(batch or 1))}")
+        if finite and not all_finite(a):
+            raise EdgelinError(f"state {s.input} holds NaN or Inf values")
+    return batch or 1
+
+
+def save_state(path: str | os.PathLike, state: Mapping[str, np.ndarray], manifest: Manifest) -> Path:
     """Write `state` to `path` (npz, no pickle), stamped with the manifest's state layout.
 
-    The file is written to a temporary sibling and renamed into place.
+    The state is checked first (names, shapes, dtypes, finite); the file is written to a temporary
+    sibling and renamed into place.
     Example:
         >>> save_state("chat.state.npz", g.state, session.manifest)  # doctest: +SKIP
     """
-    names = {s.input for s in manifest.states}
-    if set(state) != names:
-        odd = sorted(names ^ set(state))[0]
-        raise EdgelinError(f"state does not match the package (check {odd}); nothing saved")
+    try:
+        check_state(state, manifest.states)
+    except EdgelinError as e:
+        raise EdgelinError(f"{e}; nothing saved") from None
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
@@ -46,23 +82,54 @@ def save_state(path: str | os.PathLike, state: dict[str, np.ndarray], manifest: 
     return path
 
 
+def _header(z: zipfile.ZipFile, member: str) -> tuple[tuple[int, ...], np.dtype]:
+    """An array's shape and dtype from its .npy header; refuses one claiming more data than the member holds."""
+    with z.open(member) as f:
+        version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f"{member} has .npy format version {version}")
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(f)
+    if math.prod(shape) * dtype.itemsize > z.getinfo(member).file_size:
+        raise ValueError(f"{member} is shorter than its header says")
+    return shape, dtype
+
+
+def _read(z: zipfile.ZipFile, member: str) -> np.ndarray:
+    with z.open(member) as f:
+        return np.lib.format.read_array(f, allow_pickle=False)
+
+
 def load_state(path: str | os.PathLike, manifest: Manifest) -> dict[str, np.ndarray]:
-    """Read a snapshot written by `save_state`; refuse one made for a different state layout."""
+    """Read a snapshot written by `save_state`; refuse one made for a different state layout, and one
+    whose arrays have other names, shapes or dtypes, hold NaN or Inf, or exceed the file size limit.
+    Array headers are checked before any array is read."""
     path = Path(path)
+    members = {f"{s.input}.npy": s for s in manifest.states}
     try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+        with zipfile.ZipFile(path) as z:
+            names = set(z.namelist())
+            if names != {*members, f"{_FINGERPRINT}.npy"}:
+                raise EdgelinError(f"state file {path} was saved for a different model (its arrays differ)")
+            if sum(i.file_size for i in z.infolist()) > max_file_bytes():
+                raise EdgelinError(f"state file {path} is larger than the limit of {max_file_bytes()} bytes")
+            shape, dtype = _header(z, f"{_FINGERPRINT}.npy")
+            if shape != () or dtype.kind != "U" or str(_read(z, f"{_FINGERPRINT}.npy")) != state_fingerprint(manifest):
+                raise EdgelinError(f"state file {path} was saved for a different model (state layout differs)")
+            batch = None
+            for member, s in members.items():
+                shape, dtype = _header(z, member)
+                batch = shape[0] if batch is None and shape else batch
+                if batch is None or shape != s.shape_for(batch) or dtype != s.np_dtype:
+                    raise EdgelinError(f"state file {path} has a damaged or missing {s.input}")
+            arrays = {s.input: _read(z, member) for member, s in members.items()}
     except FileNotFoundError:
         raise EdgelinError(f"state file {path} does not exist") from None
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise EdgelinError(f"{path} is not a readable state snapshot: {e}") from None
-    stamp = arrays.pop(_FINGERPRINT, None)
-    if stamp is None or str(stamp) != state_fingerprint(manifest):
-        raise EdgelinError(f"state file {path} was saved for a different model (state layout differs)")
-    batch = None
-    for s in manifest.states:
-        a = arrays.get(s.input)
-        batch = a.shape[0] if batch is None and a is not None and a.ndim else batch
-        if a is None or a.shape != s.shape_for(batch) or a.dtype != s.np_dtype:
-            raise EdgelinError(f"state file {path} has a damaged or missing {s.input}")
+    except EdgelinError:
+        raise
+    except Exception as e:  # a damaged zip raises from zipfile, zlib, struct, numpy's .npy reader...
+        raise EdgelinError(f"{path} is not a readable state snapshot: {first_line(e)}") from None
+    for name, a in arrays.items():
+        if not all_finite(a):
+            raise EdgelinError(f"state file {path} holds NaN or Inf values in {name}")
     return arrays

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+
 from edgelin.errors import EdgelinError
 from edgelin.runtime.package import Manifest
 
@@ -46,8 +48,18 @@ class ByteStreamDecoder:
         return self._dec.decode(b"", final=True)
 
 
+def utf8(text: str) -> bytes:
+    """`text` as UTF-8; text that has none (a lone surrogate) is an EdgelinError."""
+    if not isinstance(text, str):
+        raise EdgelinError(f"text must be a str, not {type(text).__name__}")
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise EdgelinError(f"the text is not valid Unicode: {e.reason} at position {e.start}") from None
+
+
 def _byte(token: int) -> int:
-    if not 0 <= token < 256:
+    if isinstance(token, bool) or not isinstance(token, (int, np.integer)) or not 0 <= token < 256:
         raise EdgelinError(f"token id {token} is not a byte (the byte tokenizer has vocab 256)")
     return int(token)
 
@@ -60,7 +72,7 @@ class ByteTokenizer:
     eos_id: int | None = None
 
     def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
+        return list(utf8(text))
 
     def decode(self, ids: list[int]) -> str:
         return bytes(_byte(t) for t in ids).decode("utf-8", errors="replace")
@@ -108,6 +120,7 @@ class HFTokenizer:
         self.eos_id: int | None = None
 
     def encode(self, text: str) -> list[int]:
+        utf8(text)
         return list(self._tok.encode(text, add_special_tokens=False).ids)
 
     def decode(self, ids: list[int]) -> str:

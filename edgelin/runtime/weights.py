@@ -8,9 +8,9 @@ import numpy as np
 
 from edgelin.errors import EdgelinError
 from edgelin.runtime.package import Manifest
+from edgelin.runtime.schema import ALIGN  # noqa: F401 (the writers' alignment, exported from here)
 
 WEIGHTS_FILE = "weights.bin"
-ALIGN = 64  # every tensor starts on a 64-byte boundary of the file
 
 
 def shared_initializers(root: Path, manifest: Manifest) -> dict[str, dict[str, np.ndarray]]:
@@ -27,12 +27,15 @@ def shared_initializers(root: Path, manifest: Manifest) -> dict[str, dict[str, n
     if not current:
         return {}
     path = root / index["file"]
-    data = np.memmap(path, np.uint8, mode="r")
+    try:
+        data = np.memmap(path, np.uint8, mode="r")
+    except (OSError, ValueError) as e:  # ValueError: an empty file
+        raise EdgelinError(f"cannot map {path}: {e}") from None
     out: dict[str, dict[str, np.ndarray]] = {name: {} for name in current}
-    for t in index["tensors"]:
-        offset, length = int(t["offset"]), int(t["length"])
+    for t in index["tensors"]:  # aligned, and each length matches its dtype and shape (schema.check_weights_index)
+        offset, length = t["offset"], t["length"]
         dtype = np.dtype(t["dtype"])
-        if offset % ALIGN or offset + length > data.size or length != dtype.itemsize * int(np.prod(t["shape"])):
+        if offset + length > data.size:
             raise EdgelinError(f"{path}: the weights index of manifest.json does not match the file")
         array = data[offset:offset + length].view(dtype).reshape(t["shape"])
         for graph, name in t["names"].items():

@@ -72,10 +72,18 @@ class TrainConfig:
         for key in ("steps", "batch_size", "seq_len", "eval_every", "eval_batch_size", "log_every"):
             if getattr(self, key) < 1:
                 raise EdgelinError(f"--{key.replace('_', '-')} must be >= 1, got {getattr(self, key)}")
+        for key in ("lr", "min_lr", "weight_decay", "grad_clip", "dropout", "ema", "time_budget"):
+            if not math.isfinite(getattr(self, key)):
+                raise EdgelinError(f"--{key.replace('_', '-')} must be a finite number, got {getattr(self, key)}")
         if not self.lr > 0:
             raise EdgelinError(f"--lr must be > 0, got {self.lr}")
-        if min(self.warmup, self.grad_clip, self.weight_decay, self.time_budget, self.eval_windows) < 0:
-            raise EdgelinError("--warmup, --grad-clip, --weight-decay, --time-budget and --eval-windows must be >= 0")
+        if self.min_lr > self.lr:
+            raise EdgelinError(f"--min-lr {self.min_lr} is above --lr {self.lr}")
+        for key in ("warmup", "grad_clip", "weight_decay", "time_budget", "eval_windows"):
+            if getattr(self, key) < 0:
+                raise EdgelinError(f"--{key.replace('_', '-')} must be >= 0, got {getattr(self, key)}")
+        if not 0 <= self.seed < 2**32:
+            raise EdgelinError(f"--seed must be in [0, 2**32), got {self.seed}")
         if not 0 <= self.dropout < 1:
             raise EdgelinError(f"--dropout must be in [0, 1), got {self.dropout}")
         if not 0 <= self.ema < 1:

@@ -65,6 +65,11 @@ def plots(r: dict[str, Any], out: Path) -> list[Path]:
     return paths
 
 
+def report_json(r: dict[str, Any]) -> str:
+    """A validation result as JSON text (numpy scalars written as floats)."""
+    return json.dumps(r, indent=1, default=float) + "\n"
+
+
 def report_files(r: dict[str, Any]) -> dict[str, bytes]:
     """report.json, report.md and the PNGs as name -> bytes (for a package's report/ folder)."""
     import tempfile
@@ -72,7 +77,7 @@ def report_files(r: dict[str, Any]) -> dict[str, bytes]:
     with tempfile.TemporaryDirectory() as tmp:
         pngs = plots(r, Path(tmp))
         files = {p.name: p.read_bytes() for p in pngs}
-    files["report.json"] = (json.dumps(r, indent=1, default=float) + "\n").encode()
+    files["report.json"] = report_json(r).encode()
     files["report.md"] = markdown(r).encode()
     return files
 

@@ -17,8 +17,9 @@ from edgelin.exporters.package import export_package
 from edgelin.exporters.profiles import apply_profile
 from edgelin.models import LM, ZOO
 from edgelin.quantize.htp import HtpScheme, finite_masks
-from edgelin.quantize.htp_package import run_htp_pipeline
-from edgelin.runtime import Session, generate, read_package, write_package
+from edgelin.quantize.pipeline import run_pipeline
+from edgelin.runtime import Session, generate, read_package
+from edgelin.runtime.package import rewrite_package
 
 TINY = [name for name in ZOO if name.endswith("-tiny")]
 TEXT = default_text()[:20000]
@@ -38,7 +39,7 @@ def _ids(n=200):
 def htp(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(request.param)
     fp = export_package(LM(ZOO[request.param]).init_weights(), root / "fp32", prefill_tokens=8)
-    run_htp_pipeline(fp, root / "htp", HtpScheme(), TEXT[:4000], streams=2, tokens=256, validate=False)
+    run_pipeline(fp, root / "htp", HtpScheme(), TEXT[:4000], profile="qnn-htp", streams=2, tokens=256, validate=False)
     return fp, root / "htp"
 
 
@@ -75,9 +76,7 @@ def test_check_flags_a_broken_htp_graph(htp, tmp_path):
     state_q = next(n for n in proto.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == m.states[0].input)
     zero = next(t for t in proto.graph.initializer if t.name == state_q.input[2])
     zero.CopyFrom(numpy_helper.from_array(np.array(0, np.int16), zero.name))
-    files = {n: q / n for n in m.files}
-    files["decode.onnx"] = proto.SerializeToString()
-    bad = write_package(tmp_path / "bad", files, {k: v for k, v in m.raw.items() if k not in ("files", "format_version")})
+    bad = rewrite_package(q, tmp_path / "bad", files={"decode.onnx": proto.SerializeToString()})
     found = {(v.node, v.rule) for v in check_package(bad, "qnn-htp")}
     assert (mul.name, "dtype") in found and (state_q.name, "dtype") in found
     assert all(rule == "dtype" for _, rule in found)
@@ -109,8 +108,8 @@ def test_w4a8_htp_package(tmp_path):
     """--w4a8 on HTP: int4 weights with one scale per output channel, uint8 linear-layer inputs, zero violations."""
     fp = export_package(LM(ZOO["gla-tiny"]).init_weights(), tmp_path / "fp32", prefill_tokens=8)
     q = tmp_path / "htp"
-    run_htp_pipeline(fp, q, HtpScheme(weight_bits=4, matmul_act_bits=8), TEXT[:4000], streams=2, tokens=256,
-                     validate=False)
+    run_pipeline(fp, q, HtpScheme(weight_bits=4, matmul_act_bits=8), TEXT[:4000], profile="qnn-htp", streams=2,
+                 tokens=256, validate=False)
     assert check_package(q, "qnn-htp") == []
     assert read_package(q).precision["scheme"] == "w4a8-htp"
     proto = onnx.load(str(q / "decode.onnx"))

@@ -44,14 +44,57 @@ def test_corrupt_safetensors(tmp_path, checkpoint):
     assert nothing_left(tmp_path, "out")
 
 
-def test_unknown_mixer(tmp_path, checkpoint):
+def bad_checkpoint(tmp_path, checkpoint, **changes):
+    """A copy of `checkpoint` with `changes` to the fields of its config.json."""
     bad = tmp_path / "ckpt"
     bad.mkdir()
     config = json.loads((checkpoint / "config.json").read_text())
-    config["pattern"] = ["gla", "transformer_xl"]
-    (bad / "config.json").write_text(json.dumps(config))
+    (bad / "config.json").write_text(json.dumps({**config, **changes}))
     (bad / "model.safetensors").write_bytes((checkpoint / "model.safetensors").read_bytes())
+    return bad
+
+
+def test_unknown_mixer(tmp_path, checkpoint):
+    bad = bad_checkpoint(tmp_path, checkpoint, pattern=["gla", "transformer_xl"])
     assert_user_error(run("export", bad, "-o", tmp_path / "out"), "unknown token mixer 'transformer_xl'")
+    assert nothing_left(tmp_path, "out")
+
+
+def gla(**options):
+    return {"mixers": {"gla": {"use_short_conv": True, **options}}}
+
+
+@pytest.mark.parametrize("changes, fragments", [
+    (gla(feature_map="nope"), ["unknown feature map 'nope'"]),
+    (gla(expand_k="x"), ["option 'expand_k' of mixer 'gla'", "positive number", "'x'"]),
+    (gla(expand_k=0), ["option 'expand_k' of mixer 'gla'", "got 0"]),
+    (gla(conv_size=-3), ["option 'conv_size' of mixer 'gla'", "integer >= 1", "-3"]),
+    (gla(conv_size=1), ["mixer 'gla' in layer 0", "kernel"]),  # the layer's own check
+    (gla(gate_low_rank_dim=0), ["option 'gate_low_rank_dim' of mixer 'gla'", "got 0"]),
+    (gla(gate_low_rank_dim=True), ["option 'gate_low_rank_dim'", "got True"]),
+    (gla(use_short_conv="no"), ["option 'use_short_conv' of mixer 'gla'", "true or false"]),
+    (gla(norm_eps=-1e-5), ["option 'norm_eps' of mixer 'gla'", ">= 0"]),
+    (gla(clamp_min="low"), ["option 'clamp_min' of mixer 'gla'", "or null"]),
+    ({"mixers": {"gla": 3}}, ["mixers must map"]),
+    ({"pattern": "gla"}, ["pattern must be a non-empty list"]),
+    ({"d_ff": -2}, ["d_ff must be an integer >= -1"]),
+    ({"norm_eps": 0}, ["norm_eps must be a positive number"]),
+    ({"init_std": "big"}, ["init_std must be a positive number"]),
+    ({"tie_embeddings": "no"}, ["tie_embeddings must be true or false"]),
+    ({"seed": 1.5}, ["seed must be an integer"]),
+], ids=lambda v: v[0] if isinstance(v, list) else None)
+def test_bad_config_value_in_checkpoint(tmp_path, checkpoint, changes, fragments):
+    bad = bad_checkpoint(tmp_path, checkpoint, **changes)
+    assert_user_error(run("export", bad, "-o", tmp_path / "out"), *fragments)
+    assert nothing_left(tmp_path, "out")
+
+
+def test_train_config_with_bad_mixer_option(tmp_path, checkpoint):
+    bad = bad_checkpoint(tmp_path, checkpoint, **gla(expand_v=-1))
+    text = tmp_path / "t.txt"
+    text.write_text("To be, or not to be, that is the question.\n" * 40)
+    result = run("train", "--text", text, "--config", bad / "config.json", "-o", tmp_path / "out", "--steps", "1")
+    assert_user_error(result, "option 'expand_v' of mixer 'gla'", "-1")
     assert nothing_left(tmp_path, "out")
 
 

@@ -1,4 +1,7 @@
-"""The chunked torch forms in edgelin/kernels/<op>/reference.py against their naive recurrences."""
+"""The chunked torch forms in edgelin/kernels/<op>/reference.py against their naive recurrences,
+and each layer's step against the naive recurrence of its op."""
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -6,6 +9,8 @@ import torch.nn.functional as F
 from edgelin.kernels.gated_delta.reference import chunk_gated_delta_rule_ref, naive_recurrent_gated_delta_rule
 from edgelin.kernels.gla.reference import chunk_gla_ref, naive_recurrent_gla
 from edgelin.kernels.simple_gla.reference import chunk_simple_gla_ref, naive_recurrent_simple_gla
+from edgelin.models.config import LMConfig
+from edgelin.models.layers import MIXERS
 
 
 def rms_ratio(ref: torch.Tensor, out: torch.Tensor) -> float:
@@ -63,3 +68,42 @@ def test_chunk_gated_delta_rule(shape, normalizer):
         return lambda q, k, v, g, beta, **kw: fn(F.normalize(q, dim=-1), F.normalize(k, dim=-1), v, g, beta, **kw)
 
     compare(normalised(naive_recurrent_gated_delta_rule), normalised(chunk_gated_delta_rule_ref), [q, k, v, g, beta, h0])
+
+
+NAIVE = {
+    "chunk_gla": naive_recurrent_gla,
+    "chunk_simple_gla": naive_recurrent_simple_gla,
+    "chunk_gated_delta_rule": naive_recurrent_gated_delta_rule,
+}
+LAYERS = {
+    "gla": {"use_short_conv": True},
+    "gated_delta": {},
+    "delta_net": {},
+    "retention": {},
+    "retention-rotary": {"rotary": True},
+    "mamba2": {"head_dim": 16, "state_size": 16},
+    "mamba": {"state_size": 8},
+}
+
+
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_layer_step_equals_naive_recurrence(name, monkeypatch):
+    """T calls of the layer's step equal its forward with the op's naive recurrence in place of the chunked form."""
+    family = name.split("-")[0]
+    layer = MIXERS[family](LMConfig(d_model=64, n_heads=2, pattern=[family], mixers={family: LAYERS[name]}), 0).eval()
+    module = sys.modules[type(layer).__module__]
+    chunks = [chunk for chunk in NAIVE if hasattr(module, chunk)]
+    assert chunks, f"{module.__name__} calls none of {list(NAIVE)}"
+    for chunk in chunks:
+        monkeypatch.setattr(module, chunk, NAIVE[chunk])
+    state0 = {kind: torch.randn_like(s) for kind, s in layer.init_state(2).items()}
+    x = torch.randn(2, 9, 64)
+    with torch.no_grad():
+        y_ref, state_ref = layer(x, state0)
+        state, ys = state0, []
+        for t in range(x.shape[1]):
+            y, state = layer.step(x[:, t : t + 1], state)
+            ys.append(y)
+    assert rms_ratio(y_ref, torch.cat(ys, 1)) < 1e-5
+    for kind in state_ref:
+        assert rms_ratio(state_ref[kind], state[kind]) < 1e-5, kind

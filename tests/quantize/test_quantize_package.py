@@ -6,11 +6,11 @@ from onnx import TensorProto, numpy_helper
 from edgelin.errors import EdgelinError
 from edgelin.quantize.package import quantize_package
 from edgelin.quantize.primitives import WeightQuant, quantize_weight_np
-from edgelin.quantize.qdq import canonical_layer_names, weight_matmuls
 from edgelin.quantize.schemes import (
     W4A8, W4A16, W8, W8A8, W8A16, Int4Format, LayerPrecision, PerChannel, PerGroup, QuantScheme, StatePrecision,
 )
 from edgelin.runtime import Session, read_package
+from edgelin.sites import activation_inputs, graph_sites
 
 from quant_helpers import TINY
 
@@ -126,8 +126,9 @@ def test_stored_integers_are_the_primitives(tmp_path, fp_package, table_of):
     fp_inits = {i.name: numpy_helper.to_array(i) for i in fp_proto.graph.initializer}
     q_by_name = {n.name: n for n in q_proto.graph.node}
     checked = 0
-    for node in weight_matmuls(fp_proto):
-        w = fp_inits[node.input[1]]
+    for site in graph_sites(read_package(fp).raw, "decode").linears():
+        (node, _), = activation_inputs(fp_proto, site)
+        w = fp_inits[site.initializer]
         kind, init = weight_of(q_proto, q_by_name[node.name].input[1])
         want, _, _ = quantize_weight_np(w.T, WeightQuant(8))
         assert kind == "dq" and np.array_equal(numpy_helper.to_array(init), want.T)
@@ -143,11 +144,12 @@ def test_mixed_precision_overrides_and_state_fp32(tmp_path, fp_package, table_of
     m = read_package(q)
     assert m.precision["layers"]["lm_head"] == "fp32" and m.precision["layers"]["blocks.1.mlp.down_proj"] == "fp32"
     assert all(s.dtype == "float32" for s in m.states)
-    names = canonical_layer_names({"decode": onnx.load(str(fp / "decode.onnx"))})["decode"]
-    proto = onnx.load(str(q / "decode.onnx"))
-    float_weights = [n.name for n in proto.graph.node if n.op_type == "MatMul" and n.name in names
-                     and weight_of(proto, n.input[1])[0] == "float"]
-    assert sorted(names[n] for n in float_weights) == ["blocks.1.mlp.down_proj", "lm_head"]
+    fp_proto, proto = onnx.load(str(fp / "decode.onnx")), onnx.load(str(q / "decode.onnx"))
+    by_name = {n.name: n for n in proto.graph.node}
+    float_weights = [site.name for site in graph_sites(read_package(fp).raw, "decode").linears()
+                     for node, _ in activation_inputs(fp_proto, site)
+                     if weight_of(proto, by_name[node.name].input[1])[0] == "float"]
+    assert sorted(float_weights) == ["blocks.1.mlp.down_proj", "lm_head"]
     assert QuantScheme.from_dict(m.precision).precision_of("lm_head") == LayerPrecision.FP32
     run(q)
 
@@ -173,3 +175,32 @@ def test_refuses_quantized_input(tmp_path, fp_package, table_of):
     q = quantize_package(fp_package("gla-tiny"), tmp_path / "q", W8A8(), table_of("gla-tiny"))
     with pytest.raises(EdgelinError, match="already quantized"):
         quantize_package(q, tmp_path / "qq", W8A8(), table_of("gla-tiny"))
+
+
+def test_layers_with_identical_weights_are_each_quantized(tmp_path, table_of):
+    """Two layers holding the same weights are two declared sites: both quantized, both named."""
+    import torch
+
+    from edgelin.calibration.collect import calibrate_package
+    from edgelin.exporters.package import export_package
+    from edgelin.models import LM, ZOO
+
+    model = LM(ZOO["gla-tiny"]).init_weights()
+    with torch.no_grad():
+        model.blocks[1].mixer.q_proj.weight.copy_(model.blocks[0].mixer.q_proj.weight)
+        model.blocks[0].mixer.k_proj.weight.copy_(model.blocks[0].mixer.q_proj.weight)
+    fp = export_package(model, tmp_path / "fp")
+    table = calibrate_package(fp, "To be, or not to be, that is the question. " * 40, streams=2, tokens=256)
+    q = quantize_package(fp, tmp_path / "q", W8A8(), table)
+    layers = read_package(q).precision["layers"]
+    same = ["blocks.0.mixer.q_proj", "blocks.0.mixer.k_proj", "blocks.1.mixer.q_proj"]
+    assert all(layers[n] == "int8" for n in same)
+    sites = graph_sites(read_package(fp).raw, "decode").weights
+    assert len({sites[n].initializer for n in same}) == 3
+    proto = onnx.load(str(q / "decode.onnx"))
+    float_left = [n.input[1] for n in proto.graph.node if n.op_type == "MatMul"
+                  and weight_of(proto, n.input[1])[0] == "float"]
+    assert not float_left
+    ref, _ = run(fp)
+    logits, _ = run(q)
+    assert rms_ratio(ref, logits) < 0.05

@@ -10,6 +10,8 @@ import math
 
 import torch
 
+from edgelin.kernels.gated_delta.step import gated_delta_rule_step
+
 
 def naive_recurrent_gated_delta_rule(
     q: torch.Tensor,
@@ -30,11 +32,8 @@ def naive_recurrent_gated_delta_rule(
     S = q.new_zeros(B, H, K, v.shape[-1]) if initial_state is None else initial_state.float()
     o = []
     for t in range(T):
-        S = S * g[:, t].exp()[..., None, None]
-        k_t = k[:, t]
-        u = beta[:, t, :, None] * (v[:, t] - torch.einsum("bhk,bhkv->bhv", k_t, S))
-        S = S + k_t[..., :, None] * u[..., None, :]
-        o.append(torch.einsum("bhk,bhkv->bhv", q[:, t] * scale, S))
+        o_t, S = gated_delta_rule_step(q[:, t] * scale, k[:, t], v[:, t], g[:, t], beta[:, t], S)
+        o.append(o_t)
     return torch.stack(o, 1).to(dtype), (S if output_final_state else None)
 
 

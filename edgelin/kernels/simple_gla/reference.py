@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from edgelin.kernels.simple_gla.step import simple_gla_step
+
 
 def naive_recurrent_simple_gla(
     q: torch.Tensor,
@@ -26,8 +28,8 @@ def naive_recurrent_simple_gla(
     S = q.new_zeros(B, H, K, v.shape[-1]) if initial_state is None else initial_state.float()
     o = []
     for t in range(T):
-        S = S * g[:, t].exp()[..., None, None] + k[:, t, :, :, None] * v[:, t, :, None, :]
-        o.append(torch.einsum("bhk,bhkv->bhv", q[:, t] * scale, S))
+        o_t, S = simple_gla_step(q[:, t] * scale, k[:, t], v[:, t], g[:, t], S)
+        o.append(o_t)
     return torch.stack(o, 1).to(dtype), (S if output_final_state else None)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from edgelin.errors import EdgelinError
+
 State = dict[str, torch.Tensor]
 
 
@@ -38,11 +40,11 @@ FEATURE_MAPS = {
 
 
 def feature_map(name: str | None):
-    """A named elementwise map for q/k (None = identity); unknown names raise ValueError."""
+    """A named elementwise map for q/k (None = identity); an unknown name is an EdgelinError."""
     if name is None:
         return None
     if name not in FEATURE_MAPS:
-        raise ValueError(f"unknown feature map {name!r}; known: {', '.join(sorted(FEATURE_MAPS))}")
+        raise EdgelinError(f"config: unknown feature map {name!r}; known: {', '.join(sorted(FEATURE_MAPS))}")
     return FEATURE_MAPS[name]
 
 

@@ -11,10 +11,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgelin.kernels.dispatch import chunk_gated_delta_rule
+from edgelin.kernels.gated_delta.step import delta_rule_step
 from edgelin.models.config import LMConfig, mixer_options
 from edgelin.models.layers.base import State, TokenMixer, feature_map, l2norm, split_heads
 from edgelin.models.layers.conv import ShortConvolution
-from edgelin.models.layers.norm import GatedRMSNorm
+from edgelin.models.layers.norm import GatedRMSNorm, gated_output
 
 
 @dataclass
@@ -84,24 +85,16 @@ class DeltaNet(TokenMixer):
             beta = beta * 2.0
         return q, k, v, beta, new_state
 
-    def _output(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        gate = split_heads(self.g_proj(x), self.heads) if self.g_proj is not None else None
-        return self.o_proj(self.o_norm(o, gate).flatten(-2))
-
     def forward(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         q, k, v, beta, new_state = self._project(x, state)
         g = torch.zeros_like(beta)
         o, new_state["recurrent_state"] = chunk_gated_delta_rule(
             q, k, v, g, beta, initial_state=state["recurrent_state"], output_final_state=True
         )
-        return self._output(o.to(x.dtype), x), new_state
+        return gated_output(o.to(x.dtype), x, self.heads, self.g_proj, self.o_norm, self.o_proj), new_state
 
     def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         q, k, v, beta, new_state = self._project(x, state)
         q, k, v, beta = q[:, 0], k[:, 0], v[:, 0], beta[:, 0]
-        S = state["recurrent_state"]
-        u = beta[..., None] * (v - torch.einsum("bhk,bhkv->bhv", k, S))
-        S = S + k[..., :, None] * u[..., None, :]
-        o = torch.einsum("bhk,bhkv->bhv", q * self.head_k**-0.5, S)
-        new_state["recurrent_state"] = S
-        return self._output(o[:, None], x), new_state
+        o, new_state["recurrent_state"] = delta_rule_step(q * self.head_k**-0.5, k, v, beta, state["recurrent_state"])
+        return gated_output(o[:, None], x, self.heads, self.g_proj, self.o_norm, self.o_proj), new_state

@@ -8,10 +8,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgelin.kernels.dispatch import chunk_gla
+from edgelin.kernels.gla.step import gla_step
 from edgelin.models.config import LMConfig, mixer_options
 from edgelin.models.layers.base import State, TokenMixer, feature_map, split_heads
 from edgelin.models.layers.conv import ShortConvolution
-from edgelin.models.layers.norm import GatedRMSNorm
+from edgelin.models.layers.norm import GatedRMSNorm, gated_output
 
 
 @dataclass
@@ -67,19 +68,13 @@ class GLA(TokenMixer):
             q, k = self.feature_map(q), self.feature_map(k)
         return split_heads(q, self.heads), split_heads(k, self.heads), split_heads(v, self.heads), split_heads(g, self.heads), new_state
 
-    def _output(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        gate = split_heads(self.g_proj(x), self.heads) if self.g_proj is not None else None
-        return self.o_proj(self.o_norm(o, gate).flatten(-2))
-
     def forward(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         q, k, v, g, new_state = self._project(x, state)
         o, new_state["recurrent_state"] = chunk_gla(q, k, v, g, initial_state=state["recurrent_state"], output_final_state=True)
-        return self._output(o.to(x.dtype), x), new_state
+        return gated_output(o.to(x.dtype), x, self.heads, self.g_proj, self.o_norm, self.o_proj), new_state
 
     def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         q, k, v, g, new_state = self._project(x, state)
         q, k, v, g = q[:, 0], k[:, 0], v[:, 0], g[:, 0]  # [B, H, D]
-        S = state["recurrent_state"] * g.exp()[..., None] + k[..., :, None] * v[..., None, :]
-        o = torch.einsum("bhk,bhkv->bhv", q * q.shape[-1] ** -0.5, S)
-        new_state["recurrent_state"] = S
-        return self._output(o[:, None], x), new_state
+        o, new_state["recurrent_state"] = gla_step(q * q.shape[-1] ** -0.5, k, v, g, state["recurrent_state"])
+        return gated_output(o[:, None], x, self.heads, self.g_proj, self.o_norm, self.o_proj), new_state

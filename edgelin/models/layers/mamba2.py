@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgelin.kernels.dispatch import chunk_simple_gla
+from edgelin.kernels.simple_gla.step import simple_gla_step
 from edgelin.models.config import LMConfig, mixer_options
 from edgelin.models.layers.base import State, TokenMixer
 from edgelin.models.layers.conv import ShortConvolution
@@ -84,6 +85,5 @@ class Mamba2(TokenMixer):
     def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         z, xs, b, c, dt, g, conv_state = self._project(x, state)
         xs0, b, c, dt, g = xs[:, 0], b[:, 0], c[:, 0], dt[:, 0], g[:, 0]
-        S = state["recurrent_state"] * g.exp()[..., None, None] + b[..., :, None] * (xs0 * dt[..., None])[..., None, :]
-        y = torch.einsum("bhn,bhnp->bhp", c, S)
+        y, S = simple_gla_step(c, b, xs0 * dt[..., None], g, state["recurrent_state"])
         return self._output(y[:, None], xs, z), {"recurrent_state": S, "conv_state": conv_state}

@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgelin.models.layers.base import split_heads
+
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-5):
@@ -35,6 +37,14 @@ class GatedRMSNorm(RMSNorm):
             return super().forward(x)
         act = torch.sigmoid(gate) if self.activation == "sigmoid" else F.silu(gate)
         return super().forward(x) * act
+
+
+def gated_output(
+    o: torch.Tensor, x: torch.Tensor, heads: int, g_proj: nn.Linear | None, o_norm: GatedRMSNorm, o_proj: nn.Linear
+) -> torch.Tensor:
+    """The heads' output o [B, T, H, V] through o_norm, gated by g_proj(x) per head (no gate if None), then o_proj."""
+    gate = split_heads(g_proj(x), heads) if g_proj is not None else None
+    return o_proj(o_norm(o, gate).flatten(-2))
 
 
 class GroupRMSNormAfterGate(nn.Module):

@@ -7,9 +7,10 @@ import torch
 from torch import nn
 
 from edgelin.kernels.dispatch import chunk_simple_gla
+from edgelin.kernels.simple_gla.step import simple_gla_step
 from edgelin.models.config import LMConfig, mixer_options
 from edgelin.models.layers.base import State, TokenMixer, feature_map, split_heads
-from edgelin.models.layers.norm import GatedRMSNorm
+from edgelin.models.layers.norm import GatedRMSNorm, gated_output
 from edgelin.models.layers.swa import rotate
 
 
@@ -63,10 +64,6 @@ class Retention(TokenMixer):
             q, k = self.feature_map(q), self.feature_map(k)
         return q, k, v
 
-    def _output(self, o: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        gate = split_heads(self.g_proj(x), self.heads) if self.g_proj is not None else None
-        return self.o_proj(self.o_norm(o, gate).flatten(-2))
-
     def forward(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         q, k, v = self._project(x)
         T, theta = x.shape[1], self.options.rope_theta
@@ -81,13 +78,12 @@ class Retention(TokenMixer):
         o, S = chunk_simple_gla(q, k, v, g, initial_state=S0, output_final_state=True)
         if self.options.rotary:
             S = rotate_state(S, T - 1, theta)  # back to the frame of the last token
-        return self._output(o.to(x.dtype), x), {"recurrent_state": S}
+        return gated_output(o.to(x.dtype), x, self.heads, self.g_proj, self.o_norm, self.o_proj), {"recurrent_state": S}
 
     def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         q, k, v = (t[:, 0] for t in self._project(x))
         S = state["recurrent_state"]
         if self.options.rotary:
             S = rotate_state(S, 1, self.options.rope_theta)
-        S = S * self.log_decay.exp()[:, None, None] + k[..., :, None] * v[..., None, :]
-        o = torch.einsum("bhk,bhkv->bhv", q * q.shape[-1] ** -0.5, S)
-        return self._output(o[:, None], x), {"recurrent_state": S}
+        o, S = simple_gla_step(q * q.shape[-1] ** -0.5, k, v, self.log_decay, S)
+        return gated_output(o[:, None], x, self.heads, self.g_proj, self.o_norm, self.o_proj), {"recurrent_state": S}

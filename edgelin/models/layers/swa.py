@@ -42,6 +42,8 @@ def rotate(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tens
 
 
 class SlidingWindowAttention(TokenMixer):
+    float_state_kinds = ("window_mask",)  # 0/1 flags: an integer grid would only round them
+
     def __init__(self, config: LMConfig, layer: int):
         super().__init__()
         o = self.options = mixer_options(SWAOptions, config, "swa")

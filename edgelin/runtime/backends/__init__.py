@@ -22,12 +22,19 @@ from edgelin.errors import EdgelinError
 class Backend(Protocol):
     """One loaded step graph. Constructed as `cls(graph_path, threads=None, **options)`.
 
+    `run` must be safe to call from several threads at once (lock inside if the library is not).
+
     Optional parts, used by `Session` when present:
       `graph_files(manifest) -> {graph name: file or {"file": file, **constructor options}}` (classmethod;
       default: the ONNX graphs; an option named `weights` is a package-relative file, passed as a path);
       `shares_weights = True`: the constructor takes `initializers={name: array}`, the package's shared
       weights for that graph (runtime/weights.py), to use without copying;
       `batch`: the one batch size the compiled graph accepts (None: any);
+      `signature = {tensor name: (numpy dtype name or None, dims with None where symbolic, or None)}`: what
+      the graph declares for its inputs, outputs and state variables, checked against the manifest at load;
+      `has_device = True`: the constructor takes `device=`;
+      `native_code = True`: the back end loads native code from the package; its constructor takes
+      `trust_native_code=` and refuses to load without it (Session passes it only when the user opts in);
       `stateful = True` with `reset()`, `get_state() -> State`, `set_state(State)`: the back end keeps the
       states inside the graph, which then takes only `input_ids` and returns only `logits`.
     """
@@ -41,6 +48,12 @@ class Backend(Protocol):
 
 
 BACKENDS: dict[str, type] = {}
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of a library's exception text, for a one-line EdgelinError."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def register_backend(name: str) -> Callable[[type], type]:

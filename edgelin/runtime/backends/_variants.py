@@ -5,6 +5,7 @@ from typing import Any
 
 from edgelin.errors import EdgelinError
 from edgelin.runtime.package import Manifest
+from edgelin.runtime.schema import short
 
 
 def source_digests(manifest: Manifest) -> dict[str, str]:
@@ -20,7 +21,14 @@ def backend_variant(manifest: Manifest, backend: str, variant: str, *, hint: str
     entry = ((manifest.raw.get("backends") or {}).get(backend) or {}).get(variant)
     if entry is None:
         raise EdgelinError(f"the package has no {backend} {variant} graphs; build them with `{hint}`")
-    if entry.get("source") != source_digests(manifest):
+    if not isinstance(entry, dict) or entry.get("source") != source_digests(manifest):
         raise EdgelinError(f"the package's {backend} {variant} graphs were built from other ONNX graphs; "
                            f"rebuild them with `{hint}`")
+    for name in manifest.graphs:  # every file it names must be a checked package file
+        spec = entry.get(name)
+        file = spec.get("file") if isinstance(spec, dict) else spec
+        for f in (file, *([entry["weights"]] if "weights" in entry else [])):
+            if not isinstance(f, str) or f not in manifest.files:
+                raise EdgelinError(f"the package's {backend} {variant} entry names {short(f)} for {name}, "
+                                   "which is not a file listed in manifest.json")
     return entry

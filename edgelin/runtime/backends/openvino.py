@@ -7,12 +7,13 @@ shapes, so the stateless graphs are reshaped to batch 1 there; the stateful ones
 from __future__ import annotations
 
 import functools
+import threading
 from pathlib import Path
 
 import numpy as np
 
 from edgelin.errors import EdgelinError
-from edgelin.runtime.backends import register_backend
+from edgelin.runtime.backends import first_line, register_backend
 from edgelin.runtime.backends._variants import backend_variant
 from edgelin.runtime.package import Manifest
 
@@ -26,6 +27,16 @@ def _core():
     except ImportError:
         raise EdgelinError("the 'openvino' back end needs openvino: pip install openvino") from None
     return ov, ov.Core()
+
+
+def _info(port) -> tuple[str | None, tuple[int | None, ...] | None]:
+    """(numpy dtype name, dims with None for dynamic ones) of a compiled model's port."""
+    try:
+        dtype = np.dtype(port.get_element_type().to_dtype()).name
+    except Exception:  # an element type numpy has no name for
+        dtype = None
+    shape = port.get_partial_shape()
+    return dtype, None if shape.rank.is_dynamic else tuple(d.get_length() if d.is_static else None for d in shape)
 
 
 @register_backend("openvino")
@@ -43,6 +54,7 @@ class OpenVinoBackend:
 
     variant = "stateless"
     stateful = False
+    has_device = True
 
     @classmethod
     def graph_files(cls, manifest: Manifest) -> dict[str, dict]:
@@ -65,19 +77,25 @@ class OpenVinoBackend:
                 config["INFERENCE_PRECISION_HINT"] = "f32"  # no silent bf16 on CPUs that have it
             compiled = core.compile_model(model, self.device, config)
         except Exception as e:  # OpenVINO raises RuntimeError subclasses with long texts
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise EdgelinError(f"OpenVINO cannot load {graph_path} on {self.device}: {first}") from None
+            raise EdgelinError(f"OpenVINO cannot load {graph_path} on {self.device}: {first_line(e)}") from None
         self._request = compiled.create_infer_request()
         self._outputs = [(o, o.get_any_name()) for o in compiled.outputs]
         self.input_names = [i.get_any_name() for i in compiled.inputs]
         self.output_names = [name for _, name in self._outputs]
         shapes = [i.get_partial_shape() for i in compiled.inputs]
         self.batch = None if any(s.is_dynamic for s in shapes) else (shapes[0][0].get_length() if shapes else None)
+        self.signature = {p.get_any_name(): _info(p) for p in [*compiled.inputs, *compiled.outputs]}
+        self._where = graph_path
+        self._lock = threading.Lock()  # one infer request: one run at a time
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run the graph once; returns every output by name (copies, safe to keep)."""
-        result = self._request.infer(feeds, share_inputs=True)
-        return {name: result[port] for port, name in self._outputs}
+        """Run the graph once (thread-safe); returns every output by name (copies, safe to keep)."""
+        with self._lock:
+            try:
+                result = self._request.infer(feeds, share_inputs=True)
+            except Exception as e:  # OpenVINO's RuntimeError subclasses
+                raise EdgelinError(f"OpenVINO failed to run {self._where}: {first_line(e)}") from None
+            return {name: result[port] for port, name in self._outputs}
 
 
 @register_backend("openvino-stateful")
@@ -96,17 +114,22 @@ class OpenVinoStatefulBackend(OpenVinoBackend):
         super().__init__(graph_path, threads=threads, device=device, weights=weights)
         self._variables = {v.name: v for v in self._request.query_state()}
         self.state_names = sorted(self._variables)
+        # integer states are held as f32 variables (see exporters/openvino.py): check shapes only
+        self.signature |= {name: (None, tuple(v.state.shape)) for name, v in self._variables.items()}
 
     def reset(self) -> None:
         """Zero every state variable."""
-        self._request.reset_state()
+        with self._lock:
+            self._request.reset_state()
 
     def get_state(self) -> dict[str, np.ndarray]:
         """A copy of every state variable, keyed by state input name."""
-        return {name: np.array(v.state.data, copy=True) for name, v in self._variables.items()}
+        with self._lock:
+            return {name: np.array(v.state.data, copy=True) for name, v in self._variables.items()}
 
     def set_state(self, state: dict[str, np.ndarray]) -> None:
         """Overwrite every state variable from `state` (keyed by state input name)."""
         ov, _ = _core()
-        for name, v in self._variables.items():  # integer states are held as f32 (see exporters/openvino.py)
-            v.state = ov.Tensor(np.ascontiguousarray(state[name], dtype=v.state.data.dtype))
+        with self._lock:
+            for name, v in self._variables.items():
+                v.state = ov.Tensor(np.ascontiguousarray(state[name], dtype=v.state.data.dtype))

@@ -12,10 +12,18 @@ from pathlib import Path
 import numpy as np
 
 from edgelin.errors import EdgelinError
-from edgelin.runtime.backends import register_backend
+from edgelin.runtime.backends import first_line, register_backend
 from edgelin.runtime.package import Manifest
 
 DEFAULT_THREADS = 2
+_DTYPES = {"float": "float32", "double": "float64"}  # ONNX element type names that numpy spells otherwise
+
+
+def _info(arg) -> tuple[str | None, tuple[int | None, ...] | None]:
+    """(numpy dtype name, dims with None for symbolic ones) of an ORT NodeArg."""
+    kind = arg.type[len("tensor("):-1] if arg.type.startswith("tensor(") else None
+    dims = None if arg.shape is None else tuple(d if isinstance(d, int) else None for d in arg.shape)
+    return _DTYPES.get(kind, kind), dims
 
 
 @register_backend("ort")
@@ -23,7 +31,7 @@ class OrtBackend:
     """One ONNX graph in an onnxruntime InferenceSession.
 
     Args:
-        graph_path: the .onnx file.
+        graph_path: the .onnx file, or a serialized graph with its weights inside.
         threads: intra-op threads (default 2); inter-op execution is sequential.
         initializers: initializer name -> array, used in place of the graph's own (not copied).
         prepack: let ORT repack the weights it is given in `initializers` (a private copy).
@@ -38,7 +46,7 @@ class OrtBackend:
     def graph_files(cls, manifest: Manifest) -> dict[str, dict]:
         return {name: {"file": g.file, "prepack": name == "decode"} for name, g in manifest.graphs.items()}
 
-    def __init__(self, graph_path: Path, *, threads: int | None = None,
+    def __init__(self, graph_path: Path | bytes, *, threads: int | None = None,
                  initializers: dict[str, np.ndarray] | None = None, prepack: bool = True) -> None:
         try:
             import onnxruntime as ort
@@ -54,14 +62,20 @@ class OrtBackend:
             opts.add_initializer(name, value)
         if self._initializers and not prepack:
             opts.add_session_config_entry("session.disable_prepacking", "1")
+        self._where = "an in-memory graph" if isinstance(graph_path, bytes) else str(graph_path)
         try:
-            self._sess = ort.InferenceSession(str(graph_path), opts, providers=["CPUExecutionProvider"])
+            model = graph_path if isinstance(graph_path, bytes) else str(graph_path)
+            self._sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # ORT raises its own exception types
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise EdgelinError(f"onnxruntime cannot load {graph_path}: {first}") from None
+            raise EdgelinError(f"onnxruntime cannot load {self._where}: {first_line(e)}") from None
         self.input_names = [i.name for i in self._sess.get_inputs()]
         self.output_names = [o.name for o in self._sess.get_outputs()]
+        self.signature = {a.name: _info(a) for a in [*self._sess.get_inputs(), *self._sess.get_outputs()]}
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run the graph once; returns every output by name."""
-        return dict(zip(self.output_names, self._sess.run(None, feeds)))
+        """Run the graph once (thread-safe); returns every output by name."""
+        try:
+            return dict(zip(self.output_names, self._sess.run(None, feeds)))
+        except Exception as e:  # ORT raises its own exception types
+            raise EdgelinError(f"onnxruntime failed to run {self._where}: {first_line(e)}") from None
+

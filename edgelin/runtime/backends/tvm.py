@@ -1,5 +1,8 @@
 """TVM back end: the Relax shared libraries `edgelin compile PKG --backend tvm` adds to a package.
 
+Loading a library runs native code from the package, so the back end refuses unless the user opts in
+(`trust_native_code=True`, `--trust-native-code`; docs/FORMAT.md, "Trust model").
+
 The library for this machine's architecture (`backends.tvm.<arch>` in the manifest) holds one
 function per step graph (packages from before: one library per graph, function `main`). It is
 loaded once into a Relax VirtualMachine on the CPU, shared by the graphs, so the weights are in
@@ -9,12 +12,14 @@ from __future__ import annotations
 
 import functools
 import platform
+import re
+import threading
 from pathlib import Path
 
 import numpy as np
 
 from edgelin.errors import EdgelinError
-from edgelin.runtime.backends import register_backend
+from edgelin.runtime.backends import first_line, register_backend
 from edgelin.runtime.backends._variants import backend_variant
 from edgelin.runtime.package import Manifest
 
@@ -32,17 +37,16 @@ def _tvm():
 
 
 @functools.lru_cache(maxsize=4)
-def _virtual_machine(path: Path, stamp: tuple[int, int]):
-    """One VirtualMachine per library file (and version of it, `stamp`): a package's decode and
-    prefill share it, and its weights."""
+def _virtual_machine(path: Path, stamp: tuple[int, int]) -> tuple[object, threading.Lock]:
+    """One VirtualMachine per library file (and version of it, `stamp`), with the lock that makes it
+    run one call at a time: a package's decode and prefill share it, and its weights."""
     tvm = _tvm()
     from tvm import relax
 
     try:
-        return relax.VirtualMachine(tvm.runtime.load_module(str(path)), tvm.cpu())
+        return relax.VirtualMachine(tvm.runtime.load_module(str(path)), tvm.cpu()), threading.Lock()
     except Exception as e:  # TVMError and friends
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise EdgelinError(f"TVM cannot load {path}: {first}") from None
+        raise EdgelinError(f"TVM cannot load {path}: {first_line(e)}") from None
 
 
 @register_backend("tvm")
@@ -57,6 +61,7 @@ class TvmBackend:
     """
 
     batch = 1
+    native_code = True
 
     @classmethod
     def graph_files(cls, manifest: Manifest) -> dict[str, dict]:
@@ -65,22 +70,37 @@ class TvmBackend:
         return {name: entry[name] for name in manifest.graphs}
 
     def __init__(self, graph_path: Path, *, threads: int | None = None, inputs: list[str], outputs: list[str],
-                 function: str = "main") -> None:
+                 function: str = "main", trust_native_code: bool = False) -> None:
+        if trust_native_code is not True:
+            raise EdgelinError(f"{graph_path} is native code; load it only if you trust who made the package: "
+                               "pass --trust-native-code (CLI) or trust_native_code=True (Python)")
+        if not (isinstance(inputs, list) and isinstance(outputs, list) and isinstance(function, str)
+                and all(isinstance(n, str) for n in inputs + outputs)):
+            raise EdgelinError(f"the manifest's tvm entry for {graph_path} is malformed (inputs, outputs, function)")
         tvm = _tvm()
         tvm.get_global_func("runtime.config_threadpool")(1, DEFAULT_THREADS if threads is None else int(threads))
         path = Path(graph_path).resolve()
         stat = path.stat()
-        self._vm = _virtual_machine(path, (stat.st_mtime_ns, stat.st_size))
+        self._vm, self._lock = _virtual_machine(path, (stat.st_mtime_ns, stat.st_size))
         try:
             self._main = self._vm[function]
+            params = [self._vm._get_function_param_name(function, i)
+                      for i in range(self._vm._get_function_arity(function))]
         except Exception:  # the library has no such function
             raise EdgelinError(f"TVM library {graph_path} has no function {function!r}") from None
-        self._device = tvm.cpu()
+        if params != [re.sub(r"\W", "_", n) for n in inputs]:  # Relax spells "a.0.b" as "a_0_b"
+            raise EdgelinError(f"TVM library {graph_path}: {function} takes ({', '.join(params)}); "
+                               f"manifest.json lists ({', '.join(inputs)})")
+        self._device, self._where = tvm.cpu(), graph_path
         self.input_names, self.output_names = list(inputs), list(outputs)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run the graph once; returns every output by name."""
+        """Run the graph once (thread-safe); returns every output by name."""
         tvm = _tvm()
         args = [tvm.runtime.tensor(np.ascontiguousarray(feeds[n]), self._device) for n in self.input_names]
-        out = self._main(*args)
-        return {name: t.numpy() for name, t in zip(self.output_names, out)}
+        with self._lock:
+            try:
+                out = self._main(*args)
+                return {name: t.numpy() for name, t in zip(self.output_names, out)}
+            except Exception as e:  # TVMError and friends
+                raise EdgelinError(f"TVM failed to run {self._where}: {first_line(e)}") from None

@@ -1,0 +1,93 @@
+"""Checks run on every registered token mixer, through its tiny zoo model.
+
+Tests parametrize over `edgelin.models.layers.MIXERS` and call `tiny_zoo_name(mixer)`: it reads
+MIXERS and ZOO when called, so a test that registers a mixer at run time (monkeypatch.setitem on
+both) runs the same checks on it (tests/models/test_new_mixer.py).
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgelin.models import LM, ZOO
+from edgelin.runtime import Session
+
+TOL = 1e-4
+
+
+def tiny_zoo_name(mixer: str) -> str:
+    """The '-tiny' zoo model that tests `mixer`: one whose pattern uses it, single-family models first."""
+    found = sorted((len(set(c.pattern)), name) for name, c in ZOO.items() if name.endswith("-tiny") and mixer in c.pattern)
+    assert found, f"mixer {mixer!r} is registered but no '-tiny' model in edgelin/models/zoo.py uses it"
+    return found[0][1]
+
+
+def zoo_model(name: str, init_std: float = 0.2) -> LM:
+    """A zoo model, by default with a larger init so logits and states are O(1) and a mismatch cannot hide."""
+    return LM(dataclasses.replace(ZOO[name], init_std=init_std)).init_weights().eval()
+
+
+def random_state(model: LM, batch: int) -> list[dict[str, torch.Tensor]]:
+    return [{k: torch.rand_like(v).round() if k == "window_mask" else torch.randn_like(v) * 0.5 for k, v in layer.items()}
+            for layer in model.init_state(batch)]
+
+
+def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b|, relative to max |a| where that is above 1: Mamba's states reach ~100 and its
+    logits ~10 over a few hundred tokens, where float32 rounding alone is ~1e-4."""
+    return ((a - b).abs().max() / a.abs().max().clamp(min=1)).item()
+
+
+def max_state_diff(a: list[dict], b: list[dict]) -> float:
+    return max(rel_diff(x[k], y[k]) for x, y in zip(a, b) for k in x)
+
+
+def check_step_equals_parallel(model: LM, T: int) -> None:
+    """From a random state, T steps give the logits and state of one parallel pass over T tokens."""
+    ids = torch.randint(0, model.config.vocab_size, (2, T))
+    state0 = random_state(model, 2)
+    with torch.no_grad():
+        logits, state = model(ids, state0)
+        s, outs = state0, []
+        for t in range(T):
+            out, s = model.step(ids[:, t : t + 1], s)
+            outs.append(out)
+    assert logits.abs().max() > 0.1, "logits too small for the comparison to mean anything"
+    assert rel_diff(logits, torch.cat(outs, 1)) <= TOL
+    assert max_state_diff(state, s) <= TOL
+
+
+def check_prefill_chunks_then_steps(model: LM) -> None:
+    """Two 64-token chunks, then single steps, equal one pass over all 150 tokens."""
+    ids = torch.randint(0, model.config.vocab_size, (3, 150))
+    with torch.no_grad():
+        full, full_state = model(ids)
+        s, outs = None, []
+        for start in range(0, 128, 64):
+            out, s = model(ids[:, start : start + 64], s)
+            outs.append(out)
+        for t in range(128, 150):
+            out, s = model.step(ids[:, t : t + 1], s)
+            outs.append(out)
+    assert rel_diff(full, torch.cat(outs, 1)) <= TOL
+    assert max_state_diff(full_state, s) <= TOL
+
+
+def check_onnx_equals_torch(model: LM, package: Path, batch: int, steps: int, prefill: int = 16) -> None:
+    """ONNX Runtime on the exported package: one prefill chunk, then `steps` decode steps, as torch."""
+    session = Session(package, threads=2)
+    ids = np.random.default_rng(0).integers(0, model.config.vocab_size, (batch, prefill + steps))
+    ort_logits, ort_state = session.forward(ids[:, :prefill], session.new_state(batch))
+    with torch.no_grad():
+        ref, torch_state = model(torch.from_numpy(ids[:, :prefill]))
+        worst = np.abs(ort_logits - ref.numpy()).max()
+        for t in range(prefill, prefill + steps):
+            logits, ort_state = session.forward(ids[:, t : t + 1], ort_state)
+            ref, torch_state = model.step(torch.from_numpy(ids[:, t : t + 1]), torch_state)
+            worst = max(worst, np.abs(logits - ref.numpy()).max())
+    assert worst <= TOL, f"batch {batch}: max |ORT - torch| = {worst:.2e}"
+    for spec in session.manifest.states:
+        assert np.abs(ort_state[spec.input] - torch_state[spec.layer][spec.kind].numpy()).max() <= TOL, spec.input
