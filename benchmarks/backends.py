@@ -139,6 +139,7 @@ def main() -> None:
                     continue  # ORT runs the MatMulNBits form
                 try:
                     r = bench_package(pkg, backend=backend, threads=args.threads, decode_tokens=args.decode_tokens,
+                                      trust_native_code=True,  # the packages were compiled by this script
                                       baseline=not baseline_done)
                 except Exception as e:
                     log(f"{name} {prec} {backend}: {str(e).splitlines()[0][:200]}")

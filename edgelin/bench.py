@@ -106,10 +106,10 @@ def _percentiles(times: list[float]) -> tuple[float, float]:
 
 
 def _run_backend(package: str, backend: str, threads: int, device: str | None, decode_tokens: int,
-                 prefill_chunks: int) -> dict:
+                 prefill_chunks: int, trust_native_code: bool = False) -> dict:
     from edgelin.runtime import Session
 
-    session = Session(package, backend=backend, threads=threads, device=device)
+    session = Session(package, backend=backend, threads=threads, device=device, trust_native_code=trust_native_code)
     rng = np.random.default_rng(0)
     chunk = session.prefill_tokens
     prompt = rng.integers(0, session.vocab_size, (1, chunk * prefill_chunks))
@@ -199,7 +199,8 @@ def torch_baseline(architecture: dict, threads: int, decode_tokens: int, prefill
 
 
 def bench_package(package: str | os.PathLike, *, backend: str = "ort", threads: int = 2, device: str | None = None,
-                  decode_tokens: int = 128, prefill_chunks: int = 4, baseline: bool = True) -> dict:
+                  decode_tokens: int = 128, prefill_chunks: int = 4, baseline: bool = True,
+                  trust_native_code: bool = False) -> dict:
     """Measure a package on one back end; see the module docstring for what each number means.
 
     Args:
@@ -210,6 +211,7 @@ def bench_package(package: str | os.PathLike, *, backend: str = "ort", threads: 
         decode_tokens: timed decode steps (after 8 warm-up steps).
         prefill_chunks: the timed prompt is this many prefill chunks long.
         baseline: also time the PyTorch eager FP32 step form (imports torch).
+        trust_native_code: allow the tvm back end to load the package's native library.
     Returns:
         A JSON-ready dict (keys in docs/BENCHMARKS.md).
     Example:
@@ -223,7 +225,7 @@ def bench_package(package: str | os.PathLike, *, backend: str = "ort", threads: 
         raise EdgelinError("threads, decode tokens and prefill chunks must be >= 1")
     load_before = os.getloadavg()[0]
     run = _in_child(package=str(root), backend=backend, threads=threads, device=device,
-                    decode_tokens=decode_tokens, prefill_chunks=prefill_chunks)
+                    decode_tokens=decode_tokens, prefill_chunks=prefill_chunks, trust_native_code=trust_native_code)
     bandwidth, read = copy_bandwidth(threads), read_bandwidth(threads)
     weights = weight_bytes_per_token(root / manifest.graphs["decode"].file)
     floor_s = weights / bandwidth

@@ -72,6 +72,13 @@ def graph_sites(raw_manifest: dict[str, Any], graph: str) -> GraphSites:
     return GraphSites.from_dict(spec["sites"], f"manifest graph {graph!r}")
 
 
+def without_float_weights(graphs: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's `graphs` for a quantized package: the float weights and norm scales are gone,
+    which tensor leaves each block still holds."""
+    return {name: {**spec, "sites": {"weights": {}, "norms": {}, "blocks": dict(spec["sites"].get("blocks", {}))}}
+            if "sites" in spec else spec for name, spec in graphs.items()}
+
+
 def weight_readers(proto: onnx.ModelProto, initializer: str) -> list[tuple[onnx.NodeProto, int]]:
     """(node, input index) of every node that reads `initializer`, directly or through an Identity alias."""
     names = {initializer}

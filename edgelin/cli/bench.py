@@ -21,13 +21,15 @@ def bench(
     decode_tokens: int = typer.Option(128, help="Timed decode steps."),
     baseline: bool = typer.Option(True, help="Also time the PyTorch eager FP32 step form."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
+    trust_native_code: bool = typer.Option(False, "--trust-native-code", help="Allow a back end that runs native "
+                                           "code from the package (tvm); only for packages you trust."),
 ) -> None:
     """Decode and prefill tokens/s, ms/token p50/p90, peak RSS, bytes on disk, the bandwidth floor."""
     from edgelin.bench import bench_package
 
     with console.status(f"benchmarking {package} on {backend}"):
         r = bench_package(package, backend=backend, threads=threads, device=device,
-                          decode_tokens=decode_tokens, baseline=baseline)
+                          decode_tokens=decode_tokens, baseline=baseline, trust_native_code=trust_native_code)
     if json_out:
         json_out.write_text(json.dumps(r, indent=2) + "\n")
     table = Table("", backend, "torch eager fp32" if baseline else "", title=f"{package} ({r['precision']}, {threads} threads)")

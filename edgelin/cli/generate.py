@@ -28,6 +28,8 @@ def generate(
     device: Optional[str] = typer.Option(None, help="Device for back ends that have several (OpenVINO: CPU, NPU, GPU)."),
     state_in: Optional[Path] = typer.Option(None, help="Start from a saved state snapshot."),
     state_out: Optional[Path] = typer.Option(None, help="Save the state after generation."),
+    trust_native_code: bool = typer.Option(False, "--trust-native-code", help="Allow a back end that runs native "
+                                           "code from the package (tvm); only for packages you trust."),
 ) -> None:
     """Generate text from a package, streaming it as it is produced."""
     from edgelin.runtime import SamplingConfig, Session, encode_prompt, load_state, load_tokenizer, save_state
@@ -35,7 +37,7 @@ def generate(
 
     if (prompt is None) == (ids is None):
         raise EdgelinError("give exactly one of --prompt TEXT or --ids 1,2,3")
-    session = Session(package, backend=backend, threads=threads, device=device)
+    session = Session(package, backend=backend, threads=threads, device=device, trust_native_code=trust_native_code)
     tokenizer = load_tokenizer(package, session.manifest)
     state = load_state(state_in, session.manifest) if state_in else None
     if prompt is not None:

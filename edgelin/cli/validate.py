@@ -21,6 +21,8 @@ def validate(
     horizon: int = typer.Option(8192, help="Stream length in tokens (drift horizon)."),
     streams: int = typer.Option(8, help="Parallel streams (fewer if the text is short)."),
     backend: str = typer.Option("ort", help="Runtime back end for both packages."),
+    trust_native_code: bool = typer.Option(False, "--trust-native-code", help="Allow a back end that runs native "
+                                           "code from the package (tvm); only for packages you trust."),
 ) -> None:
     """Loss, perplexity, KL, top-1 agreement, SNR per layer and state, drift; report.md/.json + plots."""
     from edgelin.calibration.streams import read_text
@@ -29,6 +31,7 @@ def validate(
     body = read_text(text)
     with progress_bars() as on_progress:
         result = compare_packages(reference, candidate, body, horizon=horizon, streams=streams, backend=backend,
+                                  trust_native_code=trust_native_code,
                                   progress=lambda d, t: on_progress("validate", d, t))
     report = write_report(result, out or candidate.with_name(f"{candidate.name}.report"))
     if json_out:

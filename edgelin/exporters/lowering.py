@@ -12,6 +12,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from edgelin.exporters.static import optimize_keeping
+
 def _run(proto: onnx.ModelProto, names: list[str]) -> dict[str, np.ndarray]:
     """The values of `names` and of every graph output, with every graph input zero."""
     import onnxruntime as ort
@@ -28,10 +30,11 @@ def _run(proto: onnx.ModelProto, names: list[str]) -> dict[str, np.ndarray]:
     return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
 
 
-def lower_graph(proto: onnx.ModelProto, ops: frozenset[str] | None) -> onnx.ModelProto:
-    """A static step graph with shape-only nodes folded and Trilu / ReduceL2 rewritten when `ops` lacks them."""
-    import onnxscript.optimizer
+def lower_graph(proto: onnx.ModelProto, ops: frozenset[str] | None, keep_names: tuple[str, ...] = ()) -> onnx.ModelProto:
+    """A static step graph with shape-only nodes folded and Trilu / ReduceL2 rewritten when `ops` lacks them.
 
+    Tensors named in `keep_names` (declared block outputs) keep their names through the optimizer.
+    """
     g = proto.graph
     const_nodes = [n for n in g.node if n.op_type in ("Shape", "EyeLike")]
     trilu = [n for n in g.node if n.op_type == "Trilu" and ops is not None and "Trilu" not in ops]
@@ -53,7 +56,7 @@ def lower_graph(proto: onnx.ModelProto, ops: frozenset[str] | None) -> onnx.Mode
             keep.append(node)
     del g.node[:]
     g.node.extend(keep)
-    folded = onnxscript.optimizer.optimize(proto)
+    folded = optimize_keeping(proto, keep_names)
     onnx.checker.check_model(folded)
     return folded
 

@@ -154,6 +154,15 @@ def export_profile(name: str) -> Profile:
     return profile
 
 
+def surviving_sites(sites: dict, proto: onnx.ModelProto) -> dict:
+    """A sites record without the entries whose tensors the optimizer folded away (e.g. equal norm scales merged)."""
+    inits = {i.name for i in proto.graph.initializer}
+    tensors = {o for n in proto.graph.node for o in n.output}
+    return {"weights": {k: w for k, w in sites["weights"].items() if w["initializer"] in inits},
+            "norms": {k: v for k, v in sites.get("norms", {}).items() if v in inits},
+            "blocks": {k: v for k, v in sites.get("blocks", {}).items() if v in tensors}}
+
+
 def apply_profile(package_dir: str | os.PathLike, name: str, out_dir: str | os.PathLike | None = None, *,
                   force: bool = False) -> Path:
     """Make a package's step graphs fit profile `name`: static (batch 1, shapes folded) where the
@@ -186,9 +195,14 @@ def apply_profile(package_dir: str | os.PathLike, name: str, out_dir: str | os.P
         protos = {}
         for g, f in graph_files.items():
             proto = onnx.load(str(root / f))
-            protos[g] = lower_graph(make_static(proto, batch=1) if target.static else proto, target.ops)
+            blocks = tuple(((manifest.raw["graphs"][g].get("sites") or {}).get("blocks") or {}).values())
+            protos[g] = lower_graph(make_static(proto, batch=1, keep_names=blocks) if target.static else proto,
+                                    target.ops, blocks)
         paths, weights = save_graphs(protos, graph_files, Path(tmp))
         record = {"name": name, "batch": 1} if target.static else {"name": name}
-        return rewrite_package(root, out_dir or root, files=paths, update={"profile": record, "weights": weights},
+        graphs = {g: {**spec, "sites": surviving_sites(spec["sites"], protos[g])} if "sites" in spec else spec
+                  for g, spec in manifest.raw["graphs"].items()}
+        return rewrite_package(root, out_dir or root, files=paths,
+                               update={"profile": record, "weights": weights, "graphs": graphs},
                                drop_files=("openvino/", "tvm/", WEIGHTS_FILE, *graph_files.values()),
                                drop_fields=("backends",), force=force or out_dir is None)

@@ -11,17 +11,27 @@ import onnx
 from edgelin.errors import EdgelinError
 
 
-def make_static(proto: onnx.ModelProto, batch: int = 1) -> onnx.ModelProto:
+def optimize_keeping(proto: onnx.ModelProto, names: tuple[str, ...] = ()) -> onnx.ModelProto:
+    """onnxscript's optimizer, with the tensors in `names` (declared block outputs) keeping their names."""
+    import onnxscript.optimizer
+
+    outputs = len(proto.graph.output)
+    proto.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names)  # outputs keep names
+    folded = onnxscript.optimizer.optimize(proto)
+    del folded.graph.output[outputs:]
+    return folded
+
+
+def make_static(proto: onnx.ModelProto, batch: int = 1, keep_names: tuple[str, ...] = ()) -> onnx.ModelProto:
     """A copy of `proto` with every symbolic dimension set to `batch` and constants folded.
 
     Args:
         proto: a step graph whose only symbolic dimension is `batch` (docs/FORMAT.md).
         batch: the batch size to fix.
+        keep_names: tensors that keep their names through the optimizer.
     Returns:
         The folded model, checked with onnx.checker.
     """
-    import onnxscript.optimizer
-
     if batch < 1:
         raise EdgelinError(f"batch must be >= 1, not {batch}")
     proto = onnx.ModelProto.FromString(proto.SerializeToString())
@@ -39,7 +49,7 @@ def make_static(proto: onnx.ModelProto, batch: int = 1) -> onnx.ModelProto:
                 dim.Clear()
                 if i == 0:
                     dim.dim_value = batch
-    folded = _fold_constant_of_shape(onnxscript.optimizer.optimize(proto))
+    folded = _fold_constant_of_shape(optimize_keeping(proto, keep_names))
     onnx.checker.check_model(folded)
     return folded
 

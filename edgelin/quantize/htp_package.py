@@ -15,45 +15,25 @@ from edgelin.calibration.streams import MIN_STREAM_TOKENS, make_streams
 from edgelin.calibration.table import CalibrationTable
 from edgelin.errors import EdgelinError
 from edgelin.quantize.htp import Feeds, HtpScheme, quantize_graph_htp, state_overrides
-from edgelin.sites import graph_sites
+from edgelin.sites import graph_sites, without_float_weights
 from edgelin.quantize.schemes import SCHEME_FLAGS
 
 
 def calibration_feeds(fp_dir: Path, text: str, streams: int, tokens: int, decode_every: int = 4
                       ) -> dict[str, list[Feeds]]:
-    """graph -> batch-1 feeds (input_ids + states) met while streaming `text` through the FP package.
-
-    The schedule is `calibrate_package`'s: chunks of the prefill length, every `decode_every`-th
-    one token by token through the decode graph, states carried from chunk to chunk.
-    """
-    import onnxruntime as ort
-
-    from edgelin.runtime.package import read_package
+    """graph -> batch-1 feeds (input_ids + states) met while streaming `text` through the FP package,
+    on the probe runner's schedule (`Probe.mixed_stream`, as calibration streams it)."""
+    from edgelin.calibration.probe import Probe
     from edgelin.runtime.tokenizer import load_tokenizer
 
-    m = read_package(fp_dir)
-    ids = make_streams(load_tokenizer(fp_dir, m).encode(text), streams, tokens)
-    sess = {name: ort.InferenceSession(str(fp_dir / g.file), providers=["CPUExecutionProvider"])
-            for name, g in m.graphs.items()}
-    outs = {name: [o.name for o in s.get_outputs()] for name, s in sess.items()}
-    feeds: dict[str, list[Feeds]] = {name: [] for name in m.graphs}
+    probe = Probe(fp_dir)
+    ids = make_streams(load_tokenizer(fp_dir, probe.manifest).encode(text), streams, tokens)
+    feeds: dict[str, list[Feeds]] = {name: [] for name in probe.session.graphs}
 
-    def step(graph: str, chunk: np.ndarray, state: Feeds) -> Feeds:
-        feed = {"input_ids": chunk, **state}
-        feeds[graph].extend({k: v[b:b + 1] for k, v in feed.items()} for b in range(chunk.shape[0]))
-        res = dict(zip(outs[graph], sess[graph].run(None, feed)))
-        return {s.input: res[s.output] for s in m.states}
+    def keep(graph: str, feed: dict[str, np.ndarray], _out: dict) -> None:
+        feeds[graph].extend({k: v[b:b + 1] for k, v in feed.items()} for b in range(feed["input_ids"].shape[0]))
 
-    C = m.graphs["prefill"].tokens if "prefill" in m.graphs else 1
-    n, T = ids.shape
-    state = {s.input: np.zeros(s.shape_for(n), s.np_dtype) for s in m.states}
-    for i, a in enumerate(range(0, T, C)):
-        b = min(a + C, T)
-        if "prefill" not in m.graphs or b - a < C or i % decode_every == 0:
-            for t in range(a, b):
-                state = step("decode", ids[:, t:t + 1], state)
-        else:
-            state = step("prefill", ids[:, a:b], state)
+    probe.mixed_stream(ids, keep, decode_every)
     return feeds
 
 
@@ -116,5 +96,6 @@ def quantize_htp_package(fp_dir: str | Path, static_dir: str | Path, out_dir: st
                  for s in m.raw["states"]}
         return rewrite_package(static_dir, out_dir, files={**paths, "calibration.json": table.to_json().encode()},
                                update={"precision": {**scheme.to_dict(), "state_grids": grids}, "weights": weights,
-                                       "calibration": {"file": "calibration.json", **table.summary()}},
+                                       "calibration": {"file": "calibration.json", **table.summary()},
+                                       "graphs": without_float_weights(m.raw["graphs"])},
                                drop_files=(WEIGHTS_FILE, *graph_files.values()), drop_fields=("backends",), force=force)

@@ -15,7 +15,7 @@ from edgelin.exporters.weights import save_graphs
 from edgelin.quantize.qdq import quantize_graph, state_qparams
 from edgelin.quantize.schemes import QuantScheme
 from edgelin.runtime.package import manifest_fields, read_package, write_package
-from edgelin.sites import graph_sites
+from edgelin.sites import graph_sites, without_float_weights
 
 
 def quantize_protos(fp_dir: str | Path, scheme: QuantScheme, table: CalibrationTable,
@@ -85,9 +85,7 @@ def quantize_package(fp_dir: str | Path, out_dir: str | Path, scheme: QuantSchem
         # Compiled back-end files belong to the FP graphs: `edgelin compile` rebuilds them for these.
         manifest = manifest_fields(m, drop=("backends",))
         manifest.update(fields, weights=weights)
-        for name in protos:  # the float weights are gone; which tensor leaves each block still holds
-            manifest["graphs"][name] = {**manifest["graphs"][name], "sites": {"weights": {}, "norms": {},
-                                        "blocks": graph_sites(m.raw, name).blocks}}
+        manifest["graphs"] = without_float_weights(manifest["graphs"])
         return write_package(out_dir, files, manifest, force=force)
 
 

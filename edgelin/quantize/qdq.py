@@ -166,13 +166,14 @@ def _quantize_states(b: _Graph, qparams: dict[str, dict], entries: list[dict]) -
         s = b.add_init(f"{inp.name}_scale", np.array(qp["scale"], np.float32))
         z = b.add_init(f"{inp.name}_zero_point", np.array(qp["zero_point"], dtype))
         fin, fout = f"{inp.name}_dq", f"{out_name}_float"
-        for node in b.g.node:
+        added = [n for _, n in b.new_nodes]  # e.g. the Q/DQ of a linear layer that reads a new state
+        for node in [*b.g.node, *added]:
             node.input[:] = [fin if x == inp.name else x for x in node.input]
             node.output[:] = [fout if x == out_name else x for x in node.output]
-        for node in b.g.node:  # consumers of the renamed output inside the graph
+        for node in [*b.g.node, *added]:  # consumers of the renamed output inside the graph
             node.input[:] = [fout if x == out_name else x for x in node.input]
-        b.new_nodes.append((0, helper.make_node("DequantizeLinear", [inp.name, s, z], [fin], name=f"{inp.name}_DQ")))
-        b.new_nodes.append((10 ** 9, helper.make_node("QuantizeLinear", [fout, s, z], [out_name], name=f"{out_name}_Q")))
+        b.new_nodes.append((0, helper.make_node("DequantizeLinear", [inp.name, s, z], [fin], name=f"{inp.name}_state_DQ")))
+        b.new_nodes.append((10 ** 9, helper.make_node("QuantizeLinear", [fout, s, z], [out_name], name=f"{out_name}_state_Q")))
         inp.type.tensor_type.elem_type = NP_TO_ONNX[dtype]
         for o in b.g.output:
             if o.name == out_name:

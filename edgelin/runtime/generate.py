@@ -46,6 +46,12 @@ def _is_int(v: object) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
+def _token_set(ids: object) -> set[int]:
+    if isinstance(ids, (str, bytes)) or not isinstance(ids, Collection) or not all(map(_is_int, ids)):
+        raise EdgelinError("stop_ids must be a collection of token ids")
+    return {int(t) for t in ids}
+
+
 def generate(session: Session, prompt_ids: Sequence[int] | np.ndarray, max_new_tokens: int,
              sampling: SamplingConfig = GREEDY, seed: int | None = 0, state: State | None = None,
              stop_ids: Collection[int] = ()) -> Generation:
@@ -87,10 +93,8 @@ def generate(session: Session, prompt_ids: Sequence[int] | np.ndarray, max_new_t
         raise EdgelinError(f"seed must be an integer >= 0 or None, not {seed!r:.40}")
     if state is not None and not isinstance(state, Mapping):
         raise EdgelinError(f"state must be a state mapping (session.new_state()), not {type(state).__name__}")
-    if isinstance(stop_ids, (str, bytes)) or not isinstance(stop_ids, Collection) or not all(map(_is_int, stop_ids)):
-        raise EdgelinError("stop_ids must be a collection of token ids")
     state = session.new_state(1) if state is None else state
-    return Generation(session, ids, max_new_tokens, sampling, seed, state, stop_ids)
+    return Generation(session, ids, max_new_tokens, sampling, seed, state, _token_set(stop_ids))
 
 
 def generate_text(session: Session, tokenizer: Tokenizer, prompt: str, max_new_tokens: int,
@@ -102,7 +106,7 @@ def generate_text(session: Session, tokenizer: Tokenizer, prompt: str, max_new_t
     if not isinstance(prompt, str):
         raise EdgelinError(f"the prompt must be text (str), not {type(prompt).__name__}")
     ids = encode_prompt(tokenizer, prompt) if state is None else tokenizer.encode(prompt)
-    stop = {*stop_ids, *([tokenizer.eos_id] if tokenizer.eos_id is not None else [])}
+    stop = _token_set(stop_ids) | ({tokenizer.eos_id} if tokenizer.eos_id is not None else set())
     tokens = generate(session, ids, max_new_tokens, sampling, seed, state, stop)
     decoder = tokenizer.stream_decoder()
 

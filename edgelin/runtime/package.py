@@ -97,45 +97,45 @@ class Manifest:
                 raise EdgelinError(f"{where} is missing the field {key!r}")
         c = Checker(where)
         files = {c.name(k, f"files[{short(k)}]"): c.digest(v, f"files.{k}")
-                 for k, v in c.dict(d["files"], "files").items()}
+                 for k, v in c.mapping(d["files"], "files").items()}
         sizes = d.get("sizes")
         if sizes is not None:
-            sizes = {c.name(k, "sizes key"): c.int(v, f"sizes.{k}") for k, v in c.dict(sizes, "sizes").items()}
+            sizes = {c.name(k, "sizes key"): c.integer(v, f"sizes.{k}") for k, v in c.mapping(sizes, "sizes").items()}
             if set(sizes) != set(files):
                 c.fail("sizes", "a map with the same names as 'files'", sorted(set(sizes) ^ set(files))[0])
-        vocab = c.int(d["vocab_size"], "vocab_size", 1, MAX_VOCAB)
+        vocab = c.integer(d["vocab_size"], "vocab_size", 1, MAX_VOCAB)
         graphs = {}
-        for name, g in c.dict(d["graphs"], "graphs", 16).items():
-            c.dict(g, f"graphs.{c.str(name, 'graphs key')}")
+        for name, g in c.mapping(d["graphs"], "graphs", 16).items():
+            c.mapping(g, f"graphs.{c.text(name, 'graphs key')}")
             graphs[name] = GraphSpec(c.name(g.get("file"), f"graphs.{name}.file"),
-                                     c.int(g.get("tokens"), f"graphs.{name}.tokens", 1, MAX_TOKENS))
+                                     c.integer(g.get("tokens"), f"graphs.{name}.tokens", 1, MAX_TOKENS))
             if graphs[name].file not in files:
                 raise EdgelinError(f"{where}: graph {name!r} file {graphs[name].file} is not listed in 'files'")
-            c.dict(g.get("sites") or {}, f"graphs.{name}.sites")
+            c.mapping(g.get("sites") or {}, f"graphs.{name}.sites")
         if "decode" not in graphs:
             raise EdgelinError(f"{where} lists no 'decode' graph")
         if graphs["decode"].tokens != 1:
             raise EdgelinError(f"{where}: the decode graph must have tokens=1, not {graphs['decode'].tokens}")
         states = [state_spec(s) for s in check_states(c, d["states"])]
-        tokenizer = c.dict(d.get("tokenizer") or {"type": "bytes"}, "tokenizer")
-        c.str(tokenizer.get("type", "bytes"), "tokenizer.type")
+        tokenizer = c.mapping(d.get("tokenizer") or {"type": "bytes"}, "tokenizer")
+        c.text(tokenizer.get("type", "bytes"), "tokenizer.type")
         if "file" in tokenizer and c.name(tokenizer["file"], "tokenizer.file") not in files:
             raise EdgelinError(f"{where}: tokenizer file {tokenizer['file']} is not listed in 'files'")
         for key in ("bos_id", "eos_id"):
             if tokenizer.get(key) is not None:
-                c.int(tokenizer[key], f"tokenizer.{key}", 0, vocab - 1)
+                c.integer(tokenizer[key], f"tokenizer.{key}", 0, vocab - 1)
         for key in ("producer", "source_layout"):
             if key in d:
-                c.str(d[key], key, max_len=1 << 16)
+                c.text(d[key], key, max_len=1 << 16)
         for key in ("architecture", "precision", "profile", "backends"):
             if d.get(key) is not None:
-                c.dict(d[key], key)
+                c.mapping(d[key], key)
         if "max_context" in d:
-            c.int(d["max_context"], "max_context", 1, 1 << 31)
+            c.integer(d["max_context"], "max_context", 1, 1 << 31)
         if (d.get("profile") or {}).get("batch") is not None:
-            c.int(d["profile"]["batch"], "profile.batch", 1, 1 << 16)
+            c.integer(d["profile"]["batch"], "profile.batch", 1, 1 << 16)
         if d.get("weights") is not None:
-            check_weights_index(c, d["weights"], files, sizes)
+            check_weights_index(c, d["weights"], files)
         return cls(version, vocab, tokenizer, graphs, states, files, d.get("producer", ""),
                    d.get("architecture") or {}, d.get("precision") or {}, d)
 
@@ -198,8 +198,14 @@ def _read_manifest(root: Path) -> Any:
     if not stat.S_ISREG(info.st_mode):
         raise EdgelinError(f"{path} is not a regular file")
     if info.st_size > MAX_MANIFEST_BYTES:
-        raise EdgelinError(f"{path} is {info.st_size} bytes; the limit is {MAX_MANIFEST_BYTES}")
-    data = path.read_bytes()[:MAX_MANIFEST_BYTES + 1]
+        raise EdgelinError(f"{path} is over the limit of {MAX_MANIFEST_BYTES} bytes")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_MANIFEST_BYTES + 1)  # it may have grown since lstat
+    except OSError as e:
+        raise EdgelinError(f"cannot read {path}: {e.strerror}") from None
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise EdgelinError(f"{path} is over the limit of {MAX_MANIFEST_BYTES} bytes")
     if json_depth(data) > MAX_JSON_DEPTH:
         raise EdgelinError(f"{path} nests deeper than {MAX_JSON_DEPTH} levels")
     try:
@@ -237,12 +243,16 @@ def read_package(path: str | os.PathLike) -> Manifest:
     if extra:
         raise EdgelinError(f"package {root} has a file not listed in {MANIFEST}: {extra[0]}")
     limit, sizes = max_file_bytes(), manifest.raw.get("sizes") or {}
-    for name in sorted(manifest.files):
+    for name in sorted(manifest.files):  # sizes first: nothing is read before every file is known to fit
         size = _regular_file(root, name, limit)
         if name in sizes and sizes[name] != size:
             raise EdgelinError(f"checksum mismatch for {name} in {root}: it is {size} bytes, {MANIFEST} says {sizes[name]}")
     for name, digest in sorted(manifest.files.items()):
-        if sha256_file(root / name) != digest:
+        try:
+            ok = sha256_file(root / name) == digest
+        except OSError as e:
+            raise EdgelinError(f"cannot read {name} in {root}: {e.strerror}") from None
+        if not ok:
             raise EdgelinError(f"checksum mismatch for {name} in {root}")
     return manifest
 
@@ -261,8 +271,8 @@ def write_package(out_dir: str | os.PathLike, files: dict[str, Path | bytes], ma
     Args:
         out_dir: the package directory to create.
         files: package-relative name -> source file path or bytes (graphs, tokenizer.json, report/...).
-        manifest: manifest.json fields; `files` (the sha256 map) is filled in here and
-            `format_version` defaults to the current one.
+        manifest: manifest.json fields; `files` (the sha256 map) and `sizes` (bytes) are filled in
+            here and `format_version` defaults to the current one.
         force: replace an existing package at `out_dir`.
     Returns:
         `out_dir` as a Path.

@@ -55,24 +55,24 @@ class Checker:
     def fail(self, path: str, want: str, v: Any) -> None:
         raise EdgelinError(f"{self.where}: {path} must be {want}, not {short(v)}")
 
-    def int(self, v: Any, path: str, lo: int = 0, hi: int = 1 << 62) -> int:
+    def integer(self, v: Any, path: str, lo: int = 0, hi: int = 1 << 62) -> int:
         if type(v) is not int or not lo <= v <= hi:  # bool is not an int here
             self.fail(path, f"an integer in [{lo}, {hi}]", v)
         return v
 
-    def str(self, v: Any, path: str, choices: tuple[str, ...] | None = None, max_len: int = MAX_NAME) -> str:
+    def text(self, v: Any, path: str, choices: tuple[str, ...] | None = None, max_len: int = MAX_NAME) -> str:
         if type(v) is not str or not 0 < len(v) <= max_len or not v.isprintable() or (choices and v not in choices):
             self.fail(path, f"one of {', '.join(choices)}" if choices else f"a printable string of 1 to {max_len} characters", v)
         return v
 
-    def dict(self, v: Any, path: str, max_len: int = 1 << 20) -> dict:
+    def mapping(self, v: Any, path: str, max_len: int = 1 << 20) -> dict:
         if type(v) is not dict:
             self.fail(path, "an object", v)
         if len(v) > max_len:
             self.fail(path, f"an object of at most {max_len} entries", v)
         return v
 
-    def list(self, v: Any, path: str, max_len: int = 1 << 20) -> list:
+    def array(self, v: Any, path: str, max_len: int = 1 << 20) -> list:
         if type(v) is not list:
             self.fail(path, "an array", v)
         if len(v) > max_len:
@@ -81,7 +81,7 @@ class Checker:
 
     def name(self, v: Any, path: str) -> str:
         """A package file name: relative, normalised, inside the package, not manifest.json."""
-        self.str(v, path)
+        self.text(v, path)
         p = PurePosixPath(v)
         if p.is_absolute() or ".." in p.parts or p.as_posix() != v or v == "manifest.json" or "\0" in v or "\\" in v:
             self.fail(path, "a normalised relative path inside the package", v)
@@ -100,24 +100,24 @@ def nbytes(shape: list[int] | tuple[int, ...], dtype: str) -> int:
 
 def check_state_entry(c: Checker, s: Any, path: str) -> dict[str, Any]:
     """One `states` entry of manifest.json, with its shape checked: "batch" then positive integers."""
-    c.dict(s, path)
+    c.mapping(s, path)
     for key in ("input", "output", "kind"):
-        c.str(s.get(key), f"{path}.{key}")
-    c.int(s.get("layer"), f"{path}.layer", 0, 1 << 20)
-    shape = c.list(s.get("shape"), f"{path}.shape", 8)
+        c.text(s.get(key), f"{path}.{key}")
+    c.integer(s.get("layer"), f"{path}.layer", 0, 1 << 20)
+    shape = c.array(s.get("shape"), f"{path}.shape", 8)
     if len(shape) < 2 or shape[0] != "batch":
         c.fail(f"{path}.shape", '["batch", ...] with at least one more dimension', shape)
     for i, d in enumerate(shape[1:], 1):
-        c.int(d, f"{path}.shape[{i}]", 1, 1 << 31)
-    c.str(s.get("dtype", "float32"), f"{path}.dtype", STATE_DTYPES)
+        c.integer(d, f"{path}.shape[{i}]", 1, 1 << 31)
+    c.text(s.get("dtype", "float32"), f"{path}.dtype", STATE_DTYPES)
     if "policy" in s:
-        c.str(s["policy"], f"{path}.policy", ("int", "float"))
+        c.text(s["policy"], f"{path}.policy", ("int", "float"))
     return s
 
 
 def check_states(c: Checker, states: Any, path: str = "states") -> list[dict[str, Any]]:
     """The `states` list: each entry valid, names unique, one sequence's states within MAX_STATE_BYTES."""
-    entries = [check_state_entry(c, s, f"{path}[{i}]") for i, s in enumerate(c.list(states, path, 4096))]
+    entries = [check_state_entry(c, s, f"{path}[{i}]") for i, s in enumerate(c.array(states, path, 4096))]
     for key, reserved in (("input", "input_ids"), ("output", "logits")):
         names = [s[key] for s in entries]
         if len(set(names)) != len(names) or reserved in names:
@@ -129,24 +129,23 @@ def check_states(c: Checker, states: Any, path: str = "states") -> list[dict[str
     return entries
 
 
-def check_weights_index(c: Checker, index: Any, files: dict[str, str], sizes: dict[str, int] | None) -> None:
-    """The optional `weights` index (docs/FORMAT.md, "Shared weights")."""
-    c.dict(index, "weights")
+def check_weights_index(c: Checker, index: Any, files: dict[str, str]) -> None:
+    """The optional `weights` index (docs/FORMAT.md, "Shared weights"); runtime/weights.py checks it
+    against the file's size when it maps the file."""
+    c.mapping(index, "weights")
     file = c.name(index.get("file"), "weights.file")
     if file not in files:
         raise EdgelinError(f"{c.where}: the weights file of 'weights' is not listed in 'files'")
-    for g, digest in c.dict(index.get("graphs", {}), "weights.graphs", 16).items():
+    for g, digest in c.mapping(index.get("graphs", {}), "weights.graphs", 16).items():
         c.digest(digest, f"weights.graphs.{g}")
-    for i, t in enumerate(c.list(index.get("tensors"), "weights.tensors")):
+    for i, t in enumerate(c.array(index.get("tensors"), "weights.tensors")):
         path = f"weights.tensors[{i}]"
-        c.dict(t, path)
-        offset = c.int(t.get("offset"), f"{path}.offset")
-        length = c.int(t.get("length"), f"{path}.length")
-        dtype = c.str(t.get("dtype"), f"{path}.dtype", TENSOR_DTYPES)
-        shape = [c.int(d, f"{path}.shape[{j}]", 0, 1 << 40) for j, d in enumerate(c.list(t.get("shape"), f"{path}.shape", 8))]
+        c.mapping(t, path)
+        offset = c.integer(t.get("offset"), f"{path}.offset")
+        length = c.integer(t.get("length"), f"{path}.length")
+        dtype = c.text(t.get("dtype"), f"{path}.dtype", TENSOR_DTYPES)
+        shape = [c.integer(d, f"{path}.shape[{j}]", 0, 1 << 40) for j, d in enumerate(c.array(t.get("shape"), f"{path}.shape", 8))]
         if offset % ALIGN or length != nbytes(shape, dtype):
             c.fail(path, f"{ALIGN}-byte aligned with length = its dtype's size x its shape's product", t)
-        if sizes is not None and offset + length > sizes[file]:
-            c.fail(path, f"inside {file} ({sizes[file]} bytes)", t)
-        for g, n in c.dict(t.get("names"), f"{path}.names", 16).items():
-            c.str(n, f"{path}.names.{g}")
+        for g, n in c.mapping(t.get("names"), f"{path}.names", 16).items():
+            c.text(n, f"{path}.names.{g}")

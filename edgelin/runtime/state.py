@@ -16,6 +16,7 @@ import numpy as np
 from edgelin.errors import EdgelinError
 from edgelin.runtime.backends import first_line
 from edgelin.runtime.package import Manifest, StateSpec, max_file_bytes
+from edgelin.runtime.schema import short
 
 _FINGERPRINT = "__edgelin_state_layout__"
 
@@ -42,7 +43,7 @@ def check_state(state: object, specs: Sequence[StateSpec], *, finite: bool = Tru
     names = {s.input for s in specs}
     if set(state) != names:
         odd = sorted(names ^ set(state), key=str)[0]
-        raise EdgelinError(f"state does not match the package (check {odd}); use new_state()")
+        raise EdgelinError(f"state does not match the package (check {short(odd)}); use new_state()")
     batch = None
     for s in specs:
         a = state[s.input]
@@ -70,12 +71,18 @@ def save_state(path: str | os.PathLike, state: Mapping[str, np.ndarray], manifes
     except EdgelinError as e:
         raise EdgelinError(f"{e}; nothing saved") from None
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    except OSError as e:
+        raise EdgelinError(f"cannot write the state file {path}: {e.strerror}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **{k: np.asarray(v) for k, v in state.items()},
                      **{_FINGERPRINT: np.array(state_fingerprint(manifest))})
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise EdgelinError(f"cannot write the state file {path}: {e.strerror}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

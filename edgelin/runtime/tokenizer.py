@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -60,7 +61,7 @@ def utf8(text: str) -> bytes:
 
 def _byte(token: int) -> int:
     if isinstance(token, bool) or not isinstance(token, (int, np.integer)) or not 0 <= token < 256:
-        raise EdgelinError(f"token id {token} is not a byte (the byte tokenizer has vocab 256)")
+        raise EdgelinError(f"token id {token!r:.40} is not a byte (the byte tokenizer has vocab 256)")
     return int(token)
 
 
@@ -75,6 +76,8 @@ class ByteTokenizer:
         return list(utf8(text))
 
     def decode(self, ids: list[int]) -> str:
+        if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
+            raise EdgelinError(f"ids must be a sequence of token ids, not {type(ids).__name__}")
         return bytes(_byte(t) for t in ids).decode("utf-8", errors="replace")
 
     def stream_decoder(self) -> ByteStreamDecoder:

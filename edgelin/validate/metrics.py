@@ -42,7 +42,7 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 
 def compare_packages(reference: str | Path, candidate: str | Path, text: str, *, horizon: int = 8192,
                      streams: int = 8, backend: str = "ort", progress: Callable[[int, int], None] | None = None,
-                     reference_cache: dict | None = None) -> dict[str, Any]:
+                     reference_cache: dict | None = None, trust_native_code: bool = False) -> dict[str, Any]:
     """Compare `candidate` with `reference` on `text`.
 
     Returns a JSON-ready dict: loss_reference, loss_candidate (nats/token), loss_increase_pct,
@@ -56,7 +56,7 @@ def compare_packages(reference: str | Path, candidate: str | Path, text: str, *,
     the reference once.
     """
     ref_dir, cand_dir = Path(reference), Path(candidate)
-    ref, cand = Session(ref_dir, backend=backend), Session(cand_dir, backend=backend)
+    ref, cand = (Session(d, backend=backend, trust_native_code=trust_native_code) for d in (ref_dir, cand_dir))
     check_compatible(ref.manifest, cand.manifest, ref_dir, cand_dir)
     if not text or not text.strip():
         raise EdgelinError("the validation text is empty")

@@ -306,6 +306,17 @@ def test_tampered_backend_entry(native_pkg, tmp_path, edit):
     error_of(Session, pkg, backend="tvm", trust_native_code=True)
 
 
+@pytest.mark.parametrize("backend", ["openvino", "openvino-stateful"])
+@pytest.mark.parametrize("path, value, msg", [("vocab_size", 512, "logits has shape"),
+                                              ("states>0>shape", ["batch", 2, 16, 31], "recurrent_state has shape")])
+def test_openvino_graphs_contradict_manifest(ov_pkg, tmp_path, backend, path, value, msg):
+    pkg = shutil.copytree(ov_pkg, tmp_path / "ov")
+    doc = json.loads((pkg / "manifest.json").read_text())
+    put(doc, path, value)
+    (pkg / "manifest.json").write_text(json.dumps(doc))
+    assert msg in error_of(Session, pkg, backend=backend)
+
+
 def test_openvino_entry_naming_unlisted_file(ov_pkg, tmp_path):
     pkg = shutil.copytree(ov_pkg, tmp_path / "ov")
     doc = json.loads((pkg / "manifest.json").read_text())
@@ -418,6 +429,12 @@ def test_broken_snapshot_file(session, tmp_path, kind):
     error_of(load_state, path, session.manifest)
 
 
+@pytest.mark.parametrize("where", ["absent/s.npz", "dir"])
+def test_snapshot_unwritable_path(session, tmp_path, where):
+    (tmp_path / "dir").mkdir()
+    error_of(save_state, tmp_path / where, session.new_state(), session.manifest)
+
+
 def test_snapshot_round_trip_still_exact(session, tmp_path):
     g = generate(session, list(b"hello there"), 5)
     list(g)
@@ -499,7 +516,7 @@ def test_fuzz_state_arrays(session, data):
     for name in data.draw(st.lists(st.sampled_from(sorted(state)), max_size=3, unique=True)):
         shape = data.draw(st.lists(st.integers(0, 4), min_size=0, max_size=4).map(tuple) | st.just(state[name].shape))
         value = data.draw(st.sampled_from([0.0, 1.0, np.nan, np.inf, -1e30]))
-        with np.errstate(invalid="ignore"):
+        with np.errstate(invalid="ignore", over="ignore"):
             state[name] = np.full(shape, value).astype(data.draw(DTYPES)) if data.draw(st.booleans()) else value
     if data.draw(st.booleans()):
         state.pop(data.draw(st.sampled_from(sorted(state))))

@@ -126,12 +126,13 @@ def test_sample_refuses_broken_logits(logits, config):
     error_of(sample, logits, config, np.random.default_rng(0))
 
 
-@pytest.mark.parametrize("prompt", ["\ud800", "ok \udfff", b"hi", None, 5])
-def test_bad_text_prompt(session, prompt):
-    error_of(lambda: list(generate_text(session, ByteTokenizer(), prompt, 3)))
+@pytest.mark.parametrize("prompt, stop", [("\ud800", ()), ("ok \udfff", ()), (b"hi", ()), (None, ()), (5, ()),
+                                          ("hi", 5), ("hi", "ab"), ("hi", [1.5])])
+def test_bad_text_prompt(session, prompt, stop):
+    error_of(lambda: list(generate_text(session, ByteTokenizer(), prompt, 3, stop_ids=stop)))
 
 
-@pytest.mark.parametrize("ids", [[300], [-1], ["a"], [1.5]])
+@pytest.mark.parametrize("ids", [[300], [-1], ["a"], [1.5], 5, "ab", None])
 def test_byte_tokenizer_bad_ids(ids):
     error_of(ByteTokenizer().decode, ids)
 

@@ -4,7 +4,7 @@ from no_torch_helpers import run_without_torch
 SCRIPT = r"""
 from edgelin.runtime import Session, generate
 for backend in ("openvino", "openvino-stateful", "tvm"):
-    assert len(list(generate(Session(sys.argv[1], backend=backend, threads=1), [72, 105], 4))) == 4
+    assert len(list(generate(Session(sys.argv[1], backend=backend, threads=1, trust_native_code=True), [72, 105], 4))) == 4
 print("ok")
 """
 

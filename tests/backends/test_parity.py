@@ -19,7 +19,7 @@ def rms_ratio(ref: np.ndarray, out: np.ndarray) -> float:
 @pytest.mark.parametrize("name", MODELS)
 def test_greedy_tokens_and_logits_match_ort(fp_packages, name, backend):
     pkg = fp_packages[name]
-    ort, other = Session(pkg, threads=1), Session(pkg, backend=backend, threads=1)
+    ort, other = Session(pkg, threads=1), Session(pkg, backend=backend, threads=1, trust_native_code=True)
     prompt = list(b"ROMEO: Wherefore art thou")  # 25 tokens: one prefill chunk of 16, then 9 decode steps
     want = list(generate(ort, prompt, DECODE_STEPS))
     got = list(generate(other, prompt, DECODE_STEPS))
@@ -41,4 +41,4 @@ def test_stateless_backends_refuse_missing_graphs(tmp_path):
     pkg = export_package(LM(ZOO["gla-tiny"]).init_weights(), tmp_path / "bare", prefill_tokens=4)
     for backend, hint in (("openvino", "--backend openvino"), ("tvm", "--backend tvm")):
         with pytest.raises(EdgelinError, match=hint):
-            Session(pkg, backend=backend)
+            Session(pkg, backend=backend, trust_native_code=True)

@@ -31,7 +31,7 @@ def int8_package(fp_packages, tmp_path_factory, request):
 
 @pytest.mark.parametrize("backend", ["openvino", "openvino-stateful", "tvm"])
 def test_int8_close_to_ort_int8(int8_package, backend):
-    ort, other = Session(int8_package, threads=1), Session(int8_package, backend=backend, threads=1)
+    ort, other = Session(int8_package, threads=1), Session(int8_package, backend=backend, threads=1, trust_native_code=True)
     ids = np.random.default_rng(0).integers(0, 256, (1, 48))
     ref, ref_state = ort.forward(ids, ort.new_state())
     out, state = other.forward(ids, other.new_state())

@@ -96,7 +96,6 @@ def test_new_mixer_onnx_equals_torch(ema, tmp_path):
     check_onnx_equals_torch(model, export_package(model, tmp_path / "pkg", prefill_tokens=16), batch=2, steps=32)
 
 
-@pytest.mark.xfail(reason="declared quantization sites land with issue 12 item 1", strict=False)
 def test_new_mixer_int8_quantize_and_validate(ema, tmp_path):
     fp = export_package(zoo_model(ema, 0.1), tmp_path / "fp", prefill_tokens=16)
     result = run_pipeline(fp, tmp_path / "int8", W8A8(), default_text(), streams=2, tokens=256, horizon=512, eval_streams=2)
