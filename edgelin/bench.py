@@ -100,9 +100,21 @@ def weight_bytes_per_token(onnx_path: str | os.PathLike) -> int:
     return total
 
 
-def _percentiles(times: list[float]) -> tuple[float, float]:
+def _decode_times(step, ids, state, warmup: int) -> list[float]:
+    """Seconds per decode step over ids[warmup:], after `warmup` untimed steps."""
+    times = []
+    for t in range(len(ids)):
+        start = time.perf_counter()
+        _, state = step(ids[t], state)
+        times.append(time.perf_counter() - start)
+    return times[warmup:]
+
+
+def _speeds(times: list[float], prefill_tokens: int, prefill_s: float) -> dict:
     ms = np.array(times) * 1e3
-    return float(np.percentile(ms, 50)), float(np.percentile(ms, 90))
+    p50, p90 = float(np.percentile(ms, 50)), float(np.percentile(ms, 90))
+    return {"decode_tokens_per_s": 1e3 / p50, "decode_tokens_per_s_mean": len(times) / sum(times),
+            "prefill_tokens_per_s": prefill_tokens / prefill_s, "ms_per_token_p50": p50, "ms_per_token_p90": p90}
 
 
 def _run_backend(package: str, backend: str, threads: int, device: str | None, decode_tokens: int,
@@ -119,19 +131,8 @@ def _run_backend(package: str, backend: str, threads: int, device: str | None, d
         start = time.perf_counter()
         _, state = session.forward(prompt, session.new_state(1))
         prefill_s = min(prefill_s, time.perf_counter() - start)
-    ids = rng.integers(0, session.vocab_size, (decode_tokens + 8, 1, 1))
-    for t in range(8):  # warm-up
-        _, state = session.forward(ids[t], state)
-    times = []
-    for t in range(8, decode_tokens + 8):
-        start = time.perf_counter()
-        _, state = session.forward(ids[t], state)
-        times.append(time.perf_counter() - start)
-    p50, p90 = _percentiles(times)
-    return {"decode_tokens_per_s": 1e3 / p50, "decode_tokens_per_s_mean": len(times) / sum(times),
-            "prefill_tokens_per_s": prompt.shape[1] / prefill_s,
-            "ms_per_token_p50": p50, "ms_per_token_p90": p90,
-            "peak_rss_bytes": peak_rss_bytes()}
+    times = _decode_times(session.forward, rng.integers(0, session.vocab_size, (decode_tokens + 8, 1, 1)), state, 8)
+    return {**_speeds(times, prompt.shape[1], prefill_s), "peak_rss_bytes": peak_rss_bytes()}
 
 
 def peak_rss_bytes() -> int:
@@ -184,18 +185,8 @@ def torch_baseline(architecture: dict, threads: int, decode_tokens: int, prefill
         start = time.perf_counter()
         _, state = model(prompt, None)
         prefill_s = time.perf_counter() - start
-        ids = torch.from_numpy(rng.integers(0, vocab, (decode_tokens + 4, 1, 1)))
-        for t in range(4):
-            _, state = model.step(ids[t], state)
-        times = []
-        for t in range(4, decode_tokens + 4):
-            start = time.perf_counter()
-            _, state = model.step(ids[t], state)
-            times.append(time.perf_counter() - start)
-    p50, p90 = _percentiles(times)
-    return {"decode_tokens_per_s": 1e3 / p50, "decode_tokens_per_s_mean": len(times) / sum(times),
-            "prefill_tokens_per_s": prefill_tokens / prefill_s,
-            "ms_per_token_p50": p50, "ms_per_token_p90": p90}
+        times = _decode_times(model.step, torch.from_numpy(rng.integers(0, vocab, (decode_tokens + 4, 1, 1))), state, 4)
+    return _speeds(times, prefill_tokens, prefill_s)
 
 
 def bench_package(package: str | os.PathLike, *, backend: str = "ort", threads: int = 2, device: str | None = None,

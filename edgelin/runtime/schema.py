@@ -66,17 +66,16 @@ class Checker:
         return v
 
     def mapping(self, v: Any, path: str, max_len: int = 1 << 20) -> dict:
-        if type(v) is not dict:
-            self.fail(path, "an object", v)
-        if len(v) > max_len:
-            self.fail(path, f"an object of at most {max_len} entries", v)
-        return v
+        return self._sized(v, path, dict, "an object", max_len)
 
     def array(self, v: Any, path: str, max_len: int = 1 << 20) -> list:
-        if type(v) is not list:
-            self.fail(path, "an array", v)
+        return self._sized(v, path, list, "an array", max_len)
+
+    def _sized(self, v: Any, path: str, kind: type, what: str, max_len: int) -> Any:
+        if type(v) is not kind:
+            self.fail(path, what, v)
         if len(v) > max_len:
-            self.fail(path, f"an array of at most {max_len} entries", v)
+            self.fail(path, f"{what} of at most {max_len} entries", v)
         return v
 
     def name(self, v: Any, path: str) -> str:
