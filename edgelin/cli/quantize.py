@@ -1,7 +1,6 @@
 """`edgelin quantize`: an FP package to an INT8 / INT16 / INT4 package (calibrate, quantize, validate)."""
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -10,16 +9,6 @@ import typer
 from edgelin.cli import app, refuse_existing, scheme_flag, user_errors
 from edgelin.cli.ui import print_summary, progress_bars
 from edgelin.errors import EdgelinError
-
-
-def build_scheme(int8: bool, int16: bool, int4: bool, w4a8: bool, w8: bool = False, **options):
-    """Deprecated: name the scheme with `edgelin.quantize.schemes.scheme_by_name("int8", **options)`."""
-    from edgelin.quantize.schemes import scheme_by_name
-
-    warnings.warn("edgelin.cli.quantize.build_scheme is deprecated; use edgelin.quantize.schemes.scheme_by_name",
-                  DeprecationWarning, stacklevel=2)
-    name = scheme_flag(int8=int8, int16=int16, int4=int4, w4a8=w4a8, w8=w8)
-    return scheme_by_name(name, **options) if name else None
 
 
 @app.command()

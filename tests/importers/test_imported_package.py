@@ -56,10 +56,10 @@ def test_package_ships_tokenizer_and_generates_text(package):
 
 
 def test_int8_pipeline_runs_on_an_imported_model(package, tmp_path):
-    from edgelin.cli.quantize import build_scheme
     from edgelin.quantize.pipeline import run_pipeline
+    from edgelin.quantize.schemes import scheme_by_name
 
-    scheme = build_scheme(True, False, False, False)
+    scheme = scheme_by_name("int8")
     result = run_pipeline(package, tmp_path / "int8", scheme, TEXT, streams=2, tokens=256, horizon=256, eval_streams=2)
     manifest = json.loads((tmp_path / "int8" / "manifest.json").read_text())
     assert manifest["source_layout"] == "hf-mamba2" and manifest["tokenizer"]["type"] == "tokenizers"
