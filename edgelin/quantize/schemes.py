@@ -191,9 +191,8 @@ class W4A8(QuantScheme):
 
 @dataclass(frozen=True)
 class W8(QuantScheme):
-    """Weight-only int8: the matrix products read int8 weights and float activations. At one token
-    OpenVINO runs them as FullyConnected with compressed weights, faster than W8A8's int8 x uint8
-    kernels there and closer to FP32 (docs/BENCHMARKS.md, weight-only INT8)."""
+    """Weight-only int8: the matrix products read int8 weights and float activations, the closest
+    int8 form to FP32. For CPU decode speed W8A8 with float states is faster (docs/BENCHMARKS.md)."""
     name: ClassVar[str] = "w8"
     act_bits: ClassVar[int] = 0
 
