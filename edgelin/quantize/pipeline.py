@@ -162,6 +162,8 @@ def run_pipeline(fp_dir: str | Path, out_dir: str | Path, scheme: QuantScheme | 
     quantizer.accept(scheme, profile)
     if profile is not None and max_loss_increase is not None:
         export_profile(profile).refuse(["max-loss-increase"])
+    if max_loss_increase is not None and not (isinstance(max_loss_increase, (int, float)) and 0 < max_loss_increase < float("inf")):
+        raise EdgelinError(f"--max-loss-increase must be a finite budget in % above 0, not {max_loss_increase!r}")
     if not text or not text.strip():
         raise EdgelinError("the calibration text is empty")
     calib, rest = (text, eval_text) if eval_text is not None else split_text(fp_dir, text, streams, tokens)

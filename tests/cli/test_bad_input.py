@@ -162,3 +162,14 @@ def test_runtime_generates_a_real_package_without_torch(package):
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+@pytest.mark.parametrize("budget", ["-1", "0", "nan", "inf"])
+def test_max_loss_increase_must_be_a_finite_positive_budget(tmp_path, budget):
+    from edgelin.exporters.package import export_package
+    from edgelin.models import LM, ZOO
+
+    fp = export_package(LM(ZOO["gla-tiny"]).init_weights(), tmp_path / "fp", prefill_tokens=16)
+    result = run("quantize", fp, "--int8", "--max-loss-increase", budget, "-o", tmp_path / "q")
+    assert_user_error(result, "--max-loss-increase")
+    assert not (tmp_path / "q").exists()
