@@ -12,7 +12,7 @@ import torch
 
 from edgelin.errors import EdgelinError
 from edgelin.exporters.onnx import export_step_graph
-from edgelin.exporters.sites import Fingerprints, declared_norms, declared_weights, graph_sites
+from edgelin.exporters.sites import Fingerprints, declared_norms, declared_weights, record_sites
 from edgelin.exporters.weights import save_graphs
 from edgelin.models.lm import LM
 from edgelin.runtime.package import write_package
@@ -94,7 +94,7 @@ def export_with_sites(model: LM, graph: str, tokens: int, path: Path) -> tuple[o
     del proto.graph.output[:]
     proto.graph.output.extend(kept)
     blocks = {f"blocks.{i}": hidden_name(i) for i in range(len(model.blocks))}
-    sites = graph_sites(proto, graph, weights, norms, prints, found, blocks)
+    sites = record_sites(proto, graph, weights, norms, prints, found, blocks)
     check_parity(model, proto, graph, tokens)
     return proto, sites
 

@@ -108,7 +108,7 @@ class Fingerprints:
         return found
 
 
-def graph_sites(proto: onnx.ModelProto, graph: str, weights: list[DeclaredWeight], norms: dict[str, nn.Parameter],
+def record_sites(proto: onnx.ModelProto, graph: str, weights: list[DeclaredWeight], norms: dict[str, nn.Parameter],
                 prints: Fingerprints, found: dict[int, list[tuple[str, bool]]], blocks: dict[str, str]) -> GraphSites:
     """The sites record of one traced graph (after `prints.restore`)."""
 
