@@ -5,8 +5,14 @@ EDGELIN := $(VENV)/bin/edgelin
 
 .PHONY: install demo test bench clean
 
+# Everything: the runtime and every extra (export: torch, ...; openvino; tvm; tokenizers). PyPI's
+# torch==2.13.0 for Linux x86_64 is the CUDA build; TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# takes the CPU build from PyTorch's index first.
+TORCH_INDEX ?=
+
 $(VENV)/.installed-all: pyproject.toml
 	python3 -m venv $(VENV)
+	$(if $(TORCH_INDEX),$(PY) -m pip install -q torch==2.13.0 --index-url $(TORCH_INDEX))
 	$(PY) -m pip install -q -e '.[all]'
 	touch $@
 

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/backends.py [--models gla-10m gla-130m] [--threads 2] [--out out/bench-backends]
         [--rss-tokens 20000]
 
-Reference models come from examples/models/NAME when shipped (trained weights), else the zoo's
+Reference models come from edgelin/models/trained/NAME when shipped (trained weights), else the zoo's
 seeded random init (speed does not depend on the values). INT8 is W8A8 (INT16 states), plus
 `int8-fs`, W8A8 with float states (`--int8 --state fp32`, the fastest INT8 decode on CPU); INT4 is
 W4A16 in ONNX Runtime's MatMulNBits form, plus its standard-ONNX QDQ form for OpenVINO. Results go

@@ -9,7 +9,7 @@ markdown page. Byte-level models only (the reference models are).
     python benchmarks/fidelity.py --models gla-10m hybrid-10m --json out/fidelity.json \\
         --markdown docs/BENCHMARKS.md
 
-A model without trained weights (examples/models/NAME missing) is measured on its seeded random
+A zoo name without trained weights (not in edgelin/models/trained/) is measured on its seeded random
 init and flagged "untrained": such numbers say the pipeline runs, not how well it quantizes.
 """
 from __future__ import annotations

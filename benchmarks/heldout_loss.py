@@ -1,4 +1,4 @@
-"""Held-out loss of each shipped model (examples/models/*) on the last 10% of a text, on the CPU.
+"""Held-out loss of each shipped model (edgelin/models/trained/*) on the last 10% of a text, on the CPU.
 
 Two numbers per model, in nats per byte (= per character for ASCII text such as tinyshakespeare):
 
@@ -44,7 +44,7 @@ def stream_loss(model, val: torch.Tensor, chunk: int = 256, streams: int = 8) ->
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--text", default=str(ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"))
-    ap.add_argument("--models", nargs="*", type=Path, help="checkpoint dirs (default: every examples/models/*)")
+    ap.add_argument("--models", nargs="*", type=Path, help="checkpoint dirs (default: every edgelin/models/trained/*)")
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--no-stream", action="store_true", help="skip the carried-state number")
@@ -52,9 +52,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    models = args.models or sorted(p.parent for p in (ROOT / "examples" / "models").glob("*/model.safetensors"))
+    models = args.models or sorted(p.parent for p in (ROOT / "edgelin" / "models" / "trained").glob("*/model.safetensors"))
     if not models:
-        sys.exit("no models: examples/models/*/model.safetensors not found and no --models given")
+        sys.exit("no models: edgelin/models/trained/*/model.safetensors not found and no --models given")
     data = ByteData.from_file(args.text, args.seq_len)
     cfg = TrainConfig(seq_len=args.seq_len, eval_batch_size=16)
     rows = []

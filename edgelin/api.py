@@ -14,12 +14,12 @@ validate) for a scheme, and the profile's static form for a profile. Progress go
 from __future__ import annotations
 
 import os
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from edgelin.atomic import check_destination, scratch_dir
 from edgelin.calibration.streams import MIN_STREAM_TOKENS, read_text
 from edgelin.errors import EdgelinError
 from edgelin.exporters.package import DEFAULT_PREFILL_TOKENS, export_package
@@ -95,6 +95,8 @@ def resolve_scheme(scheme: str | QuantScheme | HtpScheme | None, profile: str | 
 def _load(model: str | LM | None, max_context: int) -> LoadedModel:
     if isinstance(model, LM):
         return LoadedModel(model.eval(), "model", "edgelin", True)
+    if model is not None and (not isinstance(model, str) or not model.strip()):
+        raise EdgelinError(f"the model must be a built-in name or a checkpoint directory, not {model!r}")
     return load_model(model, max_context=max_context)
 
 
@@ -136,8 +138,10 @@ def export(model: str | LM | None = None, out: str | os.PathLike | None = None, 
         0.99...
     """
     step = on_progress or (lambda *a: None)
-    if prefill_tokens < 2:
-        raise EdgelinError(f"--prefill-tokens must be >= 2, got {prefill_tokens}")
+    for flag, value, low in (("--prefill-tokens", prefill_tokens, 2), ("--max-context", max_context, 1),
+                             ("--streams", streams, 1), ("--tokens", tokens, 1), ("--horizon", horizon, 1)):
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= 1 << 24:
+            raise EdgelinError(f"{flag} must be an integer in [{low}, {1 << 24}], got {value!r}")
     chosen = resolve_scheme(scheme, profile, group_size=group_size, gptq=gptq, rotate=rotate, smooth=smooth,
                             state=state, max_loss_increase=max_loss_increase, calib=calib)
     text = read_text(calib) if chosen is not None else ""
@@ -146,8 +150,7 @@ def export(model: str | LM | None = None, out: str | os.PathLike | None = None, 
     step("load model", 1, 1)
     out = Path(out) if out is not None else Path("out") / (
         loaded.name if chosen is None else f"{loaded.name}-{chosen.to_dict()['scheme']}")
-    if (out.exists() or out.is_symlink()) and not force:
-        raise EdgelinError(f"{out} exists; pass --force to overwrite")
+    check_destination(out, what="package", force=force, folder=True)
     report = _export(loaded, out, chosen, profile, text, prefill_tokens=prefill_tokens, force=force,
                      max_loss_increase=max_loss_increase, streams=streams, tokens=tokens, horizon=horizon, step=step)
     violations: Counter[str] = Counter()
@@ -169,13 +172,13 @@ def _export(loaded: LoadedModel, out: Path, scheme: QuantScheme | HtpScheme | No
         export_package(loaded.model, out, force=force, **kw)
         step("export", 1, 1)
         return {}
-    with tempfile.TemporaryDirectory(prefix="edgelin-export-") as tmp:
-        fp = export_package(loaded.model, Path(tmp) / "fp32", **kw)
+    with scratch_dir("export") as tmp:
+        fp = export_package(loaded.model, tmp / "fp32", **kw)
         source = fp
         if isinstance(scheme, QuantScheme) and scheme.rotate:
             from edgelin.calibration.rotation import rotate_model
 
-            source = export_package(rotate_model(loaded.model), Path(tmp) / "rotated", **kw)
+            source = export_package(rotate_model(loaded.model), tmp / "rotated", **kw)
         step("export", 1, 1)
         if scheme is None:
             apply_profile(fp, profile, out, force=force)

@@ -12,13 +12,13 @@ table of both graphs, so the decode and prefill graphs get the same s.
 """
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from edgelin.atomic import scratch_dir
 from edgelin.calibration.table import CalibrationTable
 from edgelin.errors import EdgelinError
 from edgelin.exporters.weights import save_graphs
@@ -98,8 +98,8 @@ def smooth_package(fp_dir: str | Path, out_dir: str | Path, table: CalibrationTa
             for w, arr in zip(linears, weights):
                 inits[w.initializer].CopyFrom(numpy_helper.from_array((arr * s[:, None]).astype(np.float32), w.initializer))
             count += 1
-    with tempfile.TemporaryDirectory(prefix="edgelin-smooth-") as tmp:
-        files, weights_index = save_graphs(protos, {name: m.graphs[name].file for name in protos}, Path(tmp))
+    with scratch_dir("smooth") as tmp:
+        files, weights_index = save_graphs(protos, {name: m.graphs[name].file for name in protos}, tmp)
         return rewrite_package(root, out_dir, files=files, update={"weights": weights_index,
                                "smoothing": {"alpha": alpha, "norms": len(scales)}},
                                drop_fields=("backends",), drop_files=tuple(f"{b}/" for b in m.raw.get("backends") or {}),

@@ -3,24 +3,41 @@
 Each command lives in its own module beside this one (export.py, generate.py, ...); `main` imports
 them, which registers them on `app`. A command parses its arguments, calls the library and prints;
 what several show (progress bars, the validation table) is in `ui.py`, and no command module imports
-another. torch and the back ends load lazily inside the commands.
+another. torch and the back ends load lazily inside the commands, so the base install (the runtime)
+runs the commands that need neither, and the others name the extra to install.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
-from pathlib import Path
+from typing import Iterator, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperGroup
 
+from edgelin import __version__
 from edgelin.errors import EdgelinError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Linear-recurrent LMs on edge CPUs and NPUs.")
 console = Console(soft_wrap=True)  # a message is one line whatever the paths in it; tables still fit the width
 err_console = Console(stderr=True, soft_wrap=True)
 
 COMMAND_MODULES = ["export", "generate", "inspect", "train", "calibrate", "quantize", "validate", "compile", "check", "bench"]
+
+# Modules outside the base install, and the extra (pyproject.toml) that brings each.
+OPTIONAL_MODULES = {"torch": "export", "onnxscript": "export", "safetensors": "export", "matplotlib": "export",
+                    "tokenizers": "tokenizers", "openvino": "openvino", "tvm": "tvm"}
+CPU_TORCH = "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+# click's UsageError, from the click that typer runs on (newer typers carry their own copy, typer._click).
+UsageError = typer.BadParameter.__base__
+
+
+def fail(message: str) -> NoReturn:
+    """Print one `error:` line on stderr and exit with code 2."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
 
 
 def user_errors(fn):
@@ -31,16 +48,71 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except EdgelinError as e:
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+            fail(str(e))
 
     return wrapper
 
 
-def refuse_existing(out: Path, force: bool) -> None:
-    """Fail before any work is done when the output exists and --force was not given."""
-    if (out.exists() or out.is_symlink()) and not force:
-        raise EdgelinError(f"{out} exists; pass --force to overwrite")
+def missing_extra(e: ModuleNotFoundError, command: str | None) -> str | None:
+    """What to install when `e` names a module of an extra, else None (a broken install, not a choice)."""
+    module = (e.name or "").partition(".")[0]
+    if module not in OPTIONAL_MODULES:
+        return None
+    fix = f"pip install 'edgelin[{OPTIONAL_MODULES[module]}]'"
+    if module == "torch":
+        fix += f" (CPU only: first {CPU_TORCH})"
+    return f"{f'edgelin {command}' if command else 'this command'} needs {module}, which is not installed: {fix}"
+
+
+@contextlib.contextmanager
+def one_line_errors(ctx: typer.Context | None = None) -> Iterator[None]:
+    """click's usage errors (unknown option, missing argument, bad value) and a missing optional module
+    as one `error:` line and exit code 2, as for an EdgelinError; Ctrl-C as one line and exit code 130."""
+    try:
+        yield
+    except UsageError as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # `edgelin` alone: the help text (click >= 8.2)
+            raise
+        message = e.format_message().replace("\n", " ").rstrip(".")
+        if message[1:2].islower():  # "No such option" -> "no such option", as edgelin's own messages
+            message = message[0].lower() + message[1:]
+        fail(message + (f" (see '{e.ctx.command_path} --help')" if e.ctx else ""))
+    except ModuleNotFoundError as e:
+        message = missing_extra(e, ctx.invoked_subcommand if ctx else None)
+        if message is None:
+            raise
+        fail(message)
+    except KeyboardInterrupt:  # outputs are written atomically: an interrupted command leaves no half-written one
+        err_console.print("[bold red]error:[/] interrupted", highlight=False)
+        raise typer.Exit(130) from None
+
+
+class OneLineErrors(TyperGroup):
+    """The app's group: errors of the command line itself in one line instead of typer's boxed usage text."""
+
+    def make_context(self, *args, **kwargs) -> typer.Context:
+        with one_line_errors():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: typer.Context):
+        with one_line_errors(ctx):  # the command's own arguments are parsed, and the command runs, in here
+            return super().invoke(ctx)
+
+
+app = typer.Typer(name="edgelin", cls=OneLineErrors, add_completion=False, no_args_is_help=True,
+                  help="Linear-recurrent LMs on edge CPUs and NPUs.")
+
+
+def show_version(value: bool) -> None:
+    if value:
+        console.print(f"edgelin {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def options(version: bool = typer.Option(False, "--version", callback=show_version, is_eager=True,
+                                         help="Show the version and exit.")) -> None:
+    """Linear-recurrent LMs on edge CPUs and NPUs."""
 
 
 def scheme_flag(**flags: bool) -> str | None:

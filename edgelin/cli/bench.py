@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from edgelin.atomic import check_destination, write_atomic
 from edgelin.cli import app, console, user_errors
 
 
@@ -27,11 +28,13 @@ def bench(
     """Decode and prefill tokens/s, ms/token p50/p90, peak RSS, bytes on disk, the bandwidth floor."""
     from edgelin.bench import bench_package
 
+    if json_out:
+        check_destination(json_out, what="result JSON")
     with console.status(f"benchmarking {package} on {backend}"):
         r = bench_package(package, backend=backend, threads=threads, device=device,
                           decode_tokens=decode_tokens, baseline=baseline, trust_native_code=trust_native_code)
     if json_out:
-        json_out.write_text(json.dumps(r, indent=2) + "\n")
+        write_atomic(json_out, json.dumps(r, indent=2) + "\n", what="result JSON")
     table = Table("", backend, "torch eager fp32" if baseline else "", title=f"{package} ({r['precision']}, {threads} threads)")
     t = r.get("torch_eager_fp32", {})
     for key, label, fmt in (("decode_tokens_per_s", "decode tok/s", "{:.1f}"), ("prefill_tokens_per_s", "prefill tok/s", "{:.1f}"),

@@ -6,7 +6,8 @@ from typing import Optional
 
 import typer
 
-from edgelin.cli import app, console, refuse_existing, user_errors
+from edgelin.atomic import check_destination, write_atomic
+from edgelin.cli import app, console, user_errors
 from edgelin.cli.ui import note, progress_bars
 
 
@@ -27,12 +28,12 @@ def calibrate(
     from edgelin.calibration import calibrate_package, read_text
 
     out = output or package.with_name(f"{package.name}.calibration.json")
-    refuse_existing(out, force)
+    check_destination(out, what="calibration table", force=force)
     text = read_text(calib)
     with progress_bars() as on_progress:
         table = calibrate_package(package, text, streams=streams, tokens=tokens, decode_every=decode_every,
                                   progress=lambda d, t: on_progress("calibrate", d, t))
-    out.write_text(table.to_json(), encoding="utf-8")
+    write_atomic(out, table.to_json(), force=force, what="calibration table")
     view = Table(title=f"calibration of {package}")
     for col in ("state", "graph", "min", "max"):
         view.add_column(col)

@@ -8,6 +8,7 @@ from typing import Optional
 import numpy as np
 import typer
 
+from edgelin.atomic import check_destination
 from edgelin.cli import app, user_errors
 from edgelin.errors import EdgelinError
 
@@ -37,6 +38,8 @@ def generate(
 
     if (prompt is None) == (ids is None):
         raise EdgelinError("give exactly one of --prompt TEXT or --ids 1,2,3")
+    if state_out:
+        check_destination(state_out, what="state file")
     session = Session(package, backend=backend, threads=threads, device=device, trust_native_code=trust_native_code)
     tokenizer = load_tokenizer(package, session.manifest)
     state = load_state(state_in, session.manifest) if state_in else None

@@ -6,7 +6,8 @@ from typing import Optional
 
 import typer
 
-from edgelin.cli import app, refuse_existing, scheme_flag, user_errors
+from edgelin.atomic import check_destination
+from edgelin.cli import app, scheme_flag, user_errors
 from edgelin.cli.ui import print_summary, progress_bars
 from edgelin.errors import EdgelinError
 
@@ -50,7 +51,7 @@ def quantize(
     scheme = scheme_by_name(name, group_size=group_size, gptq=gptq, observer=observer, state=state, embedding=embedding,
                             lm_head=lm_head, int4_format=int4_format, smooth=smooth)
     out = output or package.with_name(f"{package.name}-{scheme.name}")
-    refuse_existing(out, force)
+    check_destination(out, what="package", force=force, folder=True)
     text = read_text(calib)
     with progress_bars() as on_progress:
         result = run_pipeline(package, out, scheme, text, eval_text=read_text(eval_text) if eval_text else None,

@@ -20,7 +20,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgelin.cli import app, console, refuse_existing, user_errors
+from edgelin.atomic import check_destination
+from edgelin.cli import app, console, user_errors
 from edgelin.cli.ui import note
 from edgelin.errors import EdgelinError
 
@@ -71,11 +72,12 @@ def _run(model, text: Path, out: Path, force: bool, resume: Optional[Path], devi
     cfg = _train_config(**cfg_kwargs)
     if device not in ("auto", "cpu", "cuda"):
         raise EdgelinError(f"--device must be auto, cpu or cuda, got {device!r}")
-    refuse_existing(out, force)
+    check_destination(out, what="run directory", force=force, folder=True)
     if resume is not None:
         read_resume_state(resume)  # fails now, before any work, if there is nothing to resume
     data = ByteData.from_file(text, cfg.seq_len)
     main = _rank() == 0
+    out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent)) if main else out.parent / f".{out.name}.rank{_rank()}"
     if main:
         (work / "command.txt").write_text(shlex.join(["edgelin", *sys.argv[1:]]) + "\n")

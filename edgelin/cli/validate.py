@@ -6,6 +6,7 @@ from typing import Optional
 
 import typer
 
+from edgelin.atomic import check_destination, write_atomic
 from edgelin.cli import app, user_errors
 from edgelin.cli.ui import print_summary, progress_bars
 
@@ -28,12 +29,16 @@ def validate(
     from edgelin.calibration.streams import read_text
     from edgelin.validate import compare_packages, report_json, write_report
 
+    report_dir = out or candidate.with_name(f"{candidate.name}.report")
+    check_destination(report_dir, what="report", folder=True)
+    if json_out:
+        check_destination(json_out, what="result JSON")
     body = read_text(text)
     with progress_bars() as on_progress:
         result = compare_packages(reference, candidate, body, horizon=horizon, streams=streams, backend=backend,
                                   trust_native_code=trust_native_code,
                                   progress=lambda d, t: on_progress("validate", d, t))
-    report = write_report(result, out or candidate.with_name(f"{candidate.name}.report"))
+    report = write_report(result, report_dir)
     if json_out:
-        json_out.write_text(report_json(result), encoding="utf-8")
+        write_atomic(json_out, report_json(result), what="result JSON")
     print_summary(result, candidate, report)

@@ -12,11 +12,11 @@ import hashlib
 import os
 import re
 from pathlib import Path
-from tempfile import TemporaryDirectory
 
 import numpy as np
 import onnx
 
+from edgelin.atomic import scratch_dir
 from edgelin.errors import EdgelinError
 from edgelin.exporters.backend_files import attach_backend
 from edgelin.exporters.static import make_static
@@ -272,18 +272,18 @@ def export_openvino(package_dir: str | os.PathLike, *, variants: tuple[str, ...]
     bad = sorted(set(variants) - set(VARIANTS))
     if bad or not variants:
         raise EdgelinError(f"unknown OpenVINO variant {bad[0] if bad else '(none)'}; choose from {', '.join(VARIANTS)}")
-    with TemporaryDirectory(prefix="edgelin-ov-") as tmp:
+    with scratch_dir("openvino") as tmp:
         for variant in variants:
             stateful = variant == "stateful"
             suffix = ".stateful" if stateful else ""
             entry, files = {"batch": 1 if stateful else "batch", "openvino": ov.get_version()}, {}
             for name, g in manifest.graphs.items():
-                model = convert_graph(root / g.file, manifest, stateful=stateful, work=Path(tmp))
-                xml = Path(tmp) / f"{name}{suffix}.xml"
+                model = convert_graph(root / g.file, manifest, stateful=stateful, work=tmp)
+                xml = tmp / f"{name}{suffix}.xml"
                 ov.save_model(model, str(xml), compress_to_fp16=False)
                 entry[name] = f"openvino/{xml.name}"
                 files[f"openvino/{xml.name}"] = xml
-            weights = Path(tmp) / f"weights{suffix}.bin"
+            weights = tmp / f"weights{suffix}.bin"
             share_weights([files[entry[name]] for name in manifest.graphs], weights)
             entry["weights"] = f"openvino/{weights.name}"
             files[entry["weights"]] = weights

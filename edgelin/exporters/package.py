@@ -1,7 +1,6 @@
 """A model to a complete package: step graphs + manifest, written atomically (see docs/FORMAT.md)."""
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +9,7 @@ import numpy as np
 import onnx
 import torch
 
+from edgelin.atomic import scratch_dir
 from edgelin.errors import EdgelinError
 from edgelin.exporters.onnx import export_step_graph
 from edgelin.exporters.sites import Fingerprints, declared_norms, declared_weights, record_sites
@@ -68,11 +68,11 @@ def export_package(
     """
     tokenizer = {"type": "tokenizers", "file": "tokenizer.json"} if tokenizer_json else {"type": "bytes"}
     tokenizer.update(special_tokens or {})
-    with tempfile.TemporaryDirectory(prefix="edgelin-export-") as tmp:
-        traced = {name: export_with_sites(model, name, tokens, Path(tmp) / f"{name}.onnx")
+    with scratch_dir("trace") as tmp:
+        traced = {name: export_with_sites(model, name, tokens, tmp / f"{name}.onnx")
                   for name, tokens in (("decode", 1), ("prefill", prefill_tokens))}
         protos = {name: proto for name, (proto, _) in traced.items()}
-        files, weights = save_graphs(protos, {name: f"{name}.onnx" for name in protos}, Path(tmp))
+        files, weights = save_graphs(protos, {name: f"{name}.onnx" for name in protos}, tmp)
         if tokenizer_json:
             files["tokenizer.json"] = Path(tokenizer_json)
         manifest = base_manifest(model, prefill_tokens=prefill_tokens, source_layout=source_layout, tokenizer=tokenizer)

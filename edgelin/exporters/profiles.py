@@ -27,11 +27,11 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from tempfile import TemporaryDirectory
 from typing import Callable, Iterable
 
 import onnx
 
+from edgelin.atomic import scratch_dir
 from edgelin.errors import EdgelinError
 
 QNN_HTP_OPS = frozenset("""
@@ -191,14 +191,14 @@ def apply_profile(package_dir: str | os.PathLike, name: str, out_dir: str | os.P
     root = Path(package_dir)
     manifest = read_package(root)
     graph_files = {g: spec.file for g, spec in manifest.graphs.items()}
-    with TemporaryDirectory(prefix="edgelin-profile-") as tmp:
+    with scratch_dir("profile") as tmp:
         protos = {}
         for g, f in graph_files.items():
             proto = onnx.load(str(root / f))
             blocks = tuple(((manifest.raw["graphs"][g].get("sites") or {}).get("blocks") or {}).values())
             protos[g] = lower_graph(make_static(proto, batch=1, keep_names=blocks) if target.static else proto,
                                     target.ops, blocks)
-        paths, weights = save_graphs(protos, graph_files, Path(tmp))
+        paths, weights = save_graphs(protos, graph_files, tmp)
         record = {"name": name, "batch": 1} if target.static else {"name": name}
         graphs = {g: {**spec, "sites": surviving_sites(spec["sites"], protos[g])} if "sites" in spec else spec
                   for g, spec in manifest.raw["graphs"].items()}

@@ -12,10 +12,10 @@ import os
 import platform
 import shutil
 from pathlib import Path
-from tempfile import TemporaryDirectory
 
 import onnx
 
+from edgelin.atomic import scratch_dir
 from edgelin.errors import EdgelinError
 from edgelin.exporters.backend_files import attach_backend
 from edgelin.exporters.static import make_static
@@ -188,8 +188,8 @@ def export_tvm(package_dir: str | os.PathLike, *, target: str | None = None) -> 
     root = Path(package_dir)
     manifest = read_package(root)
     entry = {"batch": 1, "target": target_for(arch), "tvm": tvm.__version__}
-    with TemporaryDirectory(prefix="edgelin-tvm-") as tmp:
-        so = Path(tmp) / "steps.so"
+    with scratch_dir("tvm") as tmp:
+        so = tmp / "steps.so"
         protos = {name: make_static(onnx.load(str(root / g.file)), batch=1) for name, g in manifest.graphs.items()}
         build_library(protos, arch, so)
         for name, proto in protos.items():

@@ -4,12 +4,23 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import typing
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from edgelin.errors import EdgelinError
+from edgelin.runtime.schema import MAX_STATE_BYTES, read_json_file, short
+
+SIZE_LIMIT = 2**63  # every size is an int64 to torch
+MAX_CONFIG_BYTES = 4 << 20
+MAX_LAYERS = 4096
+MAX_PARAMETER_BYTES = 64 << 30  # FP32 parameters; lowered to this machine's memory where that is smaller
+LIMIT_WHY = "(the smaller of 64 GiB and this machine's memory)"
 
 
 @dataclass
@@ -37,24 +48,24 @@ class LMConfig:
         from edgelin.models.layers import MIXERS
 
         if not isinstance(self.pattern, (list, tuple)) or not self.pattern or not all(isinstance(p, str) for p in self.pattern):
-            raise EdgelinError(f"config: pattern must be a non-empty list of token mixer names, got {self.pattern!r}")
+            raise EdgelinError(f"config: pattern must be a non-empty list of token mixer names, got {short(self.pattern)}")
         if not isinstance(self.mixers, dict) or not all(isinstance(o, dict) for o in self.mixers.values()):
-            raise EdgelinError(f"config: mixers must map mixer names to objects of options, got {self.mixers!r}")
-        for name in list(self.pattern) + list(self.mixers):
+            raise EdgelinError(f"config: mixers must map mixer names to objects of options, got {short(self.mixers)}")
+        for name in dict.fromkeys(list(self.pattern) + list(self.mixers)):
             if name not in MIXERS:
-                raise EdgelinError(f"config: unknown token mixer {name!r}; known: {', '.join(sorted(MIXERS))}")
+                raise EdgelinError(f"config: unknown token mixer {short(name)}; known: {', '.join(sorted(MIXERS))}")
         for key in ("vocab_size", "d_model", "n_layers", "n_heads"):
-            if not _is_int(getattr(self, key)) or getattr(self, key) < 1:
-                raise EdgelinError(f"config: {key} must be a positive integer, got {getattr(self, key)!r}")
-        if not _is_int(self.d_ff) or self.d_ff < -1:
-            raise EdgelinError(f"config: d_ff must be an integer >= -1 (0 = from d_model, -1 = no MLP), got {self.d_ff!r}")
+            if need := size_needed(getattr(self, key), 1):
+                raise EdgelinError(f"config: {key} must be {need}, got {short(getattr(self, key))}")
+        if need := size_needed(self.d_ff, -1):
+            raise EdgelinError(f"config: d_ff must be {need} (0 = from d_model, -1 = no MLP), got {short(self.d_ff)}")
         for key in ("norm_eps", "init_std"):
-            if not _is_number(getattr(self, key)) or getattr(self, key) <= 0:
-                raise EdgelinError(f"config: {key} must be a positive number, got {getattr(self, key)!r}")
+            if not is_number(getattr(self, key)) or getattr(self, key) <= 0:
+                raise EdgelinError(f"config: {key} must be a positive number, got {short(getattr(self, key))}")
         if not isinstance(self.tie_embeddings, bool):
-            raise EdgelinError(f"config: tie_embeddings must be true or false, got {self.tie_embeddings!r}")
-        if not _is_int(self.seed) or not 0 <= self.seed < 2**32:
-            raise EdgelinError(f"config: seed must be an integer in [0, 2**32), got {self.seed!r}")
+            raise EdgelinError(f"config: tie_embeddings must be true or false, got {short(self.tie_embeddings)}")
+        if not is_int(self.seed) or not 0 <= self.seed < 2**32:
+            raise EdgelinError(f"config: seed must be an integer in [0, 2**32), got {short(self.seed)}")
         if self.d_model % self.n_heads:
             raise EdgelinError(f"config: d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
 
@@ -75,7 +86,8 @@ class LMConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known - {"architecture", "edgelin_version"})
         if unknown:
-            raise EdgelinError(f"config: unknown field(s) {', '.join(unknown)}")
+            more = f" (and {len(unknown) - 5} more)" if len(unknown) > 5 else ""
+            raise EdgelinError(f"config: unknown field(s) {', '.join(map(short, unknown[:5]))}{more}")
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def save(self, path: str | Path) -> None:
@@ -83,29 +95,98 @@ class LMConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "LMConfig":
-        try:
-            data = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise EdgelinError(f"no config.json at {path}") from None
-        except json.JSONDecodeError as e:
-            raise EdgelinError(f"{path} is not valid JSON: {e}") from None
-        if not isinstance(data, dict):
-            raise EdgelinError(f"{path} must hold a JSON object")
-        return cls.from_dict(data)
+        """Read config.json, check every field and that the model fits (`check_fits`) before anything is allocated."""
+        config = cls.from_dict(read_json_object(Path(path)))
+        check_fits(config)
+        return config
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON object from a file a stranger may have made: a regular file of at most 4 MiB, UTF-8,
+    nested at most 64 deep. Every problem is one EdgelinError naming the file."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise EdgelinError(f"no {path.name} in {path.parent}") from None
+    except OSError as e:
+        raise EdgelinError(f"cannot read {path}: {e.strerror}") from None
+    doc = read_json_file(path, info, MAX_CONFIG_BYTES)
+    if not isinstance(doc, dict):
+        raise EdgelinError(f"{path} must hold a JSON object")
+    return doc
+
+
+def check_fits(config: LMConfig) -> None:
+    """Refuse a config that cannot be built, before anything is allocated: FP32 parameters over
+    64 GiB (or this machine's memory), more than 4096 layers, or one sequence's recurrent state
+    over the runtime's 4 GiB.
+
+    Embeddings, norms and MLPs are counted from the sizes alone, so a huge size is refused without
+    building anything; then one layer of each mixer family is built on the meta device (no memory)
+    to count its parameters and state exactly.
+    """
+    limit = parameter_limit()
+    d, L = config.d_model, config.n_layers
+    outer = config.vocab_size * d * (1 if config.tie_embeddings else 2) + d  # embeddings, head, final norm
+    least = outer
+    if 4 * outer <= limit:  # d_model is small enough now for ffn_dim's float arithmetic
+        least += L * (d + (3 * d * config.ffn_dim + d if config.ffn_dim else 0))  # norms and MLPs
+    if 4 * least > limit:
+        raise EdgelinError(f"config: the model needs at least {_gib(4 * least)} for its FP32 parameters "
+                           f"({least:.3g} parameters), over the limit of {_gib(limit)} {LIMIT_WHY}")
+    if L > MAX_LAYERS:
+        raise EdgelinError(f"config: n_layers {L} is over the limit of {MAX_LAYERS}")
+    params, state = outer, 0
+    for name, count in Counter(config.mixer(layer) for layer in range(L)).items():
+        layer_params, layer_state = _layer_size(config, config.pattern.index(name))
+        params, state = params + count * layer_params, state + count * layer_state
+    if 4 * params > limit:
+        raise EdgelinError(f"config: the model needs {_gib(4 * params)} for its FP32 parameters "
+                           f"({params:.3g} parameters), over the limit of {_gib(limit)} {LIMIT_WHY}")
+    if state > MAX_STATE_BYTES:
+        raise EdgelinError(f"config: the recurrent state of one sequence needs {_gib(state)}, "
+                           f"over the runtime's limit of {_gib(MAX_STATE_BYTES)}")
+
+
+def parameter_limit() -> int:
+    """Bytes of FP32 parameters a model may need here: 64 GiB, or this machine's memory where smaller."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not a POSIX system that reports it
+        return MAX_PARAMETER_BYTES
+    return min(MAX_PARAMETER_BYTES, memory) if memory > 0 else MAX_PARAMETER_BYTES
+
+
+def _layer_size(config: LMConfig, layer: int) -> tuple[int, int]:
+    """(parameters, FP32 state bytes of one sequence) of block `layer`, built on the meta device."""
+    from edgelin.models.lm import Block  # lm imports this module
+
+    try:
+        with torch.device("meta"), torch.random.fork_rng(devices=[]):
+            block = Block(config, layer)
+    except (RuntimeError, TypeError, OverflowError):  # a size past what torch can index
+        raise EdgelinError(f"config: layer {layer} ({config.mixer(layer)}) is too large to build: "
+                           "its sizes overflow int64") from None
+    state = sum(4 * math.prod(shape) for shape in block.mixer.state_shapes(1).values())
+    return sum(p.numel() for p in block.parameters()), state
+
+
+def _gib(n_bytes: int) -> str:
+    return f"{n_bytes / 2**30:.3g} GiB"
 
 
 def mixer_options(options_cls: type, config: LMConfig, name: str) -> Any:
     """Build a family's options dataclass from config.mixers[name], each value checked against its field.
 
     Values must have the field's type (an int is accepted for a float, null only where the field
-    allows None). Int fields are sizes: >= 1, or >= 0 where the default 0 means "derive it". Float
+    allows None). Int fields are sizes below 2**63: >= 1, or >= 0 where the default 0 means "derive it". Float
     fields are finite, >= 0 where the default is, and > 0 for the `expand_*` factors of a size.
     """
     raw = config.mixers.get(name, {})
     fields = {f.name: f for f in dataclasses.fields(options_cls)}
     unknown = sorted(set(raw) - set(fields))
     if unknown:
-        raise EdgelinError(f"config: unknown option(s) {', '.join(unknown)} for mixer {name!r}")
+        raise EdgelinError(f"config: unknown option(s) {', '.join(map(short, unknown[:5]))} for mixer {name!r}")
     hints = typing.get_type_hints(options_cls)
     return options_cls(**{key: _option(name, key, value, hints[key], fields[key].default) for key, value in raw.items()})
 
@@ -120,23 +201,33 @@ def _option(mixer: str, key: str, value: Any, hint: Any, default: Any) -> Any:
         return value  # a type this check does not know: the family's own checks apply
     kind = kinds[0]
     if kind is int:
-        least = 0 if default == 0 else 1
-        ok, need = _is_int(value) and value >= least, f"an integer >= {least}"
+        need = size_needed(value, 0 if default == 0 else 1)
+        ok = need is None
     elif kind is float:
         least = 0 if isinstance(default, (int, float)) and default >= 0 else -math.inf
         positive = key.startswith("expand")
-        ok = _is_number(value) and value >= least and (value > 0 or not positive)
+        ok = is_number(value) and value >= least and (value > 0 or not positive)
         need = "a positive number" if positive else "a number >= 0" if least == 0 else "a finite number"
     else:
         ok, need = isinstance(value, kind), "true or false" if kind is bool else "a string"
     if not ok:
-        raise EdgelinError(f"config: option {key!r} of mixer {mixer!r} must be {need}{nullable}, got {value!r}")
+        raise EdgelinError(f"config: option {key!r} of mixer {mixer!r} must be {need}{nullable}, got {short(value)}")
     return float(value) if kind is float else value
 
 
-def _is_int(value: Any) -> bool:
+def size_needed(value: Any, least: int) -> str | None:
+    """What a size field must be when `value` is not a valid one (an int from `least` to below 2**63), else None."""
+    if not is_int(value) or value < least:
+        return f"an integer >= {least}"
+    return "an integer below 2**63" if value >= SIZE_LIMIT else None
+
+
+def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def is_number(value: Any) -> bool:
+    """A finite float, or an int below 2**63 in magnitude (a larger one has no float)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return is_int(value) and abs(value) < SIZE_LIMIT

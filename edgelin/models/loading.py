@@ -7,10 +7,12 @@ from pathlib import Path
 
 from edgelin.errors import EdgelinError
 from edgelin.models.checkpoint import load_checkpoint
+from edgelin.models.config import is_int
 from edgelin.models.importers import DEFAULT_MAX_CONTEXT, import_checkpoint, is_foreign
 from edgelin.models.importers.common import read_config
 from edgelin.models.lm import LM
 from edgelin.models.zoo import DEFAULT_MODEL, shipped_checkpoint, zoo_config
+from edgelin.runtime.schema import short
 
 
 @dataclass
@@ -30,7 +32,7 @@ def special_tokens(config: dict[str, Any], vocab_size: int) -> dict[str, int]:
         value = config.get(key)
         if isinstance(value, list):  # some configs list several end tokens; the first is the canonical one
             value = value[0] if value else None
-        if isinstance(value, int) and 0 <= value < vocab_size:
+        if is_int(value) and 0 <= value < vocab_size:
             found[name] = value
     return found
 
@@ -40,14 +42,20 @@ def load_model(spec: str | None, *, max_context: int = DEFAULT_MAX_CONTEXT) -> L
     fla layout through edgelin.models.importers); otherwise a zoo name. `max_context` caps the KV
     cache of imported full-attention layers."""
     spec = spec or DEFAULT_MODEL
+    if not isinstance(spec, str):
+        raise EdgelinError(f"a model is a zoo name or a checkpoint directory, got {short(spec)}")
     path = Path(spec)
-    if path.exists():
+    try:
+        exists = path.exists()
+    except OSError as e:  # a name too long for the file system
+        raise EdgelinError(f"cannot use {short(spec)} as a model: {e.strerror}") from None
+    if exists:
         if not path.is_dir():
             raise EdgelinError(f"{path} is a file; give a directory with config.json and model.safetensors")
         tokenizer = path / "tokenizer.json"
         tokenizer_json = tokenizer if tokenizer.exists() else None
-        if (path / "config.json").exists() and is_foreign(read_config(path)):
-            config = read_config(path)
+        config = read_config(path)
+        if is_foreign(config):
             model, layout = import_checkpoint(path, max_context=max_context)
             return LoadedModel(model, path.name, layout, True, tokenizer_json, special_tokens(config, model.config.vocab_size))
         return LoadedModel(load_checkpoint(path), path.name, "edgelin", True, tokenizer_json)

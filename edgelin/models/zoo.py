@@ -1,4 +1,4 @@
-"""Built-in models by name: configs with seeded init, and trained weights where the repo ships them."""
+"""Built-in models by name: shapes with seeded init, and the trained models whose weights ship in the package."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,7 +17,7 @@ ZOO: dict[str, LMConfig] = {
     "hybrid-tiny": LMConfig(
         d_model=64, n_layers=4, n_heads=2, pattern=["short_conv", "gla", "short_conv", "swa"], mixers={"swa": {"window": 16}}
     ),
-    # ~0.9M parameters, trained on this CPU in 12 minutes (examples/models/gla-1m): the interim default.
+    # ~0.9M parameters, trained on this CPU in 12 minutes (edgelin/models/trained/gla-1m).
     "gla-1m": LMConfig(d_model=128, n_layers=4, n_heads=2, pattern=["gla"], mixers={"gla": {"use_short_conv": True}}),
     # ~10M-parameter byte-level models, the shapes of the trained reference models.
     "gla-10m": LMConfig(
@@ -30,18 +30,32 @@ ZOO: dict[str, LMConfig] = {
     "gla-130m": LMConfig(d_model=768, n_layers=16, n_heads=6, pattern=["gla"], mixers={"gla": {"use_short_conv": True, "expand_k": 1.0}}),
 }
 
+
 def zoo_config(name: str) -> LMConfig:
     if name not in ZOO:
         raise EdgelinError(f"unknown model {name!r}: not a directory and not a built-in model ({', '.join(ZOO)})")
     return ZOO[name]
 
 
+# Names whose trained weights ship inside the package (trained/NAME: config.json, model.safetensors
+# and how they were trained). Every other name is a shape whose weights are a seeded random init.
+TRAINED = ("gla-1m", "gla-10m", "hybrid-10m")
+TRAINED_DIR = Path(__file__).resolve().parent / "trained"
+
+
 def shipped_checkpoint(name: str) -> Path | None:
-    """Trained weights for a zoo name, if the repository ships them (examples/models/NAME)."""
-    path = Path(__file__).resolve().parents[2] / "examples" / "models" / name
-    return path if (path / "model.safetensors").exists() else None
+    """The checkpoint directory of a trained zoo name; None for a name that is only a shape.
+
+    Raises EdgelinError when a trained name's files are missing, rather than letting its random
+    init pass for the trained model.
+    """
+    if name not in TRAINED:
+        return None
+    path = TRAINED_DIR / name
+    for file in ("config.json", "model.safetensors"):
+        if not (path / file).is_file():
+            raise EdgelinError(f"the trained weights of {name} are missing: {path / file} not found; reinstall edgelin")
+    return path
 
 
-# The built-in default: the trained 10M GLA once examples/models/gla-10m ships (issue 4); until
-# then the small GLA trained on CPU, so that the default model writes text rather than noise.
-DEFAULT_MODEL = "gla-10m" if shipped_checkpoint("gla-10m") else "gla-1m"
+DEFAULT_MODEL = "gla-10m"

@@ -27,15 +27,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import onnx
 from onnx import version_converter
 
+from edgelin.atomic import scratch_dir
 from edgelin.calibration.table import CalibrationTable
 from edgelin.errors import EdgelinError
 from edgelin.quantize.primitives import ActQuant, activation_qparams
@@ -217,8 +216,8 @@ def quantize_graph_htp(proto: onnx.ModelProto, feeds: list[Feeds], overrides: di
         raise EdgelinError("no calibration feeds for a step graph: the calibration text is too short")
 
     proto = finite_masks(version_converter.convert_version(proto, OPSET))
-    with tempfile.TemporaryDirectory(prefix="edgelin-htp-") as tmp:
-        src, pre, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "pre.onnx", Path(tmp) / "qdq.onnx"
+    with scratch_dir("htp") as tmp:
+        src, pre, dst = tmp / "fp32.onnx", tmp / "pre.onnx", tmp / "qdq.onnx"
         onnx.save(proto, str(src))
         if qnn_preprocess_model(str(src), str(pre)):
             src = pre

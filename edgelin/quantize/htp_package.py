@@ -3,13 +3,13 @@ and the quantized package (see `htp.py`). The pipeline around them is `edgelin.q
 from __future__ import annotations
 
 import re
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import onnx
 
+from edgelin.atomic import scratch_dir
 from edgelin.calibration.collect import calibrate_package
 from edgelin.calibration.streams import MIN_STREAM_TOKENS, make_streams
 from edgelin.calibration.table import CalibrationTable
@@ -82,13 +82,13 @@ def quantize_htp_package(fp_dir: str | Path, static_dir: str | Path, out_dir: st
     m = read_package(static_dir)
     overrides = state_overrides(m.raw["states"], table, scheme.state_headroom)
     graph_files = {name: g.file for name, g in m.graphs.items()}
-    with tempfile.TemporaryDirectory(prefix="edgelin-htp-") as tmp:
+    with scratch_dir("htp") as tmp:
         protos = {}
         for i, (name, file) in enumerate(graph_files.items()):
             step("quantize (qdq)", i, len(graph_files))
             protos[name] = quantize_graph_htp(onnx.load(str(static_dir / file)), _thin(feeds[name], scheme.max_feeds),
                                               overrides, scheme, table, name, graph_sites(m.raw, name))
-        paths, weights = save_graphs(protos, graph_files, Path(tmp))
+        paths, weights = save_graphs(protos, graph_files, tmp)
         step("quantize (qdq)", len(graph_files), len(graph_files))
         # states stay float32 at the boundary (no "quant" entry); their uint16 grids are recorded here
         grids = {s["input"]: {"scale": float(overrides[s["input"]][0]["scale"]),

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import onnx
 
+from edgelin.atomic import scratch_dir
 from edgelin.calibration.table import CalibrationTable
 from edgelin.errors import EdgelinError
 from edgelin.exporters.weights import save_graphs
@@ -72,8 +72,8 @@ def quantize_package(fp_dir: str | Path, out_dir: str | Path, scheme: QuantSchem
     root = Path(fp_dir)
     m = read_package(root)
     protos, fields, _ = quantize_protos(root, scheme, table, hessians)
-    with tempfile.TemporaryDirectory(prefix="edgelin-quantize-") as tmp:
-        files, weights = save_graphs(protos, {name: m.graphs[name].file for name in protos}, Path(tmp))
+    with scratch_dir("quantize") as tmp:
+        files, weights = save_graphs(protos, {name: m.graphs[name].file for name in protos}, tmp)
         if progress:
             for name in protos:
                 progress(name)

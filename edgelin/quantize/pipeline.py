@@ -8,13 +8,13 @@ printed here.
 """
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from edgelin.atomic import scratch_dir
 from edgelin.calibration.collect import calibrate_package
 from edgelin.calibration.smoothing import smooth_package
 from edgelin.calibration.streams import MIN_STREAM_TOKENS, make_streams
@@ -167,11 +167,11 @@ def run_pipeline(fp_dir: str | Path, out_dir: str | Path, scheme: QuantScheme | 
     if not text or not text.strip():
         raise EdgelinError("the calibration text is empty")
     calib, rest = (text, eval_text) if eval_text is not None else split_text(fp_dir, text, streams, tokens)
-    with tempfile.TemporaryDirectory(prefix="edgelin-pipeline-", dir=out.parent if out.parent.exists() else None) as tmp:
+    with scratch_dir("pipeline") as tmp:
         if table is None:
             table = calibrate_package(fp_dir, calib, streams=streams, tokens=tokens,
                                       progress=lambda d, t: step("calibrate", d, t))
-        staged, fields = quantizer.apply(QuantizeJob(fp_dir, Path(tmp), scheme, table, calib, streams, tokens, profile,
+        staged, fields = quantizer.apply(QuantizeJob(fp_dir, tmp, scheme, table, calib, streams, tokens, profile,
                                                      max_loss_increase, step))
         result: dict[str, Any] = {}
         report: dict[str, Path | bytes] = {}

@@ -8,7 +8,8 @@ What it writes (opset 21, standard ONNX except MatMulNBits):
     and its activation input through QuantizeLinear -> DequantizeLinear (uint8 / uint16, per tensor),
     which ONNX Runtime's CPU provider fuses into integer MatMul kernels. A 4-bit layer whose K is
     not a multiple of the group size falls back to int8 (recorded in the precision map).
-  * the embedding table as int8 per row -> DequantizeLinear(axis=0) -> Gather.
+  * the embedding table as int8 per row; its Gather reads int8 rows and scales them
+    (Gather -> Cast -> Mul by the gathered row scales), so a step dequantizes only its tokens' rows.
   * states: graph inputs and outputs become int16 (symmetric, per tensor, scale shared by both
     graphs) with a DequantizeLinear after each input and a QuantizeLinear before each output;
     states whose policy is "float" (attention's `window_mask`) stay float.
@@ -41,6 +42,7 @@ class _Graph:
         self.proto, self.g = proto, proto.graph
         self.inits = {i.name: i for i in self.g.initializer}
         self.new_nodes: list[tuple[int, onnx.NodeProto]] = []  # (insert before index, node)
+        self.int8: dict[tuple[str, int], tuple[str, str]] = {}  # (weight, axis) -> (int8, scale) initializers
 
     def add_init(self, name: str, array: np.ndarray, onnx_type: int | None = None) -> str:
         if onnx_type is None:
@@ -67,15 +69,40 @@ def _qdq_activation(b: _Graph, tensor: str, scale: np.float32, zero: int, spec: 
     return cache[tensor]
 
 
+def _int8_ints(b: _Graph, name: str, w: np.ndarray, axis: int) -> tuple[str, str]:
+    """w (any rank) -> (int8 initializer, scale initializer [w.shape[axis]]), one scale per index of `axis`; added once."""
+    if (name, axis) not in b.int8:
+        tag = f"_axis{axis}" if any(n == name for n, _ in b.int8) else ""
+        qn, sn = f"{name}_int8{tag}", f"{name}_scale{tag}"
+        rows = np.moveaxis(w, axis, 0)
+        q, scale, _ = quantize_weight_np(rows.reshape(rows.shape[0], -1), WeightQuant(8))
+        b.add_init(qn, np.ascontiguousarray(np.moveaxis(q.reshape(rows.shape), 0, axis)))
+        b.add_init(sn, scale[:, 0].astype(np.float32))
+        b.int8[name, axis] = qn, sn
+    return b.int8[name, axis]
+
+
 def _int8_weight(b: _Graph, name: str, w: np.ndarray, axis: int) -> str:
     """w (any rank) -> DequantizeLinear output name, one scale per index of `axis`."""
-    rows = np.moveaxis(w, axis, 0)
-    q, scale, _ = quantize_weight_np(rows.reshape(rows.shape[0], -1), WeightQuant(8))
-    qn = b.add_init(f"{name}_int8", np.ascontiguousarray(np.moveaxis(q.reshape(rows.shape), 0, axis)))
-    sn = b.add_init(f"{name}_scale", scale[:, 0].astype(np.float32))
-    zn = b.add_init(f"{name}_zero_point", np.zeros(q.shape[0], np.int8))
+    qn, sn = _int8_ints(b, name, w, axis)
+    zn = b.add_init(f"{name}_zero_point", np.zeros(w.shape[axis], np.int8))
     b.new_nodes.append((0, helper.make_node("DequantizeLinear", [qn, sn, zn], [f"{name}_dq"], name=f"{name}_DQ", axis=axis)))
     return f"{name}_dq"
+
+
+def _int8_gather(b: _Graph, node: onnx.NodeProto, before: int, name: str, w: np.ndarray) -> None:
+    """Gather(table, ids) -> Gather(int8 table, ids) * Gather(row scales, ids): only the rows read are
+    dequantized (a DequantizeLinear of the whole table would run on every step). Exactly DQ's values."""
+    qn, sn = _int8_ints(b, name, w, 0)
+    rows = f"{sn}_rows"
+    if rows not in b.inits:
+        b.add_init(rows, numpy_helper.to_array(b.inits[sn]).reshape(-1, 1))
+    ids, out = node.input[1], node.output[0]
+    node.input[0], node.output[0] = qn, f"{out}_int8"
+    b.new_nodes += [(before, helper.make_node("Gather", [rows, ids], [f"{out}_scale"], name=f"{node.name}_scale", axis=0)),
+                    (before, helper.make_node("Cast", [f"{out}_int8"], [f"{out}_float"], name=f"{node.name}_cast",
+                                              to=TensorProto.FLOAT)),
+                    (before, helper.make_node("Mul", [f"{out}_float", f"{out}_scale"], [out], name=f"{node.name}_dequant"))]
 
 
 def _int4_qdq_weight(b: _Graph, name: str, ints: tuple, spec: WeightQuant, axis: int) -> str:
@@ -89,6 +116,10 @@ def _int4_qdq_weight(b: _Graph, name: str, ints: tuple, spec: WeightQuant, axis:
     b.new_nodes.append((0, helper.make_node("DequantizeLinear", [qn, sn, zn], [f"{name}_dq"], name=f"{name}_DQ",
                                             axis=1 - axis, block_size=spec.group_size)))
     return f"{name}_dq"
+
+
+def _axis(node: onnx.NodeProto) -> int:
+    return next((a.i for a in node.attribute if a.name == "axis"), 0)
 
 
 def _layer_spec(b: _Graph, site: WeightSite, scheme: QuantScheme) -> tuple[LayerPrecision, WeightQuant | None, np.ndarray]:
@@ -244,9 +275,13 @@ def quantize_graph(proto: onnx.ModelProto, graph: str, scheme: QuantScheme, tabl
             continue
         precision[site.name] = scheme.embedding.value
         if scheme.embedding == LayerPrecision.INT8:
-            key = f"{site.initializer}:int8"
-            w_cache.setdefault(key, _int8_weight(b, site.initializer, numpy_helper.to_array(b.inits[site.initializer]), 0))
+            key, table = f"{site.initializer}:int8", numpy_helper.to_array(b.inits[site.initializer])
             for node, i in weight_readers(b.proto, site.initializer):
+                if node.op_type == "Gather" and i == 0 and _axis(node) == 0:
+                    _int8_gather(b, node, position[id(node)] + 1, site.initializer, table)
+                    continue
+                if key not in w_cache:
+                    w_cache[key] = _int8_weight(b, site.initializer, table, 0)
                 node.input[i] = w_cache[key]
     _quantize_states(b, states, entries)
     # rebuild the node list in order: new nodes go right before the node they feed

@@ -7,15 +7,15 @@ import json
 import os
 import shutil
 import stat
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edgelin.atomic import atomic_dir
 from edgelin.errors import EdgelinError
-from edgelin.runtime.schema import MAX_JSON_DEPTH, Checker, check_states, check_weights_index, json_depth, short
+from edgelin.runtime.schema import Checker, check_states, check_weights_index, read_json_file, short
 
 FORMAT_VERSION = 2  # 2: conv_state channel-last [batch, kernel - 1, channels] (1: [batch, channels, kernel - 1])
 READABLE_VERSIONS = (1, 2)  # a state's layout only matters to code that looks inside it; the graphs carry their own
@@ -195,23 +195,7 @@ def _read_manifest(root: Path) -> Any:
         info = path.lstat()
     except FileNotFoundError:
         raise EdgelinError(f"{root} has no {MANIFEST}; is it a model package?") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise EdgelinError(f"{path} is not a regular file")
-    if info.st_size > MAX_MANIFEST_BYTES:
-        raise EdgelinError(f"{path} is over the limit of {MAX_MANIFEST_BYTES} bytes")
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_MANIFEST_BYTES + 1)  # it may have grown since lstat
-    except OSError as e:
-        raise EdgelinError(f"cannot read {path}: {e.strerror}") from None
-    if len(data) > MAX_MANIFEST_BYTES:
-        raise EdgelinError(f"{path} is over the limit of {MAX_MANIFEST_BYTES} bytes")
-    if json_depth(data) > MAX_JSON_DEPTH:
-        raise EdgelinError(f"{path} nests deeper than {MAX_JSON_DEPTH} levels")
-    try:
-        return json.loads(data.decode("utf-8"))
-    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, too many digits
-        raise EdgelinError(f"{path} is not valid JSON: {e}") from None
+    return read_json_file(path, info, MAX_MANIFEST_BYTES)
 
 
 def read_package(path: str | os.PathLike) -> Manifest:
@@ -288,9 +272,7 @@ def write_package(out_dir: str | os.PathLike, files: dict[str, Path | bytes], ma
             raise EdgelinError(f"{out} exists; pass --force to overwrite")
         if not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).is_file()):
             raise EdgelinError(f"{out} exists and is not a model package; refusing to overwrite it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out, force=force, what="package") as tmp:
         digests, sizes = {}, {}
         for name, src in files.items():
             rel = _check_name(name)
@@ -302,27 +284,12 @@ def write_package(out_dir: str | os.PathLike, files: dict[str, Path | bytes], ma
                 else:
                     shutil.copyfile(src, dst)
             except OSError as e:
-                raise EdgelinError(f"cannot write {rel} into the package: {e}") from None
+                raise EdgelinError(f"cannot write {rel} into the package {out}: {e.strerror or e}") from None
             digests[rel], sizes[rel] = sha256_file(dst), dst.stat().st_size
         # the manifest may keep its source's version
         doc = {"format_version": FORMAT_VERSION, **manifest, "files": digests, "sizes": sizes}
         Manifest.from_dict(doc, where=f"manifest for {out}")
         (tmp / MANIFEST).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / "pkg")
-            try:
-                os.replace(tmp, out)
-            except BaseException:
-                os.replace(old / "pkg", out)
-                shutil.rmtree(old, ignore_errors=True)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -5,9 +5,12 @@ Every failure is an EdgelinError of one line naming where the bad value is.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import re
-from pathlib import PurePosixPath
+import stat
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -23,6 +26,28 @@ STATE_DTYPES = ("float32", "float16", "float64", "int8", "uint8", "int16", "uint
 TENSOR_DTYPES = (*STATE_DTYPES, "uint32", "uint64", "bool")
 _STRING = re.compile(rb'(?s)"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)')  # unterminated: to the end, so linear
 _NOT_BRACKET = re.compile(rb"[^\[\]{}]")
+
+
+def read_json_file(path: Path, info: os.stat_result, max_bytes: int) -> Any:
+    """The JSON document in a file a stranger may have made (`info`: its stat): a regular file of at
+    most `max_bytes`, UTF-8, nested at most MAX_JSON_DEPTH deep; every problem is one EdgelinError."""
+    if not stat.S_ISREG(info.st_mode):  # a directory, or a FIFO that would block the read
+        raise EdgelinError(f"{path} is not a regular file")
+    if info.st_size > max_bytes:
+        raise EdgelinError(f"{path} is over the limit of {max_bytes} bytes")
+    try:
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)  # it may have grown since the stat
+    except OSError as e:
+        raise EdgelinError(f"cannot read {path}: {e.strerror}") from None
+    if len(data) > max_bytes:
+        raise EdgelinError(f"{path} is over the limit of {max_bytes} bytes")
+    if json_depth(data) > MAX_JSON_DEPTH:
+        raise EdgelinError(f"{path} nests deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, too many digits
+        raise EdgelinError(f"{path} is not valid JSON: {e}") from None
 
 
 def json_depth(data: bytes, limit: int = MAX_JSON_DEPTH) -> int:

@@ -6,13 +6,13 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from edgelin.atomic import atomic_file
 from edgelin.errors import EdgelinError
 from edgelin.runtime.backends import first_line
 from edgelin.runtime.package import Manifest, StateSpec, max_file_bytes
@@ -71,21 +71,10 @@ def save_state(path: str | os.PathLike, state: Mapping[str, np.ndarray], manifes
     except EdgelinError as e:
         raise EdgelinError(f"{e}; nothing saved") from None
     path = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    except OSError as e:
-        raise EdgelinError(f"cannot write the state file {path}: {e.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
+    with atomic_file(path, force=True, what="state file") as tmp:
+        with open(tmp, "wb") as f:
             np.savez(f, **{k: np.asarray(v) for k, v in state.items()},
                      **{_FINGERPRINT: np.array(state_fingerprint(manifest))})
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise EdgelinError(f"cannot write the state file {path}: {e.strerror}") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

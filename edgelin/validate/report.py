@@ -6,6 +6,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from edgelin.atomic import atomic_dir, scratch_dir
+from edgelin.errors import EdgelinError
+
 
 def _db(x: float) -> str:
     return "inf" if math.isinf(x) else f"{x:.1f}"
@@ -72,10 +75,8 @@ def report_json(r: dict[str, Any]) -> str:
 
 def report_files(r: dict[str, Any]) -> dict[str, bytes]:
     """report.json, report.md and the PNGs as name -> bytes (for a package's report/ folder)."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        pngs = plots(r, Path(tmp))
+    with scratch_dir("report") as tmp:
+        pngs = plots(r, tmp)
         files = {p.name: p.read_bytes() for p in pngs}
     files["report.json"] = report_json(r).encode()
     files["report.md"] = markdown(r).encode()
@@ -85,7 +86,10 @@ def report_files(r: dict[str, Any]) -> dict[str, bytes]:
 def write_report(r: dict[str, Any], out_dir: str | Path) -> Path:
     """Write report.json, report.md, drift.png and snr.png into `out_dir` (created)."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, data in report_files(r).items():
-        (out / name).write_bytes(data)
+    files = report_files(r)
+    if out.is_dir() and not {p.name for p in out.iterdir()} <= set(files):
+        raise EdgelinError(f"{out} holds files that are not part of a report; refusing to replace it")
+    with atomic_dir(out, force=True, what="report") as tmp:
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
     return out

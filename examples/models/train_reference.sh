@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The reference models, as trained for examples/models/: runs of gla-10m and
+# The reference models, as trained for edgelin/models/trained/: runs of gla-10m and
 # hybrid-10m, all runs at once on one GPU, each ending itself within $BUDGET seconds; the best
 # held-out run of each config is shipped; then QAT vs PTQ (int4) on the shipped gla-10m.
 # Run from the repository root:
@@ -8,13 +8,13 @@
 #
 # On the GPU machine (edgelin from PYTHONPATH, text carried in .data/, results under $PACK_TO):
 #   D=$OUT; PYTHONPATH=. OUT=/tmp/ref TEXT=.data/tinyshakespeare.txt PACK_TO=$D MPS=1 bash examples/models/train_reference.sh
-# then here: cat models.tar.part-* | tar -x -C examples/models
+# then here: cat models.tar.part-* | tar -x -C edgelin/models/trained
 #
 # Recipe: nanoGPT's shakespeare_char (AdamW lr 1e-3 -> 1e-4 cosine, warmup 100, wd 0.1, betas 0.9/0.99,
 # clip 1.0, batch 64 x 256 bytes), byte-level, bf16 autocast, best held-out checkpoint kept. These
 # models overfit the 1 MB text far sooner than nanoGPT's transformer (a 4000-step run peaked at
 # step 400-600), so the schedule is short, the dropout high and the weights averaged (--ema; the GLA
-# sweep behind examples/models/gla-10m is in docs/BENCHMARKS.md). RUNS lists config:dropout:steps[:options],
+# sweep behind edgelin/models/trained/gla-10m is in docs/BENCHMARKS.md). RUNS lists config:dropout:steps[:options],
 # config a zoo name or a config.json, options comma-separated train flags (e.g. --weight-decay=0.5).
 # MPS=1 starts NVIDIA's multi-process service first, so the runs share the GPU concurrently instead of
 # in time slices (session 4: six runs of 1200-1500 steps in 230-340 s, about 1.2x the total steps/s
@@ -55,7 +55,7 @@ PY
 best_gla=$(best gla-10m); best_hybrid=$(best hybrid-10m)
 echo "shipping gla-10m <- $best_gla, hybrid-10m <- $best_hybrid"
 if [ -n "${PACK_TO:-}" ]; then
-  # Ship layout (examples/models/NAME), tarred and split: a bf16 10.8M model is 21.6 MB and the
+  # Ship layout (edgelin/models/trained/NAME), tarred and split: a bf16 10.8M model is 21.6 MB and the
   # GPU machine returns files of at most 16 MB. A config without runs keeps its shipped model.
   S=$(mktemp -d); shipped=""
   for pair in "gla-10m:$best_gla" "hybrid-10m:$best_hybrid"; do

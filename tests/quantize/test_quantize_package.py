@@ -204,3 +204,30 @@ def test_layers_with_identical_weights_are_each_quantized(tmp_path, table_of):
     ref, _ = run(fp)
     logits, _ = run(q)
     assert rms_ratio(ref, logits) < 0.05
+
+
+@pytest.mark.parametrize("name", ["gla-tiny", "hybrid-tiny"])
+def test_int8_embedding_dequantizes_only_the_rows_read(tmp_path, fp_package, table_of, name):
+    """The int8 table is gathered, then scaled: no DequantizeLinear of the whole table, and each row is
+    exactly its int8 values times its row scale (what DequantizeLinear(axis=0) -> Gather computed)."""
+    import onnxruntime as ort
+
+    fp = fp_package(name)
+    q = quantize_package(fp, tmp_path / "q", W8A8(), table_of(name))
+    site = next(s for s in graph_sites(read_package(fp).raw, "decode").weights.values() if s.kind == "embedding")
+    table = numpy_helper.to_array({i.name: i for i in onnx.load(str(fp / "decode.onnx")).graph.initializer}[site.initializer])
+    want_q, want_scale, _ = quantize_weight_np(table, WeightQuant(8))
+    for g in read_package(q).graphs.values():
+        proto = onnx.load(str(q / g.file))
+        inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+        dq_of_table = [n for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == f"{site.initializer}_int8"]
+        gather = next(n for n in proto.graph.node if n.op_type == "Gather" and n.input[0] == f"{site.initializer}_int8")
+        assert not dq_of_table and np.array_equal(inits[gather.input[0]], want_q)
+        # run the embedding alone: the graph cut at the Mul that scales the gathered rows
+        cast = next(n for n in proto.graph.node if n.op_type == "Cast" and n.input[0] == gather.output[0])
+        mul = next(n for n in proto.graph.node if n.op_type == "Mul" and cast.output[0] in n.input)
+        part = onnx.utils.Extractor(proto).extract_model(["input_ids"], [mul.output[0]])
+        ids = np.array([0, 5, 255, 5] * g.tokens)[:g.tokens]
+        rows = ort.InferenceSession(part.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            None, {"input_ids": ids[None]})[0]
+        assert np.array_equal(rows[0], want_q[ids].astype(np.float32) * want_scale[ids].astype(np.float32))

@@ -90,7 +90,7 @@ def test_export_int8_end_to_end_and_errors(tmp_path, text_file):
         model.blocks[1].mlp.down_proj.weight[3, 3] = float("nan")
     bad = save_checkpoint(model, tmp_path / "nan")
     assert_user_error(run("export", bad, "--int8", "--calib", text_file, "--prefill-tokens", 16, "-o", tmp_path / "n"),
-                      "NaN or Inf")
+                      "inf or NaN")
     assert not (tmp_path / "n").exists()
 
 

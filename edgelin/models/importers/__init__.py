@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from edgelin.errors import EdgelinError
+from edgelin.models.config import check_fits, is_int
 from edgelin.models.importers import fla_deltanet, fla_gated_deltanet, fla_gla, fla_retnet, hf_lfm2, hf_mamba, hf_mamba2
 from edgelin.models.importers.common import Importer, Weights, build, read_config, read_safetensors
 from edgelin.models.lm import LM
+from edgelin.runtime.schema import short
 
 IMPORTERS: dict[str, Importer] = {
     t: m.IMPORTER for m in (hf_mamba2, hf_mamba, hf_lfm2, fla_gla, fla_gated_deltanet, fla_deltanet, fla_retnet) for t in m.IMPORTER.model_types
@@ -26,15 +28,18 @@ def is_foreign(cfg: dict[str, Any]) -> bool:
 
 def detect(cfg: dict[str, Any], path: Path) -> Importer:
     model_type = cfg.get("model_type")
-    if model_type not in IMPORTERS:
+    if not isinstance(model_type, str) or model_type not in IMPORTERS:
         raise EdgelinError(
-            f"{path / 'config.json'}: unknown model_type {model_type!r}; importable: {', '.join(sorted(IMPORTERS))}"
+            f"{path / 'config.json'}: unknown model_type {short(model_type)}; importable: {', '.join(sorted(IMPORTERS))}"
         )
     return IMPORTERS[model_type]
 
 
 def import_checkpoint(path: str | Path, *, max_context: int = DEFAULT_MAX_CONTEXT) -> tuple[LM, str]:
     """Read a transformers / fla checkpoint directory into an edgelin LM.
+
+    The config is checked and sized (`check_fits`) before any weight is read; every weight taken
+    must be floating point and finite in float32.
 
     Args:
         path: directory with config.json and model.safetensors (or shards with model.safetensors.index.json).
@@ -45,13 +50,19 @@ def import_checkpoint(path: str | Path, *, max_context: int = DEFAULT_MAX_CONTEX
     path = Path(path)
     cfg = read_config(path)
     importer = detect(cfg, path)
-    if max_context < 1:
-        raise EdgelinError(f"max_context must be >= 1, got {max_context}")
+    if not is_int(max_context) or max_context < 1:
+        raise EdgelinError(f"max_context must be an integer >= 1, got {short(max_context)}")
+    source = f"{path} ({importer.layout})"
     try:
         config = importer.to_config(cfg, max_context)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, ArithmeticError) as e:  # arithmetic on values checked one by one (a float past int)
         raise EdgelinError(f"{path / 'config.json'} ({importer.layout}): {e}") from None
+    check_fits(config)
     weights = Weights(read_safetensors(path), str(path))
-    state = importer.to_state(cfg, config, weights)
+    try:
+        state = importer.to_state(cfg, config, weights)
+    except RuntimeError as e:  # reshaping or joining source tensors whose shapes do not fit the config
+        weights.check()
+        raise EdgelinError(f"{source}: weight shapes do not match config.json ({str(e).splitlines()[0][:200]})") from None
     weights.check()
-    return build(config, state, f"{path} ({importer.layout})"), importer.layout
+    return build(config, state, source), importer.layout

@@ -1,7 +1,6 @@
 """What every importer shares: config.json, (sharded) safetensors, a checked weight map, the LM build."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -11,45 +10,42 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from edgelin.errors import EdgelinError
-from edgelin.models.config import LMConfig
+from edgelin.models.checkpoint import checked_weight, missing_weights
+from edgelin.models.config import LMConfig, is_number, read_json_object, size_needed
 from edgelin.models.lm import LM
+from edgelin.runtime.schema import short
+
+REQUIRED = object()
 
 
 def read_config(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads((path / "config.json").read_text())
-    except FileNotFoundError:
-        raise EdgelinError(f"no config.json in {path}") from None
-    except json.JSONDecodeError as e:
-        raise EdgelinError(f"{path / 'config.json'} is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise EdgelinError(f"{path / 'config.json'} must hold a JSON object")
-    return data
+    return read_json_object(path / "config.json")
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     """All tensors of a checkpoint: model.safetensors, or the shards named by model.safetensors.index.json."""
     index = path / "model.safetensors.index.json"
     if index.exists():
-        try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-            raise EdgelinError(f"{index} has no usable weight_map: {e}") from None
+        weight_map = read_json_object(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(s, str) for s in weight_map.values()):
+            raise EdgelinError(f"{index} has no usable weight_map (an object of tensor name to shard file name)")
+        shards = sorted(set(weight_map.values()))
+        for shard in shards:
+            if shard in ("", ".", "..") or shard != Path(shard).name or "\\" in shard:
+                raise EdgelinError(f"{index} names shard {short(shard)}, not a file name in {path}")
         files = [path / s for s in shards]
     elif (path / "model.safetensors").exists():
         files = [path / "model.safetensors"]
     else:
         files = sorted(path.glob("*.safetensors"))
     if not files:
-        pickled = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
-        if pickled:
-            raise EdgelinError(f"missing weights: {path} has only pickle weights ({', '.join(pickled[:3])}), which edgelin "
-                               "never loads; convert them to safetensors first (transformers: save_pretrained(safe_serialization=True))")
-        raise EdgelinError(f"missing weights: no model.safetensors (or shards) in {path}")
+        raise missing_weights(path)
     tensors: dict[str, torch.Tensor] = {}
     for f in files:
         if not f.exists():
             raise EdgelinError(f"missing weights: shard {f.name} named in {index.name} is not in {path}")
+        if not f.is_file():  # a directory, or a FIFO that would block the read
+            raise EdgelinError(f"{f} is not a regular file")
         try:
             tensors.update(load_file(str(f)))
         except (SafetensorError, OSError) as e:
@@ -57,16 +53,78 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def require(cfg: dict[str, Any], key: str, where: str) -> Any:
-    if key not in cfg:
-        raise EdgelinError(f"{where} config.json has no {key!r}")
-    return cfg[key]
-
-
 def refuse(cond: bool, message: str) -> None:
     """An option of the source layout that edgelin does not reproduce exactly: refuse, never approximate."""
     if cond:
         raise EdgelinError(message)
+
+
+class Fields:
+    """A source config.json read through typed getters. A missing required key, or a value of the
+    wrong type or range, is one EdgelinError naming the key. `default` is used when the key is
+    absent; null is a value of its own, accepted only with `nullable` or a None default."""
+
+    def __init__(self, cfg: dict[str, Any], where: str):
+        self.cfg, self.where = cfg, where
+
+    def _get(self, key: str, default: Any) -> Any:
+        if key not in self.cfg:
+            if default is REQUIRED:
+                raise EdgelinError(f"{self.where} config.json has no {key!r}")
+            return default
+        return self.cfg[key]
+
+    def fail(self, key: str, need: str, value: Any) -> None:
+        raise EdgelinError(f"{self.where} config.json: {key} must be {need}, got {short(value)}")
+
+    def integer(self, key: str, default: Any = REQUIRED, *, least: int = 1, most: int | None = None) -> Any:
+        value = self._get(key, default)
+        if value is None and default is None:
+            return None
+        need = size_needed(value, least)
+        if not need and most is not None and value > most:
+            need = f"an integer in [{least}, {most}]"
+        if need:
+            self.fail(key, need, value)
+        return value
+
+    def number(self, key: str, default: Any = REQUIRED, *, positive: bool = False, nullable: bool = False) -> Any:
+        value = self._get(key, default)
+        if value is None and (nullable or default is None):
+            return None
+        if not is_number(value) or (positive and value <= 0):
+            self.fail(key, "a positive number" if positive else "a finite number", value)
+        return float(value)
+
+    def flag(self, key: str, default: bool) -> bool:
+        value = self._get(key, default)
+        if not isinstance(value, bool):
+            self.fail(key, "true or false", value)
+        return value
+
+    def text(self, key: str, default: Any = REQUIRED) -> Any:
+        value = self._get(key, default)
+        if value is None and default is None:
+            return None
+        if not isinstance(value, str):
+            self.fail(key, "a string", value)
+        return value
+
+    def array(self, key: str, default: Any = None) -> Any:
+        value = self._get(key, default)
+        if value is None and default is None:
+            return None
+        if not isinstance(value, list):
+            self.fail(key, "a list", value)
+        return value
+
+    def mapping(self, key: str, default: Any = None) -> Any:
+        value = self._get(key, default)
+        if value is None and default is None:
+            return None
+        if not isinstance(value, dict):
+            self.fail(key, "an object", value)
+        return value
 
 
 class Weights:
@@ -86,11 +144,11 @@ class Weights:
         return self.first(name)
 
     def first(self, *names: str) -> torch.Tensor:
-        """The first of several accepted names (e.g. renamed keys across versions)."""
+        """The first of several accepted names (e.g. renamed keys across versions), as float32."""
         for name in names:
             for full in (self.prefix + name, name):
                 if full in self.tensors:
-                    return self.tensors[full].float()
+                    return checked_weight(self.tensors[full], full, self.source)
         self.missing.append(" or ".join(self.prefix + n for n in names))
         return torch.zeros(0)
 
@@ -153,18 +211,21 @@ def embeddings_and_head(state: dict, w: Weights, cfg: dict, config: LMConfig, em
 # flash-linear-attention hub layout: model.embeddings, model.layers.{i}.{attn_norm, attn, mlp_norm, mlp}, model.norm, lm_head.
 
 
-def fla_checks(cfg: dict[str, Any], where: str) -> None:
-    refuse(cfg.get("attn") is not None, f"{where}: hybrid layers with softmax attention (config 'attn') are not supported")
-    refuse(cfg.get("attnres_block_size") is not None, f"{where}: attention residuals (attnres_block_size) are not supported")
-    refuse(cfg.get("hidden_act", "swish") != "swish", f"{where}: hidden_act {cfg.get('hidden_act')!r} is not supported (swish only)")
+def fla_checks(c: Fields) -> None:
+    refuse(c.cfg.get("attn") is not None, f"{c.where}: hybrid layers with softmax attention (config 'attn') are not supported")
+    refuse(c.cfg.get("attnres_block_size") is not None, f"{c.where}: attention residuals (attnres_block_size) are not supported")
+    act = c.text("hidden_act", "swish")
+    refuse(act != "swish", f"{c.where}: hidden_act {short(act)} is not supported (swish only)")
 
 
-def fla_ffn_dim(cfg: dict[str, Any]) -> int:
-    """fla's GatedMLP size: intermediate_size, else 2/3 * hidden_ratio * hidden rounded up to 256."""
-    if cfg.get("intermediate_size"):
-        return int(cfg["intermediate_size"])
-    ratio = cfg.get("hidden_ratio") or 4
-    ff = int(cfg["hidden_size"] * ratio * 2 / 3)
+def fla_ffn_dim(c: Fields, hidden_ratio: float = 4) -> int:
+    """fla's GatedMLP size: intermediate_size, else 2/3 * hidden_ratio * hidden rounded up to 256
+    (`hidden_ratio`: the config class's default; GatedMLP takes null as 4)."""
+    size = c.integer("intermediate_size", None, least=0)
+    if size:
+        return size
+    ratio = c.number("hidden_ratio", hidden_ratio, positive=True, nullable=True) or 4
+    ff = int(c.integer("hidden_size") * ratio * 2 / 3)
     return 256 * ((ff + 255) // 256)
 
 

@@ -7,26 +7,28 @@ import torch
 
 from edgelin.models.config import LMConfig
 from edgelin.models.importers.common import (
-    Importer, Weights, fla_block, fla_checks, fla_embeddings_and_head, fla_ffn_dim, fla_short_convs, refuse, require,
+    Fields, Importer, Weights, fla_block, fla_checks, fla_embeddings_and_head, fla_ffn_dim, fla_short_convs, refuse,
 )
 
 WHERE = "fla delta_net"
 
 
 def to_config(cfg: dict[str, Any], max_context: int) -> LMConfig:
-    fla_checks(cfg, WHERE)
-    act, norm = cfg.get("qk_activation", "silu"), cfg.get("qk_norm", "l2")
+    c = Fields(cfg, WHERE)
+    fla_checks(c)
+    act, norm = c.text("qk_activation", "silu"), c.text("qk_norm", "l2")
     refuse(act not in ("silu", "relu", "elu", "identity"), f"{WHERE}: qk_activation {act!r} is not supported")
     refuse(norm not in ("l2", "sum"), f"{WHERE}: qk_norm {norm!r} is not supported")
+    eps = c.number("norm_eps", 1e-6)
     return LMConfig(
-        vocab_size=require(cfg, "vocab_size", WHERE), d_model=require(cfg, "hidden_size", WHERE),
-        n_layers=require(cfg, "num_hidden_layers", WHERE), n_heads=cfg.get("num_heads", 16), pattern=["delta_net"],
-        d_ff=fla_ffn_dim(cfg), norm_eps=cfg.get("norm_eps", 1e-6), tie_embeddings=cfg.get("tie_word_embeddings", False),
+        vocab_size=c.integer("vocab_size"), d_model=c.integer("hidden_size"),
+        n_layers=c.integer("num_hidden_layers"), n_heads=c.integer("num_heads", 16), pattern=["delta_net"],
+        d_ff=fla_ffn_dim(c), norm_eps=eps, tie_embeddings=c.flag("tie_word_embeddings", False),
         mixers={"delta_net": {
-            "expand_k": cfg.get("expand_k", 1.0), "expand_v": cfg.get("expand_v", 1.0), "use_beta": cfg.get("use_beta", True),
-            "use_gate": cfg.get("use_gate", False), "use_short_conv": cfg.get("use_short_conv", True),
-            "conv_size": cfg.get("conv_size", 4), "conv_bias": False, "allow_neg_eigval": cfg.get("allow_neg_eigval", False),
-            "qk_activation": act, "qk_norm": norm, "norm_eps": cfg.get("norm_eps", 1e-6),
+            "expand_k": c.number("expand_k", 1.0), "expand_v": c.number("expand_v", 1.0), "use_beta": c.flag("use_beta", True),
+            "use_gate": c.flag("use_gate", False), "use_short_conv": c.flag("use_short_conv", True),
+            "conv_size": c.integer("conv_size", 4), "conv_bias": False, "allow_neg_eigval": c.flag("allow_neg_eigval", False),
+            "qk_activation": act, "qk_norm": norm, "norm_eps": eps,
         }},
     )
 

@@ -7,8 +7,8 @@ import torch
 
 from edgelin.models.config import LMConfig
 from edgelin.models.importers.common import (
-    Importer, Weights, fla_block, fla_checks, fla_embeddings_and_head, fla_ffn_dim, fla_output_norm, fla_short_convs,
-    refuse, repeat_heads, require,
+    Fields, Importer, Weights, fla_block, fla_checks, fla_embeddings_and_head, fla_ffn_dim, fla_output_norm, fla_short_convs,
+    refuse, repeat_heads,
 )
 from edgelin.models.layers.base import FEATURE_MAPS
 
@@ -16,20 +16,25 @@ WHERE = "fla gla"
 
 
 def to_config(cfg: dict[str, Any], max_context: int) -> LMConfig:
-    fla_checks(cfg, WHERE)
-    refuse(not cfg.get("use_gk", True) or cfg.get("use_gv", False), f"{WHERE}: only use_gk=True, use_gv=False is supported")
-    fm = cfg.get("feature_map")
+    c = Fields(cfg, WHERE)
+    fla_checks(c)
+    refuse(not c.flag("use_gk", True) or c.flag("use_gv", False), f"{WHERE}: only use_gk=True, use_gv=False is supported")
+    fm = c.text("feature_map", None)
     refuse(fm is not None and fm not in FEATURE_MAPS, f"{WHERE}: feature_map {fm!r} is not supported")
+    heads = c.integer("num_heads", 4)
+    kv_heads = c.integer("num_kv_heads", None) or heads
+    refuse(heads % kv_heads != 0, f"{WHERE}: num_heads {heads} is not a multiple of num_kv_heads {kv_heads}")
+    eps = c.number("norm_eps", 1e-6)
     return LMConfig(
-        vocab_size=require(cfg, "vocab_size", WHERE), d_model=require(cfg, "hidden_size", WHERE),
-        n_layers=require(cfg, "num_hidden_layers", WHERE), n_heads=cfg.get("num_heads", 4), pattern=["gla"],
-        d_ff=fla_ffn_dim(cfg), norm_eps=cfg.get("norm_eps", 1e-6), tie_embeddings=cfg.get("tie_word_embeddings", False),
+        vocab_size=c.integer("vocab_size"), d_model=c.integer("hidden_size"),
+        n_layers=c.integer("num_hidden_layers"), n_heads=heads, pattern=["gla"],
+        d_ff=fla_ffn_dim(c), norm_eps=eps, tie_embeddings=c.flag("tie_word_embeddings", False),
         # GLABlock passes neither gate_logit_normalizer nor gate_low_rank_dim nor conv_bias: the layer defaults hold.
         mixers={"gla": {
-            "expand_k": cfg.get("expand_k", 0.5), "expand_v": cfg.get("expand_v", 1.0), "gate_low_rank_dim": 16,
-            "gate_logit_normalizer": 16.0, "use_short_conv": cfg.get("use_short_conv", False), "conv_size": cfg.get("conv_size", 4),
-            "use_output_gate": cfg.get("use_output_gate", True), "norm_eps": cfg.get("norm_eps", 1e-6), "conv_bias": False,
-            "clamp_min": cfg.get("clamp_min"), "feature_map": fm,
+            "expand_k": c.number("expand_k", 0.5), "expand_v": c.number("expand_v", 1.0), "gate_low_rank_dim": 16,
+            "gate_logit_normalizer": 16.0, "use_short_conv": c.flag("use_short_conv", False), "conv_size": c.integer("conv_size", 4),
+            "use_output_gate": c.flag("use_output_gate", True), "norm_eps": eps, "conv_bias": False,
+            "clamp_min": c.number("clamp_min", None), "feature_map": fm,
         }},
     )
 
@@ -37,7 +42,8 @@ def to_config(cfg: dict[str, Any], max_context: int) -> LMConfig:
 def to_state(cfg: dict[str, Any], config: LMConfig, w: Weights) -> dict[str, torch.Tensor]:
     o = config.mixers["gla"]
     H = config.n_heads
-    groups = H // (cfg.get("num_kv_heads") or H)
+    c = Fields(cfg, WHERE)
+    groups = H // (c.integer("num_kv_heads", None) or H)
     key_dim, value_dim = round(config.d_model * o["expand_k"]), round(config.d_model * o["expand_v"])
     hk, hv = key_dim // H, value_dim // H
     state: dict[str, torch.Tensor] = {}
@@ -56,7 +62,7 @@ def to_state(cfg: dict[str, Any], config: LMConfig, w: Weights) -> dict[str, tor
                 state[f"{m}.conv.{k}"] = v
         if o["use_output_gate"]:
             state[f"{m}.g_proj.weight"] = w.take(f"{a}.g_proj.weight")
-        state[f"{m}.o_norm.weight"] = fla_output_norm(w, a, hv, bool(cfg.get("elementwise_affine", True)))
+        state[f"{m}.o_norm.weight"] = fla_output_norm(w, a, hv, c.flag("elementwise_affine", True))
         state[f"{m}.o_proj.weight"] = w.take(f"{a}.o_proj.weight")
     fla_embeddings_and_head(state, w, cfg, config)
     return state

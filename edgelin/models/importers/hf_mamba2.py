@@ -6,32 +6,48 @@ from typing import Any
 
 import torch
 
-from edgelin.models.config import LMConfig
-from edgelin.models.importers.common import Importer, Weights, embeddings_and_head, refuse, require
+from edgelin.models.config import LMConfig, is_number
+from edgelin.models.importers.common import Fields, Importer, Weights, embeddings_and_head, refuse
 
 WHERE = "hf mamba2"
 
 
-def number(v: Any) -> float:
-    """A float from config.json; transformers writes infinity as {"__float__": "Infinity"} (or Infinity)."""
-    return float(v["__float__"]) if isinstance(v, dict) and "__float__" in v else float(v)
+def time_step_limit(c: Fields) -> tuple[float, float]:
+    """(low, high) of time_step_limit; transformers writes infinity as {"__float__": "Infinity"} (or Infinity)."""
+    raw = c.array("time_step_limit", [0.0, math.inf])
+    limits = [_float(v) for v in raw]
+    if not 1 <= len(raw) <= 2 or None in limits:
+        c.fail("time_step_limit", "a list of one or two numbers", raw)
+    return limits[0], (limits + [math.inf])[1]
+
+
+def _float(v: Any) -> float | None:
+    if isinstance(v, dict) and list(v) == ["__float__"] and isinstance(v["__float__"], str):
+        try:
+            return float(v["__float__"])
+        except ValueError:
+            return None
+    return float(v) if isinstance(v, float) or is_number(v) else None
 
 
 def to_config(cfg: dict[str, Any], max_context: int) -> LMConfig:
-    d = require(cfg, "hidden_size", WHERE)
-    expand, head_dim = cfg.get("expand", 2), cfg.get("head_dim", 64)
-    heads = cfg.get("num_heads", d * expand // head_dim)
+    c = Fields(cfg, WHERE)
+    d = c.integer("hidden_size")
+    expand, head_dim = c.integer("expand", 2), c.integer("head_dim", 64)
+    heads = c.integer("num_heads", d * expand // head_dim)
     refuse(d * expand != heads * head_dim, f"{WHERE}: hidden_size * expand ({d * expand}) != num_heads * head_dim ({heads * head_dim})")
-    refuse(cfg.get("hidden_act", "silu") != "silu", f"{WHERE}: hidden_act {cfg.get('hidden_act')!r} is not supported (silu only)")
-    lo, hi = (number(v) for v in (list(cfg.get("time_step_limit", [0.0, math.inf])) + [math.inf])[:2])
+    act = c.text("hidden_act", "silu")
+    refuse(act != "silu", f"{WHERE}: hidden_act {act!r} is not supported (silu only)")
+    lo, hi = time_step_limit(c)
+    eps = c.number("layer_norm_epsilon", 1e-5)
     return LMConfig(
-        vocab_size=require(cfg, "vocab_size", WHERE), d_model=d, n_layers=require(cfg, "num_hidden_layers", WHERE),
-        n_heads=math.gcd(heads, d), pattern=["mamba2"], d_ff=-1, norm_eps=cfg.get("layer_norm_epsilon", 1e-5),
-        tie_embeddings=cfg.get("tie_word_embeddings", False),
+        vocab_size=c.integer("vocab_size"), d_model=d, n_layers=c.integer("num_hidden_layers"),
+        n_heads=math.gcd(heads, d), pattern=["mamba2"], d_ff=-1, norm_eps=eps,
+        tie_embeddings=c.flag("tie_word_embeddings", False),
         mixers={"mamba2": {
-            "expand": expand, "head_dim": head_dim, "state_size": cfg.get("state_size", 128), "n_groups": cfg.get("n_groups", 8),
-            "conv_kernel": cfg.get("conv_kernel", 4), "conv_bias": cfg.get("use_conv_bias", True), "proj_bias": cfg.get("use_bias", False),
-            "norm_eps": cfg.get("layer_norm_epsilon", 1e-5), "dt_min": float(lo), "dt_max": None if math.isinf(hi) else float(hi),
+            "expand": expand, "head_dim": head_dim, "state_size": c.integer("state_size", 128), "n_groups": c.integer("n_groups", 8),
+            "conv_kernel": c.integer("conv_kernel", 4), "conv_bias": c.flag("use_conv_bias", True), "proj_bias": c.flag("use_bias", False),
+            "norm_eps": eps, "dt_min": lo, "dt_max": None if math.isinf(hi) else hi,
         }},
     )
 
@@ -46,9 +62,9 @@ def to_state(cfg: dict[str, Any], config: LMConfig, w: Weights) -> dict[str, tor
         state[f"{dst}.mixer.in_proj.weight"] = w.take(f"{m}.in_proj.weight")
         state[f"{dst}.mixer.conv.weight"] = w.take(f"{m}.conv1d.weight")
         state[f"{dst}.mixer.out_proj.weight"] = w.take(f"{m}.out_proj.weight")
-        if cfg.get("use_conv_bias", True):
+        if config.mixers["mamba2"]["conv_bias"]:
             state[f"{dst}.mixer.conv.bias"] = w.take(f"{m}.conv1d.bias")
-        if cfg.get("use_bias", False):
+        if config.mixers["mamba2"]["proj_bias"]:
             state[f"{dst}.mixer.in_proj.bias"] = w.take(f"{m}.in_proj.bias")
             state[f"{dst}.mixer.out_proj.bias"] = w.take(f"{m}.out_proj.bias")
         for name in ("dt_bias", "A_log", "D"):
