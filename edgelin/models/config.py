@@ -167,8 +167,27 @@ def _layer_size(config: LMConfig, layer: int) -> tuple[int, int]:
     except (RuntimeError, TypeError, OverflowError):  # a size past what torch can index
         raise EdgelinError(f"config: layer {layer} ({config.mixer(layer)}) is too large to build: "
                            "its sizes overflow int64") from None
-    state = sum(4 * math.prod(shape) for shape in block.mixer.state_shapes(1).values())
-    return sum(p.numel() for p in block.parameters()), state
+    where = f"config: mixer {config.mixer(layer)!r} in layer {layer}"
+    if any(p.numel() == 0 for p in block.parameters()):
+        raise EdgelinError(f"{where}: its sizes leave a weight with no elements")
+    shapes = block.mixer.state_shapes(1)
+    if 4 * sum(math.prod(shape) for shape in shapes.values()) <= MAX_STATE_BYTES:
+        _dry_run(block, shapes, config.d_model, where)
+    return sum(p.numel() for p in block.parameters()), sum(4 * math.prod(shape) for shape in shapes.values())
+
+
+def _dry_run(block: torch.nn.Module, shapes: dict[str, tuple[int, ...]], d_model: int, where: str) -> None:
+    """Run the block's parallel and step forms on the meta device (shapes only, no memory): sizes that
+    load but do not fit together (a head count that does not divide a width, ...) fail here, not in export."""
+    try:
+        with torch.device("meta"), torch.no_grad():
+            state = {name: torch.zeros(shape) for name, shape in shapes.items()}
+            x = torch.zeros(1, 3, d_model)
+            block(x, state)
+            block(x[:, :1], state, step=True)
+    except (RuntimeError, ValueError, IndexError, TypeError, ZeroDivisionError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise EdgelinError(f"{where}: its sizes do not fit together ({first})") from None
 
 
 def _gib(n_bytes: int) -> str:

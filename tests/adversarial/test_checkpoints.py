@@ -176,6 +176,9 @@ CONFIG_VALUES = [
     (gla(norm_eps=-1e-5), "option 'norm_eps'"), (gla(gate_logit_normalizer=math.inf), "gate_logit_normalizer"),
     ({"colour": "blue"}, "unknown field(s) 'colour'"), ({"a\nb": 1}, "unknown field(s) 'a\\nb'"),
     ({"d_model": DROP, "n_heads": DROP, "pattern": DROP}, "does not match config.json"),
+    # sizes that each pass their own check but do not fit together: caught by a dry run on the meta device
+    (gla(expand_k=0.3), "do not fit together"), (gla(expand_v=0.3), "do not fit together"),
+    (gla(expand_v=0.01), "no elements"), (gla(expand_k=0.01), "no elements"),
 ]
 
 
