@@ -47,6 +47,8 @@ def test_runtime_only_install_generates_without_torch(wheel, tmp_path):
     source = check_run(sys.executable, "-m", "edgelin", *args, cwd=tmp_path)
     assert installed.stdout == source.stdout and installed.stdout.strip()
     assert "decode" in check_run(venv / "bin" / "edgelin", "inspect", pkg, cwd=tmp_path).stdout
+    bench = check_run(venv / "bin" / "edgelin", "bench", pkg, "--decode-tokens", "2", cwd=tmp_path).stdout
+    assert "decode tok/s" in bench and "torch eager" not in bench  # no torch here: no baseline column
     version = check_run(venv / "bin" / "python", "-m", "edgelin", "--version", cwd=tmp_path)
     assert version.stdout.startswith("edgelin ")
 

@@ -1,6 +1,7 @@
 """`edgelin bench`: speed, memory and the bandwidth floor of a package on one back end."""
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 from typing import Optional
@@ -20,13 +21,17 @@ def bench(
     threads: int = typer.Option(2, help="Threads for the back end, the bandwidth copy and the baseline."),
     device: Optional[str] = typer.Option(None, help="OpenVINO device (CPU, NPU)."),
     decode_tokens: int = typer.Option(128, help="Timed decode steps."),
-    baseline: bool = typer.Option(True, help="Also time the PyTorch eager FP32 step form."),
+    baseline: Optional[bool] = typer.Option(None, help="Also time the PyTorch eager FP32 step form "
+                                            "(default: when torch is installed)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
     trust_native_code: bool = typer.Option(False, "--trust-native-code", help="Allow a back end that runs native "
                                            "code from the package (tvm); only for packages you trust."),
 ) -> None:
     """Decode and prefill tokens/s, ms/token p50/p90, peak RSS, bytes on disk, the bandwidth floor."""
     from edgelin.bench import bench_package
+
+    if baseline is None:
+        baseline = importlib.util.find_spec("torch") is not None
 
     if json_out:
         check_destination(json_out, what="result JSON")

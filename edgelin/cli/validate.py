@@ -26,6 +26,8 @@ def validate(
                                            "code from the package (tvm); only for packages you trust."),
 ) -> None:
     """Loss, perplexity, KL, top-1 agreement, SNR per layer and state, drift; report.md/.json + plots."""
+    import matplotlib  # noqa: F401  (the report's plots need it: fail now, not after the comparison)
+
     from edgelin.calibration.streams import read_text
     from edgelin.validate import compare_packages, report_json, write_report
 
