@@ -92,12 +92,12 @@ def resolve_scheme(scheme: str | QuantScheme | HtpScheme | None, profile: str | 
     return quantizer.scheme_by_name(scheme, **options)
 
 
-def _load(model: str | LM | None, max_context: int) -> LoadedModel:
+def _load(model: str | LM | None, max_context: int, revision: str | None) -> LoadedModel:
     if isinstance(model, LM):
         return LoadedModel(model.eval(), "model", "edgelin", True)
     if model is not None and (not isinstance(model, str) or not model.strip()):
-        raise EdgelinError(f"the model must be a built-in name or a checkpoint directory, not {model!r}")
-    return load_model(model, max_context=max_context)
+        raise EdgelinError(f"the model must be a built-in name, a checkpoint directory or a hub id, not {model!r}")
+    return load_model(model, max_context=max_context, revision=revision)
 
 
 def export(model: str | LM | None = None, out: str | os.PathLike | None = None, *,
@@ -105,7 +105,7 @@ def export(model: str | LM | None = None, out: str | os.PathLike | None = None, 
            calib: str | os.PathLike | None = None, group_size: int | None = None, gptq: bool = False,
            rotate: bool = False, smooth: float | None = None, state: str | None = None,
            max_loss_increase: float | None = None, prefill_tokens: int = DEFAULT_PREFILL_TOKENS,
-           max_context: int = DEFAULT_MAX_CONTEXT, streams: int = 4, tokens: int = MIN_STREAM_TOKENS,
+           max_context: int = DEFAULT_MAX_CONTEXT, revision: str | None = None, streams: int = 4, tokens: int = MIN_STREAM_TOKENS,
            horizon: int = 8192, force: bool = False, on_progress: Progress | None = None) -> ExportResult:
     """Export `model` to a package of step graphs; with a scheme, calibrate, quantize and validate it.
 
@@ -124,6 +124,7 @@ def export(model: str | LM | None = None, out: str | os.PathLike | None = None, 
             is at most this.
         prefill_tokens: token count of the prefill graph (a fixed chunk).
         max_context: KV slots of imported full-attention layers (LFM2).
+        revision: branch, tag or commit of a hub id `model` (ORG/NAME) in the local Hugging Face cache.
         streams, tokens: calibration streams and tokens per stream.
         horizon: validation stream length in tokens.
         force: replace an existing package.
@@ -146,7 +147,7 @@ def export(model: str | LM | None = None, out: str | os.PathLike | None = None, 
                             state=state, max_loss_increase=max_loss_increase, calib=calib)
     text = read_text(calib) if chosen is not None else ""
     step("load model", 0, 1)
-    loaded = _load(model, max_context)
+    loaded = _load(model, max_context, revision)
     step("load model", 1, 1)
     out = Path(out) if out is not None else Path("out") / (
         loaded.name if chosen is None else f"{loaded.name}-{chosen.to_dict()['scheme']}")

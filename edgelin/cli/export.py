@@ -13,7 +13,8 @@ from edgelin.cli.ui import note, print_fit, print_summary, progress_bars
 @app.command()
 @user_errors
 def export(
-    model: Optional[str] = typer.Argument(None, help="Zoo name or checkpoint directory (default: the built-in model)."),
+    model: Optional[str] = typer.Argument(None, help="Zoo name, checkpoint directory, or Hugging Face hub id ORG/NAME "
+                                          "from the local cache (default: the built-in model)."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Package directory (default: out/MODEL)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing package."),
     prefill_tokens: int = typer.Option(64, help="Token count of the prefill graph (a fixed chunk)."),
@@ -33,6 +34,8 @@ def export(
     profile: Optional[str] = typer.Option(None, "--profile", help="Target: ort-cpu, qnn-htp or openvino-npu (static shapes, "
                                           "batch 1); qnn-htp also quantizes, QDQ everywhere (W8A16 unless a scheme flag says otherwise)."),
     max_context: int = typer.Option(2048, "--max-context", help="KV slots of imported full-attention layers (LFM2); past it they slide."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Branch, tag or commit of a hub id in the local "
+                                           "Hugging Face cache (default: main)."),
 ) -> None:
     """Export MODEL to a package of loop-free ONNX step graphs (decode + prefill) with a manifest."""
     from edgelin.api import export as export_model
@@ -41,7 +44,7 @@ def export(
     with progress_bars() as on_progress:
         result = export_model(model, output, scheme=scheme, profile=profile, calib=calib, group_size=group_size,
                               gptq=gptq, rotate=rotate, smooth=smooth, state=state, max_loss_increase=max_loss_increase,
-                              prefill_tokens=prefill_tokens, max_context=max_context, force=force,
+                              prefill_tokens=prefill_tokens, max_context=max_context, revision=revision, force=force,
                               on_progress=on_progress)
     if not result.trained:
         note(f"{result.model} has no trained weights here; exported its seeded random init")

@@ -8,6 +8,7 @@ from pathlib import Path
 from edgelin.errors import EdgelinError
 from edgelin.models.checkpoint import load_checkpoint
 from edgelin.models.config import is_int
+from edgelin.models.hub_cache import is_hub_id, resolve_hub_id
 from edgelin.models.importers import DEFAULT_MAX_CONTEXT, import_checkpoint, is_foreign
 from edgelin.models.importers.common import read_config
 from edgelin.models.lm import LM
@@ -37,18 +38,24 @@ def special_tokens(config: dict[str, Any], vocab_size: int) -> dict[str, int]:
     return found
 
 
-def load_model(spec: str | None, *, max_context: int = DEFAULT_MAX_CONTEXT) -> LoadedModel:
+def load_model(spec: str | None, *, max_context: int = DEFAULT_MAX_CONTEXT, revision: str | None = None) -> LoadedModel:
     """None -> the built-in default; a directory -> its checkpoint (edgelin's own, or a transformers /
-    fla layout through edgelin.models.importers); otherwise a zoo name. `max_context` caps the KV
-    cache of imported full-attention layers."""
+    fla layout through edgelin.models.importers); a hub id ORG/NAME that is no directory -> its
+    snapshot in the local Hugging Face cache at `revision`; otherwise a zoo name. `max_context`
+    caps the KV cache of imported full-attention layers."""
     spec = spec or DEFAULT_MODEL
     if not isinstance(spec, str):
-        raise EdgelinError(f"a model is a zoo name or a checkpoint directory, got {short(spec)}")
+        raise EdgelinError(f"a model is a zoo name, a checkpoint directory or a hub id, got {short(spec)}")
+    if revision is not None and (not isinstance(revision, str) or not is_hub_id(spec) or Path(spec).exists()):
+        raise EdgelinError("--revision goes with a Hugging Face hub id (ORG/NAME) from the local cache")
     path = Path(spec)
     try:
         exists = path.exists()
     except OSError as e:  # a name too long for the file system
         raise EdgelinError(f"cannot use {short(spec)} as a model: {e.strerror}") from None
+    name = path.name
+    if not exists and is_hub_id(spec):
+        path, name, exists = resolve_hub_id(spec, revision), spec.split("/")[1], True
     if exists:
         if not path.is_dir():
             raise EdgelinError(f"{path} is a file; give a directory with config.json and model.safetensors")
@@ -57,8 +64,8 @@ def load_model(spec: str | None, *, max_context: int = DEFAULT_MAX_CONTEXT) -> L
         config = read_config(path)
         if is_foreign(config):
             model, layout = import_checkpoint(path, max_context=max_context)
-            return LoadedModel(model, path.name, layout, True, tokenizer_json, special_tokens(config, model.config.vocab_size))
-        return LoadedModel(load_checkpoint(path), path.name, "edgelin", True, tokenizer_json)
+            return LoadedModel(model, name, layout, True, tokenizer_json, special_tokens(config, model.config.vocab_size))
+        return LoadedModel(load_checkpoint(path), name, "edgelin", True, tokenizer_json)
     if "/" in spec or spec.startswith("."):
         raise EdgelinError(f"no such model directory: {spec}")
     shipped = shipped_checkpoint(spec)
