@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from edgelin.calibration.observers import METHODS
 from edgelin.errors import EdgelinError
+from edgelin.runtime.schema import Checker, read_json_file
 
 VERSION = 1
+MAX_TABLE_BYTES = 256 << 20
 ROLES = ("matmul_input", "state_in", "state_out", "gate", "output")
 
 
@@ -44,20 +48,47 @@ class CalibrationTable:
     def from_dict(cls, d: dict[str, Any]) -> "CalibrationTable":
         if not isinstance(d, dict) or d.get("version") != VERSION or not isinstance(d.get("graphs"), dict):
             raise EdgelinError(f"not an edgelin calibration table (version {VERSION})")
-        return cls(d["graphs"], dict(d.get("meta") or {}))
+        _check_tensors(d["graphs"])
+        return cls(d["graphs"], dict(Checker("calibration table").mapping(d.get("meta", {}), "meta")))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1) + "\n"
 
     @classmethod
-    def from_json(cls, text: str) -> "CalibrationTable":
+    def load(cls, path: str | os.PathLike) -> "CalibrationTable":
+        """A table written by `edgelin calibrate`, read as a file a stranger may have made."""
+        path = Path(path)
         try:
-            return cls.from_dict(json.loads(text))
-        except json.JSONDecodeError as e:
-            raise EdgelinError(f"calibration table is not valid JSON: {e}") from None
+            info = path.stat()
+        except FileNotFoundError:
+            raise EdgelinError(f"no such calibration table: {path}") from None
+        except OSError as e:
+            raise EdgelinError(f"cannot read the calibration table {path}: {e.strerror}") from None
+        return cls.from_dict(read_json_file(path, info, MAX_TABLE_BYTES))
 
     def summary(self) -> dict[str, Any]:
         """A few lines for the manifest: what was seen and how widely states ranged."""
         states = [max(-t["min"], t["max"]) for g in self.graphs.values() for t in g.values() if t["role"] == "state_out"]
         return {**self.meta, "tensors": sum(len(g) for g in self.graphs.values()),
                 "state_absmax": max(states) if states else None}
+
+
+def _check_tensors(graphs: dict[str, Any]) -> None:
+    """Every entry has a known role and finite ranges, so that a bad table fails here, not mid-pass."""
+    c = Checker("calibration table")
+    for g, tensors in c.mapping(graphs, "graphs", 64).items():
+        for name, t in c.mapping(tensors, f"graphs.{g}").items():
+            path = f"graphs.{g}.{name}"
+            c.mapping(t, path)
+            c.text(t.get("role"), f"{path}.role", ROLES)
+            if c.number(t.get("min"), f"{path}.min") > c.number(t.get("max"), f"{path}.max"):
+                c.fail(f"{path}.min", "at most its max", t["min"])
+            for method, pair in c.mapping(t.get("ranges", {}), f"{path}.ranges", 16).items():
+                c.text(method, f"{path}.ranges", METHODS)
+                if len(c.array(pair, f"{path}.ranges.{method}", 2)) != 2:
+                    c.fail(f"{path}.ranges.{method}", "[low, high]", pair)
+                lo, hi = (c.number(x, f"{path}.ranges.{method}") for x in pair)
+                if lo > hi:
+                    c.fail(f"{path}.ranges.{method}", "[low, high]", pair)
+            for x in c.array(t.get("channel_absmax", []), f"{path}.channel_absmax"):
+                c.number(x, f"{path}.channel_absmax", 0.0)

@@ -42,7 +42,8 @@ def quantize(
 ) -> None:
     """Calibrate PACKAGE on real text, quantize it with one scheme, validate it against PACKAGE."""
     from edgelin.calibration.streams import read_text
-    from edgelin.quantize.pipeline import load_table, run_pipeline
+    from edgelin.calibration.table import CalibrationTable
+    from edgelin.quantize.pipeline import run_pipeline
     from edgelin.quantize.schemes import scheme_by_name
 
     name = scheme_flag(int8=int8, int16=int16, int4=int4, w4a8=w4a8, w8=w8)
@@ -57,5 +58,5 @@ def quantize(
         result = run_pipeline(package, out, scheme, text, eval_text=read_text(eval_text) if eval_text else None,
                               streams=streams, tokens=tokens, max_loss_increase=max_loss_increase, horizon=horizon,
                               validate=not no_validate, force=force, on_progress=on_progress,
-                              table=load_table(table) if table else None)
+                              table=CalibrationTable.load(table) if table else None)
     print_summary(result, out, report=out / "report" if result else None)

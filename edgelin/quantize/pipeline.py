@@ -182,11 +182,3 @@ def run_pipeline(fp_dir: str | Path, out_dir: str | Path, scheme: QuantScheme | 
             report = {f"report/{k}": v for k, v in report_files(result).items()}
         rewrite_package(staged, out, files=report, force=force)
     return result
-
-
-def load_table(path: str | Path) -> CalibrationTable:
-    """A calibration table written by `edgelin calibrate`."""
-    try:
-        return CalibrationTable.from_json(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise EdgelinError(f"no such calibration table: {path}") from None

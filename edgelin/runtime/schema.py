@@ -85,6 +85,12 @@ class Checker:
             self.fail(path, f"an integer in [{lo}, {hi}]", v)
         return v
 
+    def number(self, v: Any, path: str, lo: float = -math.inf) -> float:
+        """A finite JSON number (int or float, not bool) of at least `lo`."""
+        if type(v) not in (int, float) or not math.isfinite(v) or v < lo:
+            self.fail(path, "a finite number" + (f" >= {lo}" if lo > -math.inf else ""), v)
+        return float(v)
+
     def text(self, v: Any, path: str, choices: tuple[str, ...] | None = None, max_len: int = MAX_NAME) -> str:
         if type(v) is not str or not 0 < len(v) <= max_len or not v.isprintable() or (choices and v not in choices):
             self.fail(path, f"one of {', '.join(choices)}" if choices else f"a printable string of 1 to {max_len} characters", v)
