@@ -94,6 +94,9 @@ def resolve_scheme(scheme: str | QuantScheme | HtpScheme | None, profile: str | 
 
 def _load(model: str | LM | None, max_context: int, revision: str | None) -> LoadedModel:
     if isinstance(model, LM):
+        bad = next((name for name, t in model.state_dict().items() if t.is_floating_point() and not t.isfinite().all()), None)
+        if bad is not None:
+            raise EdgelinError(f"the model's {bad} holds inf or NaN; nothing was exported")
         return LoadedModel(model.eval(), "model", "edgelin", True)
     if model is not None and (not isinstance(model, str) or not model.strip()):
         raise EdgelinError(f"the model must be a built-in name, a checkpoint directory or a hub id, not {model!r}")

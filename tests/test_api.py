@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 import edgelin
 from cli_helpers import run
@@ -91,10 +92,15 @@ def test_a_registered_profile_is_an_export_target():
 
 
 def test_bad_export_writes_nothing(tmp_path):
-    with pytest.raises(EdgelinError, match="--prefill-tokens must be >= 2"):
+    with pytest.raises(EdgelinError, match=r"--prefill-tokens must be an integer in \[2, "):
         edgelin.export("gla-tiny", tmp_path / "p", prefill_tokens=1)
     with pytest.raises(EdgelinError, match="unknown model"):
         edgelin.export("no-such-model", tmp_path / "p")
+    model = LM(ZOO["gla-tiny"]).init_weights()
+    with torch.no_grad():
+        model.blocks[1].mlp.down_proj.weight[0, 0] = float("nan")
+    with pytest.raises(EdgelinError, match="blocks.1.mlp.down_proj.weight holds inf or NaN"):
+        edgelin.export(model, tmp_path / "p")
     assert not any(tmp_path.iterdir())
 
 
