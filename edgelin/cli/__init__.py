@@ -83,8 +83,26 @@ def one_line_errors(ctx: typer.Context | None = None) -> Iterator[None]:
             raise
         fail(message)
     except KeyboardInterrupt:  # outputs are written atomically: an interrupted command leaves no half-written one
-        err_console.print("[bold red]error:[/] interrupted", highlight=False)
-        raise typer.Exit(130) from None
+        interrupted()
+    except Exception as e:
+        if not _caused_by_interrupt(e):
+            raise
+        interrupted()  # e.g. Ctrl-C inside a C extension's import, which re-raises it as ImportError
+
+
+def interrupted() -> NoReturn:
+    err_console.print("[bold red]error:[/] interrupted", highlight=False)
+    raise typer.Exit(130) from None
+
+
+def _caused_by_interrupt(e: BaseException) -> bool:
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
 
 
 class OneLineErrors(TyperGroup):

@@ -286,3 +286,21 @@ def test_state_file_round_trips_through_the_atomic_writer(pkg, tmp_path):
     back = load_state(tmp_path / "s.npz", s.manifest)
     assert all(np.array_equal(back[k], v) for k, v in state.items())
     assert listing(tmp_path) == {"s.npz"}
+
+
+def test_ctrl_c_inside_an_import_is_an_interruption():
+    """A C extension's import turns KeyboardInterrupt into ImportError; that is still Ctrl-C, not a traceback."""
+    import typer
+
+    from edgelin.cli import one_line_errors
+
+    with pytest.raises(typer.Exit) as e:
+        with one_line_errors():
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt as interrupt:
+                raise ImportError("initialization failed") from interrupt
+    assert e.value.exit_code == 130
+    with pytest.raises(ImportError):
+        with one_line_errors():
+            raise ImportError("a real import failure")
