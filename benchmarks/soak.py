@@ -71,7 +71,7 @@ def soak(package: Path, backend: str, tokens: int, window: int, threads: int, pr
 
 def build(args: argparse.Namespace, backends: list[str], log: Callable[[str], None]) -> tuple[Path, dict[str, Any]]:
     """The INT8 package (exported, or --package) compiled for `backends`; and what it is."""
-    pkg = args.package
+    pkg, model = args.package, None
     if pkg is None:
         import edgelin
 
@@ -85,7 +85,8 @@ def build(args: argparse.Namespace, backends: list[str], log: Callable[[str], No
                 bars.update(tasks[stage], completed=done, total=total)
 
             r = edgelin.export(args.model, pkg, scheme="int8", force=True, on_progress=on_progress)
-        log(f"exported {r.model} to {pkg}: loss increase {r.report['loss_increase_pct']:+.3f}%")
+        model = r.model
+        log(f"exported {model} to {pkg}: loss increase {r.report['loss_increase_pct']:+.3f}%")
     from edgelin.runtime import read_package
 
     for backend in backends:
@@ -102,8 +103,7 @@ def build(args: argparse.Namespace, backends: list[str], log: Callable[[str], No
 
             export_tvm(pkg)
         log(f"compiled {pkg} for {backend} in {time.perf_counter() - start:.0f}s")
-    return pkg, {"model": args.model or ("built-in" if args.package is None else None), "package": str(pkg),
-                 "precision": read_package(pkg).precision.get("scheme")}
+    return pkg, {"model": model, "package": str(pkg), "precision": read_package(pkg).precision.get("scheme")}
 
 
 def progress():
@@ -167,8 +167,8 @@ def table(runs: list[dict[str, Any]]):
         if s is None:
             t.add_row(r["backend"], "0", *["-"] * 8)
             continue
-        t.add_row(r["backend"], f"{s['tokens']:,}", f"{s['rss_first_bytes'] / mib:.1f}", f"{s['rss_last_bytes'] / mib:.1f}",
-                  f"{s['hwm_bytes'] / mib:.1f}", f"{s['ms_per_token_first']:.3f}", f"{s['ms_per_token_last']:.3f}",
+        t.add_row(r["backend"], f"{s['tokens']:,}", f"{s['rss_first_bytes'] / mib:.1f}",
+                  f"{s['rss_last_bytes'] / mib:.1f}", f"{s['hwm_bytes'] / mib:.1f}", f"{s['ms_per_token_first']:.3f}", f"{s['ms_per_token_last']:.3f}",
                   f"{s['ms_per_token_median']:.3f}", f"{s['drift']:.2f}", "yes" if r["finite"] else "NO")
     return t
 

@@ -28,12 +28,12 @@ def exported(tmp_path_factory):
 
 def test_every_window_is_recorded_and_finite(exported):
     _, result, _ = exported
-    assert (result["tokens"], result["window"], result["precision"]) == (2000, 500, "w8a8")
+    assert (result["model"], result["tokens"], result["window"], result["precision"]) == ("gla-tiny", 2000, 500, "w8a8")
     (run,) = result["runs"]
     assert run["backend"] == "ort" and "error" not in run and run["finite"]
     assert [w["tokens"] for w in run["windows"]] == [500, 1000, 1500, 2000]
     for w in run["windows"]:
-        assert w["finite"] and w["ms_per_token"] > 0 and 0 < w["rss_bytes"] <= w["hwm_bytes"]
+        assert w["finite"] and w["ms_per_token"] > 0 and 0 < w["rss_bytes"] <= w["hwm_bytes"] and w["load_average"] >= 0
     assert run["loaded"]["rss_bytes"] > 0
     summary = run["summary"]
     assert summary["tokens"] == 2000
