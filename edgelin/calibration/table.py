@@ -58,13 +58,7 @@ class CalibrationTable:
     def load(cls, path: str | os.PathLike) -> "CalibrationTable":
         """A table written by `edgelin calibrate`, read as a file a stranger may have made."""
         path = Path(path)
-        try:
-            info = path.stat()
-        except FileNotFoundError:
-            raise EdgelinError(f"no such calibration table: {path}") from None
-        except OSError as e:
-            raise EdgelinError(f"cannot read the calibration table {path}: {e.strerror}") from None
-        return cls.from_dict(read_json_file(path, info, MAX_TABLE_BYTES))
+        return cls.from_dict(read_json_file(path, MAX_TABLE_BYTES, missing=f"no such calibration table: {path}"))
 
     def summary(self) -> dict[str, Any]:
         """A few lines for the manifest: what was seen and how widely states ranged."""

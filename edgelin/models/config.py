@@ -104,13 +104,7 @@ class LMConfig:
 def read_json_object(path: Path) -> dict[str, Any]:
     """A JSON object from a file a stranger may have made: a regular file of at most 4 MiB, UTF-8,
     nested at most 64 deep. Every problem is one EdgelinError naming the file."""
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        raise EdgelinError(f"no {path.name} in {path.parent}") from None
-    except OSError as e:
-        raise EdgelinError(f"cannot read {path}: {e.strerror}") from None
-    doc = read_json_file(path, info, MAX_CONFIG_BYTES)
+    doc = read_json_file(path, MAX_CONFIG_BYTES, missing=f"no {path.name} in {path.parent}")
     if not isinstance(doc, dict):
         raise EdgelinError(f"{path} must hold a JSON object")
     return doc

@@ -190,12 +190,8 @@ def _regular_file(root: Path, name: str, limit: int) -> int:
 
 
 def _read_manifest(root: Path) -> Any:
-    path = root / MANIFEST
-    try:
-        info = path.lstat()
-    except FileNotFoundError:
-        raise EdgelinError(f"{root} has no {MANIFEST}; is it a model package?") from None
-    return read_json_file(path, info, MAX_MANIFEST_BYTES)
+    return read_json_file(root / MANIFEST, MAX_MANIFEST_BYTES, follow_links=False,
+                          missing=f"{root} has no {MANIFEST}; is it a model package?")
 
 
 def read_package(path: str | os.PathLike) -> Manifest:
@@ -267,11 +263,8 @@ def write_package(out_dir: str | os.PathLike, files: dict[str, Path | bytes], ma
         >>> write_package("out/pkg", {"decode.onnx": Path("d.onnx")}, manifest)  # doctest: +SKIP
     """
     out = Path(out_dir)
-    if out.exists() or out.is_symlink():
-        if not force:
-            raise EdgelinError(f"{out} exists; pass --force to overwrite")
-        if not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).is_file()):
-            raise EdgelinError(f"{out} exists and is not a model package; refusing to overwrite it")
+    if force and out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise EdgelinError(f"{out} exists and is not a model package; refusing to overwrite it")
     with atomic_dir(out, force=force, what="package") as tmp:
         digests, sizes = {}, {}
         for name, src in files.items():

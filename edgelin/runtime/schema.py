@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import stat
 from pathlib import Path, PurePosixPath
@@ -28,9 +27,16 @@ _STRING = re.compile(rb'(?s)"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)')  # unterminated
 _NOT_BRACKET = re.compile(rb"[^\[\]{}]")
 
 
-def read_json_file(path: Path, info: os.stat_result, max_bytes: int) -> Any:
-    """The JSON document in a file a stranger may have made (`info`: its stat): a regular file of at
-    most `max_bytes`, UTF-8, nested at most MAX_JSON_DEPTH deep; every problem is one EdgelinError."""
+def read_json_file(path: Path, max_bytes: int, *, missing: str, follow_links: bool = True) -> Any:
+    """The JSON document in a file a stranger may have made: a regular file of at most `max_bytes`,
+    UTF-8, nested at most MAX_JSON_DEPTH deep; every problem is one EdgelinError (`missing` when there
+    is no such file). Without `follow_links`, a symbolic link is refused as not a regular file."""
+    try:
+        info = path.stat() if follow_links else path.lstat()
+    except FileNotFoundError:
+        raise EdgelinError(missing) from None
+    except OSError as e:
+        raise EdgelinError(f"cannot read {path}: {e.strerror}") from None
     if not stat.S_ISREG(info.st_mode):  # a directory, or a FIFO that would block the read
         raise EdgelinError(f"{path} is not a regular file")
     if info.st_size > max_bytes:
