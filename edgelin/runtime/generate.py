@@ -85,16 +85,26 @@ def generate(session: Session, prompt_ids: Sequence[int] | np.ndarray, max_new_t
     bad = ids[(ids < 0) | (ids >= session.vocab_size)]
     if bad.size:
         raise EdgelinError(f"token id {int(bad[0])} is outside the vocabulary [0, {session.vocab_size})")
+    stop = check_generation_args(max_new_tokens, sampling, seed, stop_ids)
+    if state is not None and not isinstance(state, Mapping):
+        raise EdgelinError(f"state must be a state mapping (session.new_state()), not {type(state).__name__}")
+    state = session.new_state(1) if state is None else state
+    return Generation(session, ids, max_new_tokens, sampling, seed, state, stop)
+
+
+def check_generation_args(max_new_tokens: object, sampling: object, seed: object, stop_ids: object) -> set[int]:
+    """Check the arguments every generation loop takes; returns the stop ids as a set.
+
+    Raises:
+        EdgelinError: naming the first bad argument.
+    """
     if not _is_int(max_new_tokens) or max_new_tokens < 0:
         raise EdgelinError(f"max_new_tokens must be an integer >= 0, not {max_new_tokens!r:.40}")
     if not isinstance(sampling, SamplingConfig):
         raise EdgelinError(f"sampling must be a SamplingConfig, not {type(sampling).__name__}")
     if seed is not None and (not _is_int(seed) or seed < 0):
         raise EdgelinError(f"seed must be an integer >= 0 or None, not {seed!r:.40}")
-    if state is not None and not isinstance(state, Mapping):
-        raise EdgelinError(f"state must be a state mapping (session.new_state()), not {type(state).__name__}")
-    state = session.new_state(1) if state is None else state
-    return Generation(session, ids, max_new_tokens, sampling, seed, state, _token_set(stop_ids))
+    return _token_set(stop_ids)
 
 
 def generate_text(session: Session, tokenizer: Tokenizer, prompt: str, max_new_tokens: int,

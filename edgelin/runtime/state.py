@@ -31,6 +31,25 @@ def all_finite(a: np.ndarray) -> bool:
     return a.dtype.kind != "f" or bool(np.isfinite(a).all())
 
 
+def copy_state(state: Mapping[str, np.ndarray], *, read_only: bool = False) -> dict[str, np.ndarray]:
+    """A private copy of `state` (a LiveState is read once), optionally frozen against writes in place.
+
+    Example:
+        >>> kept = copy_state(state, read_only=True)  # doctest: +SKIP
+    """
+    out = {}
+    for name, a in dict(state).items():
+        a = np.array(a, copy=True, order="C")
+        a.flags.writeable = not read_only
+        out[name] = a
+    return out
+
+
+def state_nbytes(state: Mapping[str, np.ndarray]) -> int:
+    """Bytes held by the arrays of `state`."""
+    return sum(int(np.asarray(a).nbytes) for a in state.values())
+
+
 def check_state(state: object, specs: Sequence[StateSpec], *, finite: bool = True) -> int:
     """Check `state` against the package's state specs: every name, dtype and shape, one batch for
     all, and (with `finite`) no NaN or Inf. Returns the state's batch.

@@ -109,3 +109,24 @@ def fresh_package(tmp_path, toy_package):
 def session(toy_package):
     from edgelin.runtime import Session
     return Session(toy_package, threads=1)
+
+
+ZOO_PREFILL = 8  # prefill chunk of the zoo packages: prompts of a few dozen tokens cross several chunks
+
+
+@pytest.fixture(scope="session")
+def zoo_package(tmp_path_factory):
+    """zoo_package(name) -> FP32 package of a tiny zoo model (prefill chunk 8), exported on first use.
+
+    Weights use init_std 0.2 (registry_helpers.zoo_model) so logits are O(1) and a mismatch cannot hide."""
+    made = {}
+
+    def get(name: str):
+        if name not in made:
+            from edgelin.exporters.package import export_package
+            from registry_helpers import zoo_model
+
+            made[name] = export_package(zoo_model(name), tmp_path_factory.mktemp("zoo") / name, prefill_tokens=ZOO_PREFILL)
+        return made[name]
+
+    return get
