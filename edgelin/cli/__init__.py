@@ -24,11 +24,13 @@ from edgelin.errors import EdgelinError
 console = Console(soft_wrap=True)  # a message is one line whatever the paths in it; tables still fit the width
 err_console = Console(stderr=True, soft_wrap=True)
 
-COMMAND_MODULES = ["export", "generate", "inspect", "train", "calibrate", "quantize", "validate", "compile", "check", "bench"]
+COMMAND_MODULES = ["export", "generate", "inspect", "train", "calibrate", "quantize", "validate", "compile", "check", "bench",
+                   "serve"]
 
 # Modules outside the base install, and the extra (pyproject.toml) that brings each.
 OPTIONAL_MODULES = {"torch": "export", "onnxscript": "export", "safetensors": "export", "matplotlib": "export",
-                    "tokenizers": "tokenizers", "openvino": "openvino", "tvm": "tvm"}
+                    "tokenizers": "tokenizers", "openvino": "openvino", "tvm": "tvm", "starlette": "serve",
+                    "uvicorn": "serve"}
 CPU_TORCH = "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
 # click's UsageError, from the click that typer runs on (newer typers carry their own copy, typer._click).
 UsageError = typer.BadParameter.__base__

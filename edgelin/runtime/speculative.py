@@ -211,14 +211,14 @@ class SpeculativeGeneration(Iterator[int]):
     """
 
     def __init__(self, session: Session, drafter: Drafter, prompt: np.ndarray, max_new_tokens: int,
-                 sampling: SamplingConfig, seed: int | None, state: State, stop_ids: set[int],
-                 max_draft: int | None, always: bool) -> None:
+                 sampling: SamplingConfig, rng: np.random.Generator, state: State, stop_ids: set[int],
+                 max_draft: int | None, always: bool, context: Sequence[int] = ()) -> None:
         self.session, self.drafter, self.sampling = session, drafter, sampling
         self.max_new_tokens, self.stop_ids, self.max_draft = max_new_tokens, stop_ids, max_draft
         self.tokens: list[int] = []
         self.stats = SpeculationStats()
-        self._rng = np.random.default_rng(seed)
-        self._context = list(prompt.tolist())  # what the drafter sees: the prompt and every token since
+        self._rng = rng
+        self._context = [*context, *prompt.tolist()]  # what the drafter sees: the prompt and every token since
         self._state, self._debt, self._pending = state, list(prompt.tolist()), None  # pending None: prompt unfed
         self._ready: list[int] = []
         self._done = max_new_tokens == 0
@@ -238,18 +238,31 @@ class SpeculativeGeneration(Iterator[int]):
             self._debt = []
         return self._state
 
+    @property
+    def done(self) -> bool:
+        """True once a stop id was sampled or max_new_tokens yielded."""
+        return self._done or len(self.tokens) + len(self._ready) >= self.max_new_tokens
+
+    def step(self) -> list[int]:
+        """Run one round (a verify pass or a decode step) and return every token it gives (none once done)."""
+        new = [] if self.done else self._round()
+        self.tokens.extend(self._ready + new)
+        out, self._ready = self._ready + new, []
+        return out
+
     def __next__(self) -> int:
         while not self._ready:
-            if self._done or len(self.tokens) >= self.max_new_tokens:
+            if self.done:
                 raise StopIteration
             self._ready = self._round()
         token = self._ready.pop(0)
         self.tokens.append(token)
         return token
 
-    def _take(self, new: list[int]) -> list[int]:
-        """Cut a round's tokens at a stop id and at max_new_tokens; the last kept one becomes pending."""
-        left = self.max_new_tokens - len(self.tokens)
+    def _take(self, new: list[int]) -> tuple[list[int], list[int]]:
+        """Cut a round's tokens at a stop id and at max_new_tokens: (tokens to yield, tokens now in the
+        sequence, the last of which becomes pending)."""
+        left = self.max_new_tokens - len(self.tokens) - len(self._ready)
         for i, t in enumerate(new[:left]):
             if t in self.stop_ids:
                 self._done = True
@@ -356,5 +369,5 @@ def speculative_generate(session: Session, drafter: Drafter, prompt_ids: Sequenc
     if speculate not in ("auto", "always"):
         raise EdgelinError(f"speculate must be 'auto' or 'always', not {speculate!r:.40}")
     state = session.new_state(1) if state is None else state
-    return SpeculativeGeneration(session, drafter, ids, max_new_tokens, sampling, seed, state, stop, max_draft,
-                                 speculate == "always")
+    return SpeculativeGeneration(session, drafter, ids, max_new_tokens, sampling, np.random.default_rng(seed), state,
+                                 stop, max_draft, speculate == "always")
