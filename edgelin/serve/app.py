@@ -188,19 +188,21 @@ class Server:
             return StreamingResponse(self._stream(events, handle, fmt, o.include_usage), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
         try:
-            text = []
+            text, checked = [], time.monotonic()
             while True:
                 try:
                     event = await asyncio.wait_for(events.get(), DISCONNECT_POLL_S)
                 except asyncio.TimeoutError:
+                    event = None
+                if time.monotonic() - checked >= DISCONNECT_POLL_S:
                     if await request.is_disconnected():
                         return Response(status_code=499)  # nobody reads it; the request is cancelled below
-                    continue
+                    checked = time.monotonic()
                 if isinstance(event, TextDelta):
                     text.append(event.text)
                 elif isinstance(event, Failed):
                     return error_response(event.error)
-                else:
+                elif isinstance(event, Finished):
                     return JSONResponse(fmt.whole("".join(text), event))
         finally:
             handle.cancel()
