@@ -73,8 +73,8 @@ def serve(package: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 80
                      max_body_bytes=max_body_bytes)
     try:
         sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
-    except OSError as e:
-        raise EdgelinError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    except OSError as e:  # create_server appends "(while attempting to bind on address ...)"
+        raise EdgelinError(f"cannot listen on {host}:{port}: {(e.strerror or str(e)).split(' (while')[0]}") from None
     bound = sock.getsockname()[1]
     # connections beyond what the engine can hold or queue get uvicorn's 503 at once
     limit = config.max_batch + config.max_queue + 16

@@ -3,6 +3,7 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -110,3 +111,14 @@ def test_8_clients_x_20_requests_lose_nothing_and_leave_nothing(pkg):
     assert wrong == []
     assert (stats["completed"], stats["failed"], stats["cancelled"], stats["timed_out"]) == (160, 0, 0, 0)
     assert stats["batch_rows"] == 0 and stats["queued"] == 0
+
+
+def test_cli_refusals_are_one_line(pkg):
+    from cli_helpers import assert_user_error, run
+
+    assert_user_error(run("serve", "/no/such/package"), "not a model package")
+    assert_user_error(run("serve", pkg, "--max-batch", "0"), "max_batch must be an integer >= 1")
+    assert_user_error(run("serve", pkg, "--draft", "/no/such/draft"), "not a model package")
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        assert_user_error(run("serve", pkg, "--port", taken.getsockname()[1]), "cannot listen on 127.0.0.1:",
+                          "in use")
