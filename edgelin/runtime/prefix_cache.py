@@ -166,18 +166,18 @@ class PrefixCache:
         if check_state(state, self.session.manifest.states, finite=False) != 1:
             raise EdgelinError("the prefix cache keeps one sequence's state (batch 1)")
         try:
-            row = np.asarray(logits, np.float32).reshape(self.session.vocab_size)
-        except ValueError:
-            raise EdgelinError(f"logits must hold {self.session.vocab_size} values (one position), "
+            row = np.array(logits, np.float32).reshape(self.session.vocab_size)
+        except (ValueError, TypeError):
+            raise EdgelinError(f"logits must hold {self.session.vocab_size} numbers (one position), "
                                f"got shape {list(np.shape(logits))}") from None
         key = (ids.size, _digests(ids, [ids.size])[ids.size])
+        entry = CachedPrefix(_frozen(ids), copy_state(state, read_only=True), _frozen(row))
+        if entry.nbytes > self.max_bytes:
+            return False
         with self._lock:
             if key in self._mem:
                 self._mem.move_to_end(key)
                 return True
-            entry = CachedPrefix(_frozen(ids), copy_state(state, read_only=True), _frozen(row))
-            if entry.nbytes > self.max_bytes:
-                return False
             if key in self._disk:
                 self._drop_spilled(key)
             self._add(key, entry)

@@ -26,7 +26,7 @@ from edgelin.runtime.prefix_cache import Prefill, PrefixCache
 from edgelin.runtime.sampling import GREEDY, SamplingConfig, sample
 from edgelin.runtime.session import Session
 from edgelin.runtime.speculative import Drafter, SpeculativeGeneration
-from edgelin.runtime.tokenizer import Tokenizer
+from edgelin.runtime.tokenizer import StreamDecoder, Tokenizer
 from edgelin.serve.schema import RequestError
 
 log = logging.getLogger("edgelin.serve")
@@ -124,18 +124,18 @@ class _Job:
     sink: Callable[[Event], None]
     deadline: float
     stop_ids: set[int]
-    decoder: object
+    decoder: StreamDecoder
+    tokens: list[int]  # the prompt, then every token sampled; the last one is not in the state yet
+    rng: np.random.Generator
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     cancelled: bool = False
     prefill: Prefill | None = None
     slot: int | None = None
     spec: SpeculativeGeneration | None = None
-    tokens: list[int] = field(default_factory=list)  # prompt + every token sampled; the last is not in the state
     logits: np.ndarray | None = None  # the logits that chose tokens[-1] (None when not known)
     generated: int = 0
     cached: int = 0
     held: str = ""  # text held back: it may be the start of a stop sequence
-    rng: np.random.Generator = field(default_factory=np.random.default_rng)
 
 
 class Handle:
@@ -213,8 +213,8 @@ class Engine:
             raise RequestError(400, f"max_tokens must be in [1, {self.config.max_tokens}]", param="max_tokens")
         wait = self.config.request_timeout if timeout is None else min(timeout, self.config.request_timeout)
         stop_ids = {self.tokenizer.eos_id} if self.tokenizer.eos_id is not None else set()
-        job = _Job(request, sink, time.monotonic() + wait, stop_ids, self.tokenizer.stream_decoder(),
-                   tokens=prompt, rng=np.random.default_rng(request.seed))
+        job = _Job(request, sink, time.monotonic() + wait, stop_ids, self.tokenizer.stream_decoder(), prompt,
+                   np.random.default_rng(request.seed))
         with self._cv:
             if self._closing:
                 raise RequestError(503, "the server is shutting down", kind="server_error")

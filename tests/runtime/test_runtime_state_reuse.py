@@ -178,3 +178,33 @@ def test_batch_on_a_batch_1_profile_steps_rows_one_by_one(tmp_path, zoo_package)
     logits = dec.step(tokens)
     for slot, p in zip(slots, prompts):
         assert_close(logits[slot], fresh(fixed, np.append(p, p[-1]))[0])
+
+
+def test_stateful_back_end_batches_rows_and_rewinds(tmp_path, zoo_package):
+    """openvino-stateful keeps one live state inside the graph (batch 1): rows take turns, each one's
+    state copied out when another runs; a conversation rewinds on it like on ORT."""
+    pytest.importorskip("openvino")
+    import shutil
+
+    from edgelin.exporters.openvino import export_openvino
+
+    pkg = export_openvino(shutil.copytree(zoo_package("hybrid-tiny"), tmp_path / "ov"), variants=("stateful",))
+    ov, ort = Session(pkg, backend="openvino-stateful", threads=1), Session(pkg, threads=1)
+    dec = BatchDecoder(ov, max_batch=2)
+    assert not dec.vectorized
+    prompts = [ids(40, 13), ids(41, 21)]
+    slots, out = [], {}
+    for p in prompts:
+        job = prefill(ov, p)
+        slots.append(dec.add(job.state))
+        out[slots[-1]] = [int(job.logits.argmax())]
+    for _ in range(8):
+        for slot, row in dec.step({s: out[s][-1] for s in slots}).items():
+            out[slot].append(int(row.argmax()))
+    for slot, p in zip(slots, prompts):
+        assert out[slot] == list(generate(ort, p, 9))
+    chat = Conversation(ov, checkpoint_every=8)
+    chat.feed(prompts[1])
+    generated = list(chat.generate(12))
+    chat.rewind(25)
+    assert_close(chat.logits, fresh(ort, (list(prompts[1]) + generated)[:25])[0])
