@@ -172,7 +172,7 @@ class _Policy:
 
     PROBE = 8  # drafts of a pass made to measure
 
-    def __init__(self, explore: float = 0.1) -> None:
+    def __init__(self, explore: float = 0.05) -> None:
         self.kept, self.rejected = 1.0, 1.0  # a = kept / (kept + rejected), a prior of 1/2
         self.t: dict[str, float] = {}  # EMA of seconds: "decode", "verify", "draft" (per draft token)
         self.explore, self.since_pass = explore, 0
@@ -224,6 +224,9 @@ class SpeculativeGeneration(Iterator[int]):
         self._done = max_new_tokens == 0
         self._policy = _Policy()
         self._always = always
+        # a float package's prefill graph computes what its decode graph does, up to rounding; a quantized
+        # one's carries other quantization noise, so only "always" verifies through it
+        self._exact = session.manifest.precision.get("scheme", "fp32") == "fp32"
 
     @property
     def pending(self) -> list[int]:
@@ -280,7 +283,7 @@ class SpeculativeGeneration(Iterator[int]):
             return out
         K = self.session.prefill_tokens
         room = min(K - len(self._debt) - 1, self.max_draft if self.max_draft is not None else K)
-        if room < 1 or "prefill" not in self.session.graphs:
+        if room < 1 or "prefill" not in self.session.graphs or not (self._always or self._exact):
             n = 0
         else:
             n = room if self._always else self._policy.drafts(room)
@@ -332,22 +335,27 @@ class SpeculativeGeneration(Iterator[int]):
 def speculative_generate(session: Session, drafter: Drafter, prompt_ids: Sequence[int] | np.ndarray,
                          max_new_tokens: int, sampling: SamplingConfig = GREEDY, seed: int | None = 0,
                          state: State | None = None, stop_ids: Collection[int] = (),
-                         max_draft: int | None = None, speculate: str = "auto") -> SpeculativeGeneration:
+                         max_draft: int | None = None, speculate: str = "auto",
+                         context: Sequence[int] = ()) -> SpeculativeGeneration:
     """Stream up to `max_new_tokens` token ids after `prompt_ids`, drafted by `drafter`, verified by `session`.
 
     At temperature 0 the tokens are those of `generate`, up to the difference between the prefill
     graph (which verifies) and the decode graph (which `generate` runs): float rounding (~1e-6) in
     float packages. Quantized packages put different quantization noise in the two graphs (gla-10m
-    INT8: up to 0.4 in a logit), so a near-tie can go the other way, as it can between a prompt fed
-    in chunks and token by token. With sampling each token follows the target's distribution (`verify`).
+    INT8: up to 0.4 in a logit), so a near-tie can go the other way; there "auto" never verifies
+    (the output is that of `generate`) and "always" may differ. With sampling each token follows the
+    target's distribution (`verify`).
 
     Args:
         session: the target package; its prefill chunk is the verify pass (K - 1 drafts at most).
         drafter: `PromptLookupDrafter()` or `ModelDrafter(Session(draft_package))`.
         prompt_ids, max_new_tokens, sampling, seed, state, stop_ids: as for `generate`.
         max_draft: most drafts per pass (None: as many as the chunk holds).
-        speculate: "auto" verifies when the measured timings say it pays (otherwise it decodes plainly);
-            "always" verifies every round with as many drafts as fit (to measure a drafter).
+        speculate: "auto" verifies when the measured timings say it pays (otherwise it decodes plainly),
+            in float packages only; "always" verifies every round with as many drafts as fit (to
+            measure a drafter, or to speculate in a quantized package knowing greedy output may differ).
+        context: the tokens `state` already covers, shown to the drafter before the prompt (continuing
+            from a saved or cached state).
     Example:
         >>> g = speculative_generate(target, ModelDrafter(Session("gla-1m")), ids, 256)  # doctest: +SKIP
         >>> out = list(g); g.stats.accepted / g.stats.drafted
@@ -370,4 +378,5 @@ def speculative_generate(session: Session, drafter: Drafter, prompt_ids: Sequenc
         raise EdgelinError(f"speculate must be 'auto' or 'always', not {speculate!r:.40}")
     state = session.new_state(1) if state is None else state
     return SpeculativeGeneration(session, drafter, ids, max_new_tokens, sampling, np.random.default_rng(seed), state,
-                                 stop, max_draft, speculate == "always")
+                                 stop, max_draft, speculate == "always", token_array(context, session.vocab_size,
+                                                                                     "context").tolist())

@@ -129,3 +129,16 @@ def test_bad_arguments(zoo_package, kw, msg):
         speculative_generate(**args)
     with pytest.raises(EdgelinError, match="n-gram"):
         PromptLookupDrafter(max_ngram=0)
+
+
+def test_auto_does_not_verify_in_a_quantized_package(zoo_package):
+    """A quantized package's prefill graph carries other quantization noise than its decode graph:
+    "auto" decodes plainly there (identical output), "always" still verifies."""
+    session = Session(zoo_package("gla-tiny"), threads=1)
+    session.manifest.precision = {"scheme": "w8a8"}  # what the manifest of a --int8 package says
+    prompt = [1, 2, 3, 1, 2, 3]
+    auto = speculative_generate(session, ModelDrafter(session), prompt, 48)
+    assert list(auto) == list(generate(session, prompt, 48)) and auto.stats.passes == 0
+    always = speculative_generate(session, ModelDrafter(session), prompt, 48, speculate="always")
+    list(always)
+    assert always.stats.passes > 0
