@@ -290,6 +290,10 @@ class Prefill:
         reused: how many tokens came from the cache (or `start`) instead of being fed.
         position: how many tokens the state covers so far.
         state, logits: after `position` tokens (the final state and next-token logits once `done`).
+    Example:
+        >>> job = Prefill(session, long_prompt, cache)  # doctest: +SKIP
+        >>> while not job.step(budget=session.prefill_tokens):
+        ...     decode_other_requests()
     """
 
     def __init__(self, session: Session, tokens: Sequence[int] | np.ndarray, cache: PrefixCache | None = None, *,

@@ -75,6 +75,9 @@ class ModelDrafter:
     Args:
         session: the draft package (same tokenizer and vocabulary as the target).
         cache_bytes: budget of the draft's prefix cache.
+    Example:
+        >>> drafter = ModelDrafter(Session("out/gla-1m-int8"))  # doctest: +SKIP
+        >>> g = speculative_generate(Session("out/gla-10m"), drafter, ids, 128)
     """
 
     def __init__(self, session: Session, cache_bytes: int = 32 << 20) -> None:

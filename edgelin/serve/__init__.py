@@ -66,6 +66,9 @@ def serve(package: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 80
         log_level: uvicorn's log level.
     Raises:
         EdgelinError: the package cannot be loaded, or the address cannot be bound.
+    Example:
+        >>> serve("out/gla-10m", port=0, ready=print)  # doctest: +SKIP
+        http://127.0.0.1:40521
     """
     import uvicorn
 

@@ -72,6 +72,8 @@ class EngineConfig:
         if isinstance(self.request_timeout, bool) or not isinstance(self.request_timeout, (int, float)) \
                 or not 0 < self.request_timeout < float("inf"):
             raise EdgelinError(f"request_timeout must be a number of seconds > 0, not {self.request_timeout!r:.40}")
+        if self.drafter is not None and not callable(getattr(self.drafter, "propose", None)):
+            raise EdgelinError(f"drafter must have a propose() method (a Drafter), not {type(self.drafter).__name__}")
         if self.speculate not in ("auto", "always"):
             raise EdgelinError(f"speculate must be 'auto' or 'always', not {self.speculate!r:.40}")
 
@@ -146,9 +148,11 @@ class Handle:
 
     @property
     def id(self) -> str:
+        """The request's id (unique per engine)."""
         return self._job.id
 
     def cancel(self) -> None:
+        """Stop the request; safe from any thread, and after it finished."""
         self._job.cancelled = True
         self._engine._wake()
 
