@@ -14,6 +14,7 @@ ZOO: dict[str, LMConfig] = {
     "retention-tiny": LMConfig(d_model=64, n_layers=2, n_heads=2, pattern=["retention"]),
     "mamba-tiny": LMConfig(d_model=64, n_layers=2, n_heads=2, d_ff=-1, pattern=["mamba"], mixers={"mamba": {"state_size": 8}}),
     "delta-net-tiny": LMConfig(d_model=64, n_layers=2, n_heads=2, pattern=["delta_net"]),
+    "mlstm-tiny": LMConfig(d_model=64, n_layers=2, n_heads=2, pattern=["mlstm"], logit_soft_cap=30.0),
     "hybrid-tiny": LMConfig(
         d_model=64, n_layers=4, n_heads=2, pattern=["short_conv", "gla", "short_conv", "swa"], mixers={"swa": {"window": 16}}
     ),
@@ -23,6 +24,7 @@ ZOO: dict[str, LMConfig] = {
     "gla-10m": LMConfig(
         d_model=288, n_layers=10, n_heads=4, pattern=["gla"], mixers={"gla": {"use_short_conv": True, "expand_k": 1.0}}
     ),
+    "mlstm-10m": LMConfig(d_model=288, n_layers=10, n_heads=4, pattern=["mlstm"], logit_soft_cap=30.0),
     "hybrid-10m": LMConfig(
         d_model=384, n_layers=6, n_heads=6, pattern=["short_conv", "gated_delta", "swa"], mixers={"swa": {"window": 128}}
     ),
