@@ -231,3 +231,35 @@ def test_int8_embedding_dequantizes_only_the_rows_read(tmp_path, fp_package, tab
         rows = ort.InferenceSession(part.SerializeToString(), providers=["CPUExecutionProvider"]).run(
             None, {"input_ids": ids[None]})[0]
         assert np.array_equal(rows[0], want_q[ids].astype(np.float32) * want_scale[ids].astype(np.float32))
+
+
+def test_mlstm_int8_and_int4_packages_run(tmp_path):
+    """mlstm-tiny with its memory in use (input gates opened: the zoo init keeps them near exp(-10)):
+    W8A8 and W4A16 packages run prefill chunks and decode steps, store every weight as recorded and
+    every state, the stabiliser m included, as int16."""
+    import torch
+
+    from edgelin.calibration import calibrate_package, default_text
+    from edgelin.exporters.package import export_package
+    from edgelin.models import LM, ZOO
+
+    model = LM(ZOO["mlstm-tiny"]).init_weights()
+    with torch.no_grad():
+        for block in model.blocks:
+            block.mixer.igate_bias.zero_()
+            block.mixer.fgate_bias.copy_(torch.linspace(1.0, 4.0, block.mixer.heads))
+            for proj in (block.mixer.igate_proj, block.mixer.fgate_proj):
+                proj.weight.mul_(5.0)
+    fp = export_package(model, tmp_path / "fp", prefill_tokens=16)
+    table = calibrate_package(fp, default_text(), streams=2, tokens=256)
+    ids = np.concatenate([IDS, IDS[:, :4]], 1)  # 2 prefill chunks, then 12 decode steps
+    s = Session(fp)
+    ref, _ = s.forward(ids, s.new_state(2))
+    for scheme, bound in ((W8A8(), 0.1), (W4A16(), 0.5)):
+        q = quantize_package(fp, tmp_path / scheme.name, scheme, table)
+        check_weights(q)
+        s = Session(q)
+        logits, state = s.forward(ids, s.new_state(2))
+        assert np.isfinite(logits).all() and rms_ratio(ref, logits) < bound, (scheme.name, rms_ratio(ref, logits))
+        assert {state[spec.input].dtype for spec in s.manifest.states} == {np.dtype(np.int16)}
+        assert {spec.kind for spec in s.manifest.states} == {"cell_state", "normalizer_state", "max_state"}

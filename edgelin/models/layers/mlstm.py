@@ -75,10 +75,10 @@ class MLSTM(TokenMixer):
         cap = self.options.gate_soft_cap
         if cap is not None:
             i, f = cap * torch.tanh(i / cap), cap * torch.tanh(f / cap)
-        return i.float(), -F.softplus(-f.float())
+        return i, -F.softplus(-f)
 
     def _output(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return self.o_proj(torch.sigmoid(self.ogate_proj(x)) * self.o_norm(h.to(x.dtype)))
+        return self.o_proj(torch.sigmoid(self.ogate_proj(x)) * self.o_norm(h))
 
     def forward(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         q, k, v = (split_heads(p(x), self.heads) for p in (self.q_proj, self.k_proj, self.v_proj))
