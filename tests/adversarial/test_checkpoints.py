@@ -190,6 +190,12 @@ CONFIG_VALUES = [
     (gla(feature_map=3), "option 'feature_map'"), (gla(use_short_conv="yes"), "option 'use_short_conv'"),
     (gla(clamp_min="low"), "option 'clamp_min'"), (gla(clamp_min=math.nan), "option 'clamp_min'"),
     (gla(norm_eps=-1e-5), "option 'norm_eps'"), (gla(gate_logit_normalizer=math.inf), "gate_logit_normalizer"),
+    ({"logit_soft_cap": 0}, "logit_soft_cap must be a positive number or null"), ({"logit_soft_cap": "30"}, "logit_soft_cap"),
+    ({"logit_soft_cap": math.inf}, "logit_soft_cap"), ({"logit_soft_cap": True}, "logit_soft_cap"),
+    ({"pattern": ["mlstm"], "mixers": {"mlstm": {"gate_soft_cap": 0}}}, "gate_soft_cap must be above 0"),
+    ({"pattern": ["mlstm"], "mixers": {"mlstm": {"gate_soft_cap": -1.0}}}, "option 'gate_soft_cap'"),
+    ({"pattern": ["mlstm"], "mixers": {"mlstm": {"expand_k": 0.3}}}, "must split into 2 heads"),
+    ({"pattern": ["mlstm"], "mixers": {"mlstm": {"eps": "small"}}}, "option 'eps'"),
     ({"colour": "blue"}, "unknown field(s) 'colour'"), ({"a\nb": 1}, "unknown field(s) 'a\\nb'"),
     ({"d_model": DROP, "n_heads": DROP, "pattern": DROP}, "does not match config.json"),
     # sizes that each pass their own check but do not fit together: caught by a dry run on the meta device

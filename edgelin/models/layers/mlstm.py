@@ -41,9 +41,10 @@ class HeadLayerNorm(nn.Module):
 
 
 class MLSTM(TokenMixer):
-    """C_t = f_t C_{t-1} + i_t k_t v_t^T, n_t = f_t n_{t-1} + i_t k_t, h_t = q_t C_t / max(|q_t . n_t|, 1),
-    with i_t = exp(i~_t) and f_t = sigmoid(f~_t), carried as C, n scaled by exp(-m) and m the running
-    max of the log gates; out = o_proj(sigmoid(ogate_proj x) * norm(h))."""
+    """C_t = f_t C_{t-1} + i_t k_t v_t^T, n_t = f_t n_{t-1} + i_t k_t, h_t = q_t C_t / max(|q_t . n_t|, 1)
+    (q scaled, eps aside), with i_t = exp(i~_t) and f_t = sigmoid(f~_t) from soft-capped pre-activations;
+    C and n are carried scaled by exp(-m), m the running max of the log gates (kernels/mlstm/step.py).
+    out = o_proj(sigmoid(ogate_proj x) * norm(h))."""
 
     def __init__(self, config: LMConfig, layer: int):
         super().__init__()
@@ -52,6 +53,8 @@ class MLSTM(TokenMixer):
         self.key_dim, self.value_dim = int(d * o.expand_k), int(d * o.expand_v)
         if self.key_dim % self.heads or self.value_dim % self.heads:
             raise ValueError(f"mlstm: key width {self.key_dim} and value width {self.value_dim} must split into {self.heads} heads")
+        if o.gate_soft_cap is not None and not o.gate_soft_cap > 0:
+            raise ValueError(f"mlstm: gate_soft_cap must be above 0 or null, got {o.gate_soft_cap}")
         self.q_proj = nn.Linear(d, self.key_dim, bias=False)
         self.k_proj = nn.Linear(d, self.key_dim, bias=False)
         self.v_proj = nn.Linear(d, self.value_dim, bias=False)
