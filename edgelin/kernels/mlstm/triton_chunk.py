@@ -352,8 +352,9 @@ def chunk_mlstm_bwd(q, k, v, i, f, o, bc, hc, hn, hm, m_row, qn, initial_state, 
     mlstm_bwd_dv_kernel[(triton.cdiv(V, BV), NT, B * H)](
         q, k, i, bc, m_row, hm, dnum, dhc, dv, scale, T, NT, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
     )
-    # gates, m held fixed: log D[t, s] = b_t - b_s + i_s - m_t gives i_s k_s . dk_s and b_s -k_s . dk_s;
-    # b_t's own k_t . dk_t ... q_t . dq_t cancels against m_t's path through the same weights.
+    # The gates. A weight exp(b_t - b_s + i_s - m_t) gives i_s its column's sum k_s . dk_s and b_s
+    # minus that; its row's sum q_t . dq_t goes to b_t and, with the opposite sign, to m_t, and
+    # m_t = b_t + cummax(...) hands it back to b_t: it cancels. What m_t keeps is `dm`.
     kdk = (k.float() * dk.float()).sum(-1)
     if use_dht:
         dm[:, -1] -= (final[0] * dct).sum((-2, -1)) + (final[1] * dnt).sum(-1)
