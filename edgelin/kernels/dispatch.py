@@ -44,9 +44,10 @@ def chunk_gated_delta_rule(q, k, v, g, beta, *, scale=None, initial_state=None, 
 
 
 def chunk_mlstm(q, k, v, i, f, *, scale=None, initial_state=None, output_final_state=False, eps=1e-6):
-    """mLSTM with log input gates `i` and log forget gates `f` [B, T, H], state (C, n, m); see kernels/mlstm/reference.py."""
+    """mLSTM with the gates' logs `i`, `f` [B, T, H] and the state (C, n, m); see kernels/mlstm/reference.py."""
+    kwargs = dict(scale=scale, initial_state=initial_state, output_final_state=output_final_state, eps=eps)
     if _use_triton(q):
         from edgelin.kernels.mlstm.triton_chunk import chunk_mlstm as triton_chunk_mlstm
 
-        return triton_chunk_mlstm(q, k, v, i, f, scale=scale, initial_state=initial_state, output_final_state=output_final_state, eps=eps)
-    return chunk_mlstm_ref(q, k, v, i, f, scale=scale, initial_state=initial_state, output_final_state=output_final_state, eps=eps)
+        return triton_chunk_mlstm(q, k, v, i, f, **kwargs)
+    return chunk_mlstm_ref(q, k, v, i, f, **kwargs)
