@@ -14,7 +14,6 @@ A state of zeros (m_0 = 0 included) is the start of a sequence, as in transforme
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from edgelin.kernels.mlstm.step import MLSTMState, mlstm_step
 
@@ -68,21 +67,31 @@ def chunk_mlstm_ref(
 
     Within a chunk every weight is taken relative to its row's max m_t, and the state carried from
     chunk to chunk relative to the running max at the chunk's end, so no exponent is ever positive.
-    Only ONNX-exportable ops; for a fixed T the chunk loop unrolls.
+    A T that chunk_size does not divide ends in one shorter chunk (no padding: a padded step would
+    need an input gate of -inf). Only ONNX-exportable ops; for a fixed T the chunk loop unrolls.
     """
     dtype = v.dtype
-    B, T, H, K = q.shape
-    V = v.shape[-1]
+    T, K = int(q.shape[1]), q.shape[-1]  # int: a constant when traced, so the chunk masks fold
     scale = K**-0.5 if scale is None else scale
-    C = chunk_size
-    pad = (-T) % C
     q, k, v, i, f = (x.float() for x in (q, k, v, i, f))
-    state0 = _start(q, v, initial_state)
-    if pad:
-        # Padded steps: no decay, an input gate of exp(-inf) = 0; they change neither output nor state.
-        q, k, v = (F.pad(x, (0, 0, 0, 0, 0, pad)) for x in (q, k, v))
-        f, i = F.pad(f, (0, 0, 0, pad)), F.pad(i, (0, 0, 0, pad), value=float("-inf"))
-    N = (T + pad) // C
+    state = _start(q, v, initial_state)
+    whole = T - T % chunk_size
+    o = []
+    for start, stop, size in ((0, whole, chunk_size), (whole, T, T - whole)):
+        if stop > start:
+            o_part, state = _chunks(*(x[:, start:stop] for x in (q, k, v, i, f)), state, scale, eps, size)
+            o.append(o_part)
+    return torch.cat(o, 1).to(dtype), (state if output_final_state else None)
+
+
+def _chunks(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f: torch.Tensor,
+    state: MLSTMState, scale: float, eps: float, C: int,
+) -> tuple[torch.Tensor, MLSTMState]:
+    """The chunked form over T steps, a multiple of C, in float32."""
+    B, T, H, _ = q.shape
+    V = v.shape[-1]
+    N = T // C
     q, k, v = (x.reshape(B, N, C, H, -1).permute(0, 3, 1, 2, 4) for x in (q, k, v))  # [B, H, N, C, D]
     i, b = (x.reshape(B, N, C, H).permute(0, 3, 1, 2) for x in (i, f))  # [B, H, N, C]
     b = b.cumsum(-1)
@@ -92,8 +101,8 @@ def chunk_mlstm_ref(
     m_intra = log_d.amax(-1)
     to_end = b[..., -1:] - b + i  # log weight of each step in the chunk's last state
     to_end_max = to_end.amax(-1)
-    Cs, ns, m = state0
     qk = q @ k.transpose(-1, -2)
+    Cs, ns, m = state
     o = []
     for c in range(N):
         m_row = torch.maximum(b[:, :, c] + m[..., None], m_intra[:, :, c])  # [B, H, C]
@@ -108,5 +117,4 @@ def chunk_mlstm_ref(
         Cs = Cs * decay[..., None, None] + kw.transpose(-1, -2) @ v[:, :, c]
         ns = ns * decay[..., None] + kw.sum(-2)
         m = m_next
-    o = torch.stack(o, 2).permute(0, 2, 3, 1, 4).reshape(B, N * C, H, V)[:, :T]
-    return o.to(dtype), ((Cs, ns, m) if output_final_state else None)
+    return torch.stack(o, 2).permute(0, 2, 3, 1, 4).reshape(B, T, H, V), (Cs, ns, m)
