@@ -7,11 +7,11 @@ import shutil
 import numpy as np
 import pytest
 
-from edgelin.errors import EdgelinError
 from edgelin.exporters.genai import CONFIG, GRAPH, attach_genai, genai_support
 from edgelin.exporters.package import export_package
 from edgelin.models.layers import MIXERS
 from edgelin.runtime import Session, generate, read_package
+from edgelin.runtime.package import rewrite_package
 from edgelin.runtime.tokenizer import ByteTokenizer
 from registry_helpers import tiny_zoo_name, zoo_model
 
@@ -159,6 +159,14 @@ def test_layout_is_recorded_and_checked(packages):
     assert set(entry["files"]) <= set(m.files)
     assert entry["source"] == {name: m.files[g.file] for name, g in m.graphs.items()}
     assert m.tokenizer == {"type": "bytes"}  # edgelin keeps its own byte tokenizer
+
+
+def test_attach_genai_gives_a_package_its_layout_again(packages, tmp_path):
+    """A package without the layout (written before it existed, or rewritten) gets it from attach_genai."""
+    bare = rewrite_package(packages[tiny_zoo_name("gla")], tmp_path / "bare", drop_fields=("backends",))
+    assert not (bare / GRAPH).exists()
+    attach_genai(bare)
+    assert genai_greedy(bare, PROMPT, NEW_TOKENS) == edgelin_greedy(bare, PROMPT, NEW_TOKENS)
 
 
 @pytest.fixture(scope="module", params=["w8a8", "w4a16"])
