@@ -11,6 +11,7 @@ import torch
 
 from edgelin.atomic import scratch_dir
 from edgelin.errors import EdgelinError
+from edgelin.exporters.genai import genai_files
 from edgelin.exporters.onnx import export_step_graph
 from edgelin.exporters.sites import Fingerprints, declared_norms, declared_weights, record_sites
 from edgelin.exporters.weights import save_graphs
@@ -54,6 +55,9 @@ def export_package(
 ) -> Path:
     """Export the FP32 decode and prefill graphs of `model` into a package at `out_dir`.
 
+    The package also gets the ONNX Runtime GenAI layout (genai_config.json, genai.onnx, tokenizer
+    files; `exporters/genai.py`) when its states fit onnxruntime-genai (no attention layers).
+
     Args:
         model: the LM to export (put in eval mode).
         out_dir: package directory; must not exist unless `force`.
@@ -79,6 +83,7 @@ def export_package(
         for name, (_, sites) in traced.items():
             manifest["graphs"][name]["sites"] = sites.to_dict()
         manifest["weights"] = weights
+        genai_files(manifest, files, tmp)
         return write_package(out_dir, files, manifest, force=force)
 
 

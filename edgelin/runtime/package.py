@@ -296,11 +296,15 @@ def rewrite_package(src: str | os.PathLike, out_dir: str | os.PathLike, *, files
                     drop_fields: tuple[str, ...] = (), force: bool = False) -> Path:
     """A new package at `out_dir` made from the package at `src`: its files, replaced or added by `files`,
     without `drop_files` (names, or folders ending in '/'), its manifest fields updated by `update`
-    and without `drop_fields`. The source's format version is kept (a rewrite does not relabel
-    a version-1 package as the current version).
+    and without `drop_fields`. Dropping `backends` drops the files every back-end entry owns: they
+    were built from graphs the rewrite replaces. The source's format version is kept (a rewrite does
+    not relabel a version-1 package as the current version).
     """
     root = Path(src)
     m = read_package(root)
+    if "backends" in drop_fields:
+        drop_files = (*drop_files, *(f for variants in (m.raw.get("backends") or {}).values()
+                                     for entry in variants.values() for f in entry.get("files", ())))
     dropped = lambda n: any(n == d or (d.endswith("/") and n.startswith(d)) for d in drop_files)  # noqa: E731
     merged: dict[str, Path | bytes] = {n: root / n for n in m.files if not dropped(n)}
     merged.update(files or {})

@@ -109,6 +109,22 @@ def test_int4_every_weight_4bit_or_recorded(tmp_path, fp_package, table_of, sche
     check_weights(q)
 
 
+def test_w4a8_computes_4bit_layers_in_int8(tmp_path, fp_package, table_of):
+    """W4A8's MatMulNBits run ONNX Runtime's int8 kernel (accuracy level 4) on the float activation,
+    which it quantizes per block itself: no calibrated QDQ in front; W4A16 keeps float compute."""
+    fp = fp_package("gla-tiny")
+    for scheme, level in ((W4A8(), 4), (W4A16(), None)):
+        q = quantize_package(fp, tmp_path / scheme.name, scheme, table_of("gla-tiny"))
+        graph = onnx.load(str(q / "decode.onnx"), load_external_data=False).graph
+        producers = {o: n for n in graph.node for o in n.output}
+        nbits = [n for n in graph.node if n.op_type == "MatMulNBits"]
+        assert nbits
+        for n in nbits:
+            assert {a.name: a.i for a in n.attribute}.get("accuracy_level") == level
+            assert (producers[n.input[0]].op_type == "DequantizeLinear") == (level is None)
+        assert rms_ratio(run(fp)[0], run(q)[0]) < 0.15
+
+
 def test_int4_fallback_only_where_group_does_not_divide(tmp_path, fp_package, table_of):
     # gla-tiny's low-rank gate (gk_proj.1) has K = 16 < 32: it falls back to int8, and the manifest says so
     fp = fp_package("gla-tiny")
