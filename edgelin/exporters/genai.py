@@ -47,17 +47,24 @@ def genai_support(manifest: dict[str, Any]) -> str | None:
     if spec.get("type", "bytes") != "bytes" and spec.get("file") != TOKENIZER:
         return f"onnxruntime-genai reads {TOKENIZER}, and the package's tokenizer is {spec.get('file', spec.get('type'))}"
     states = manifest["states"]
-    other = sorted({s["kind"] for s in states} - {*STATE_KINDS, *ATTENTION_KINDS})
-    if other:
-        return f"its {', '.join(other)} states are not a form onnxruntime-genai carries"
+    attention = {s["layer"] for s in states if s["kind"] in ATTENTION_KINDS}
+    odd = sorted({s["kind"] for s in states if s["layer"] in attention} - set(ATTENTION_KINDS))
+    if odd or any({"key", "value"} - {s["kind"] for s in states if s["layer"] == layer} for layer in attention):
+        return f"an attention layer holds {', '.join(odd) or 'no key / value'}: not a KV cache onnxruntime-genai carries"
     caches = {(tuple(s["shape"][1:]), s.get("dtype", "float32")) for s in states if s["kind"] in ("key", "value")}
     if len(caches) > 1:
         return "its attention layers' key / value shapes differ; onnxruntime-genai takes one KV cache shape"
-    for kind in STATE_KINDS:
-        dtypes = {s.get("dtype", "float32") for s in states if s["kind"] == kind}
+    for slot in STATE_KINDS:
+        dtypes = {s.get("dtype", "float32") for s in states if s["layer"] not in attention and _slot(s["kind"]) == slot}
         if len(dtypes) > 1:
-            return f"its layers' {kind} element types differ; onnxruntime-genai takes one for every layer"
+            return f"its layers' states packed into {slot} differ in element type ({', '.join(sorted(dtypes))})"
     return None
+
+
+def _slot(kind: str) -> str:
+    """The onnxruntime-genai state a layer's state of `kind` is packed into: conv_state or recurrent_state
+    (which also takes any other recurrent kind, e.g. mLSTM's cell, normalizer and max states)."""
+    return "conv_state" if kind == "conv_state" else "recurrent_state"
 
 
 def _const(name: str, value: Any, dtype=np.int64) -> onnx.NodeProto:
@@ -173,16 +180,21 @@ def _state_io(model: onnx.ModelProto, states: list[dict[str, Any]]) -> None:
       float32 (unrotated keys). The graph takes the last `window` entries as the step graphs' shift
       buffer, derives `window_mask` from the cache length, and returns the cache grown by the
       prompt's tokens (left-padded with zeros where a prompt longer than the window pushed some out);
-    - every other layer: a `conv_state` and a `recurrent_state` flattened to [batch, n], n the largest
-      layer's size (onnxruntime-genai allocates one shape for all layers), zero-padded; a layer
-      without one of them passes a placeholder through.
+    - every other layer: a `conv_state` and a `recurrent_state` of shape [batch, n], n the largest
+      layer's size (onnxruntime-genai allocates one shape for all layers): the layer's conv_state
+      flattened, and its other states flattened one after another (mLSTM: cell, normalizer, max),
+      zero-padded; a layer without one of them passes a placeholder through.
     """
     g = model.graph
     by_layer: dict[int, dict[str, dict]] = {}
     for s in states:
         by_layer.setdefault(s["layer"], {})[s["kind"]] = s
-    flat = {kind: max([int(np.prod(s["shape"][1:])) for s in states if s["kind"] == kind] or [1]) for kind in STATE_KINDS}
-    dtypes = {kind: next((s.get("dtype", "float32") for s in states if s["kind"] == kind), "float32") for kind in STATE_KINDS}
+    packed = {slot: {layer: [s for s in kinds.values() if s["kind"] not in ATTENTION_KINDS and _slot(s["kind"]) == slot]
+                     for layer, kinds in by_layer.items()} for slot in STATE_KINDS}
+    flat = {slot: max([sum(int(np.prod(s["shape"][1:])) for s in group) for group in packed[slot].values()] + [1])
+            for slot in STATE_KINDS}
+    dtypes = {slot: next((s.get("dtype", "float32") for group in packed[slot].values() for s in group), "float32")
+              for slot in STATE_KINDS}
     inner_in = {s["input"]: f"genai/in/{s['input']}" for s in states}
     inner_out = {s["output"]: f"genai/out/{s['output']}" for s in states}
     for node in g.node:
@@ -233,28 +245,33 @@ def _state_io(model: onnx.ModelProto, states: list[dict[str, Any]]) -> None:
                           helper.make_node("Concat", ["io/batch", p + "window"], [p + "mask_shape"], axis=0),
                           helper.make_node("Expand", [p + "mask", p + "mask_shape"], [inner_in[s["input"]]])]
             continue
-        for kind in STATE_KINDS:
-            outer_in, outer_out = f"past_key_values.{layer}.{kind}", f"present.{layer}.{kind}"
-            elem = _ONNX_TYPES[dtypes[kind]]
-            g.input.append(helper.make_tensor_value_info(outer_in, elem, ["batch", flat[kind]]))
-            g.output.append(helper.make_tensor_value_info(outer_out, elem, ["batch", flat[kind]]))
-            s = kinds.get(kind)
-            if s is None:
+        for slot in STATE_KINDS:
+            outer_in, outer_out = f"past_key_values.{layer}.{slot}", f"present.{layer}.{slot}"
+            elem, q = _ONNX_TYPES[dtypes[slot]], f"{p}{slot}/"
+            g.input.append(helper.make_tensor_value_info(outer_in, elem, ["batch", flat[slot]]))
+            g.output.append(helper.make_tensor_value_info(outer_out, elem, ["batch", flat[slot]]))
+            group = packed[slot][layer]
+            if not group:
                 leave.append(helper.make_node("Identity", [outer_in], [outer_out]))
                 continue
-            size = int(np.prod(s["shape"][1:]))
-            entry += [_const(p + kind + "/size", [size]), _const(p + kind + "/shape", [-1, *s["shape"][1:]]),
-                      helper.make_node("Slice", [outer_in, "io/zero", p + kind + "/size", "io/ax1"], [p + kind + "/used"]),
-                      helper.make_node("Reshape", [p + kind + "/used", p + kind + "/shape"], [inner_in[s["input"]]])]
-            flat_out = outer_out if size == flat[kind] else p + kind + "/flat_out"
-            leave += [_const(p + kind + "/flat", [-1, size]),
-                      helper.make_node("Reshape", [inner_out[s["output"]], p + kind + "/flat"], [flat_out])]
-            if size < flat[kind]:  # zeros after (Concat: ONNX Runtime's Pad has no int16 kernel)
-                leave += [_const(p + kind + "/rest", [flat[kind] - size]),
-                          helper.make_node("Concat", ["io/batch", p + kind + "/rest"], [p + kind + "/rest_shape"], axis=0),
-                          helper.make_node("ConstantOfShape", [p + kind + "/rest_shape"], [p + kind + "/zeros"],
-                                           value=helper.make_tensor("zero", elem, [1], [0])),
-                          helper.make_node("Concat", [flat_out, p + kind + "/zeros"], [outer_out], axis=1)]
+            pieces, start = [], 0
+            for s in group:
+                size, r = int(np.prod(s["shape"][1:])), f"{q}{s['kind']}/"
+                entry += [_const(r + "start", [start]), _const(r + "end", [start + size]), _const(r + "shape", [-1, *s["shape"][1:]]),
+                          helper.make_node("Slice", [outer_in, r + "start", r + "end", "io/ax1"], [r + "used"]),
+                          helper.make_node("Reshape", [r + "used", r + "shape"], [inner_in[s["input"]]])]
+                leave += [_const(r + "flat", [-1, size]),
+                          helper.make_node("Reshape", [inner_out[s["output"]], r + "flat"], [r + "flat_out"])]
+                pieces.append(r + "flat_out")
+                start += size
+            if start < flat[slot]:  # zeros after (Concat: ONNX Runtime's Pad has no int16 kernel)
+                leave += [_const(q + "rest", [flat[slot] - start]),
+                          helper.make_node("Concat", ["io/batch", q + "rest"], [q + "rest_shape"], axis=0),
+                          helper.make_node("ConstantOfShape", [q + "rest_shape"], [q + "zeros"],
+                                           value=helper.make_tensor("zero", elem, [1], [0]))]
+                pieces.append(q + "zeros")
+            leave.append(helper.make_node("Concat", pieces, [outer_out], axis=1) if len(pieces) > 1
+                         else helper.make_node("Identity", pieces, [outer_out]))
     nodes = [*entry, *g.node, *leave]
     del g.node[:]
     g.node.extend(nodes)

@@ -24,7 +24,6 @@ ZOO: dict[str, LMConfig] = {
     "gla-10m": LMConfig(
         d_model=288, n_layers=10, n_heads=4, pattern=["gla"], mixers={"gla": {"use_short_conv": True, "expand_k": 1.0}}
     ),
-    "mlstm-10m": LMConfig(d_model=288, n_layers=10, n_heads=4, pattern=["mlstm"], logit_soft_cap=30.0),
     "hybrid-10m": LMConfig(
         d_model=384, n_layers=6, n_heads=6, pattern=["short_conv", "gated_delta", "swa"], mixers={"swa": {"window": 128}}
     ),
