@@ -27,7 +27,6 @@ import triton.language as tl
 from edgelin.kernels.common import autotune, chunk_local_cumsum, next_block, warps_stages
 from edgelin.kernels.common.checks import check_qkv_state
 from edgelin.kernels.gla.triton_chunk import STATE_CONFIGS
-from edgelin.kernels.mlstm.step import MLSTMState
 
 BT_DEFAULT = 64
 
