@@ -170,7 +170,7 @@ def _export(loaded: LoadedModel, out: Path, scheme: QuantScheme | HtpScheme | No
             horizon: int, step: Progress) -> dict[str, Any]:
     """FP export straight to `out`, or to a temporary FP package made static or quantized into `out`."""
     kw = dict(prefill_tokens=prefill_tokens, source_layout=loaded.source_layout, tokenizer_json=loaded.tokenizer_json,
-              special_tokens=loaded.special_tokens)
+              special_tokens=loaded.special_tokens, generation=loaded.generation)
     step("export", 0, 1)
     if scheme is None and profile is None:
         export_package(loaded.model, out, force=force, **kw)

@@ -51,7 +51,8 @@ def export_package(
     force: bool = False,
     source_layout: str = "edgelin",
     tokenizer_json: Path | None = None,
-    special_tokens: dict[str, int] | None = None,
+    special_tokens: dict[str, Any] | None = None,
+    generation: dict[str, Any] | None = None,
 ) -> Path:
     """Export the FP32 decode and prefill graphs of `model` into a package at `out_dir`.
 
@@ -65,8 +66,9 @@ def export_package(
         force: replace an existing package.
         source_layout: where the weights came from (edgelin, hf-mamba2, fla-gla, ...), for `inspect`.
         tokenizer_json: a Hugging Face tokenizer.json to ship; the byte tokenizer otherwise.
-        special_tokens: {"bos_id": .., "eos_id": ..} recorded with the tokenizer; `generate` starts
-            prompts with bos_id and stops at eos_id.
+        special_tokens: the manifest's `tokenizer` fields beside type and file (bos_id, eos_id, eos_ids,
+            pad_id, add_bos, special_tokens, chat_template; docs/FORMAT.md), e.g. `LoadedModel.special_tokens`.
+        generation: the manifest's `generation` defaults (temperature, top_k, top_p, max_new_tokens, ...).
     Returns:
         The package directory.
     """
@@ -83,6 +85,8 @@ def export_package(
         for name, (_, sites) in traced.items():
             manifest["graphs"][name]["sites"] = sites.to_dict()
         manifest["weights"] = weights
+        if generation:
+            manifest["generation"] = dict(generation)
         genai_files(manifest, files, tmp)
         return write_package(out_dir, files, manifest, force=force)
 
