@@ -39,6 +39,7 @@ TEMPLATE_FILE, TEMPLATE_DIR = "chat_template.jinja", "additional_chat_templates"
 MAX_CONFIG_BYTES = 16 << 20  # tokenizer_config.json lists every added token; a few MiB for the largest vocabularies
 MAX_TOKENIZER_BYTES = 1 << 30
 HF_TOP_K = 50  # transformers' top_k when a config samples without naming one
+SPECIAL_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 
 
 @dataclass(frozen=True)
@@ -239,8 +240,10 @@ def read_conventions(directory: Path, config: dict[str, Any], vocab_size: int,
     """
     gen, tok = _Fields(directory / GENERATION_CONFIG), _Fields(directory / TOKENIZER_CONFIG)
     words = _Vocab(tokenizer_json) if tokenizer_json is not None else None
-    tokens = {k: tok.token(k) for k in sorted(tok.doc or {}) if k.endswith("_token") and k.isidentifier()}
-    tokens = {k: v for k, v in tokens.items() if v is not None}
+    # transformers' special tokens: the standard ones, and any other *_token holding a token (e.g. image_token)
+    named = [k for k in sorted(tok.doc or {}) if k in SPECIAL_TOKENS or (
+        k.endswith("_token") and k.isidentifier() and type(tok.get(k)) in (str, dict))]
+    tokens = {k: v for k, v in ((k, tok.token(k)) for k in named) if v is not None}
 
     def token_id(key: str) -> int | None:
         if key not in tokens or words is None:
