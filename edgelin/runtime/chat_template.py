@@ -9,8 +9,9 @@ processing, never code execution:
 - a render may take at most MAX_STEPS Python line events, counted by a trace function: loops nested
   over `range(100000)` stop there rather than run for hours;
 - every string or list the template's operators build (`+`, `*`, `~`, `%`), every value a call or a
-  filter returns, every number passed to one (`center(10**9)`), and the whole output stay within
-  MAX_RENDERED characters or items; powers stay under MAX_POWER_BITS bits;
+  filter returns, the widths it pads or formats to (`center(10**9)`, `'%999999999d'`), every join
+  (before it is built) and the whole output stay within MAX_RENDERED characters or items; powers
+  stay under MAX_POWER_BITS bits;
 - any failure is one EdgelinError line naming the template.
 
 What a template sees is transformers' `apply_chat_template` context: `messages` (keys whose value is
@@ -44,6 +45,8 @@ MAX_RENDERED = 1 << 22  # characters of the output, and of any one value built w
 MAX_POWER_BITS = 1 << 12
 MAX_DEPTH = 32  # nesting of the messages' data
 MIN_JINJA = (3, 1, 6)
+SIZED_FILTERS = {"center", "indent", "wordwrap", "truncate", "batch", "slice", "tojson"}  # numbers that size output
+SIZED_METHODS = {"center", "ljust", "rjust", "zfill", "expandtabs"}  # str methods padding to a number
 _WIDTH = re.compile(r"%[^a-zA-Z%]*?(\*|\d{7,})|\{[^{}]*:[^{}]*?\d{7,}")  # %*d, %9999999d, {:>9999999}
 
 
@@ -127,7 +130,8 @@ def _bounded_filter(name: str, fn):
 
     @functools.wraps(fn)  # keeps jinja's pass_context / pass_environment marks
     def call(*args, **kwargs):
-        _check_arguments(args[value + 1:], kwargs)
+        if name in SIZED_FILTERS:
+            _check_arguments(args[value + 1:], kwargs)
         if name == "format" and len(args) > value:
             _check_format(args[value])
         if name == "join" and len(args) > value:
@@ -174,11 +178,13 @@ def _environment():
             return _bounded(super().call_binop(context, operator, left, right))
 
         def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 (jinja's names: no clash with kwargs)
-            _check_arguments(args, kwargs)
             bound = getattr(__obj, "__wrapped__", __obj)  # str.format arrives wrapped by the sandbox
-            receiver = getattr(bound, "__self__", None)
-            _check_format(receiver)
-            if getattr(bound, "__name__", "") == "join" and args:
+            receiver, method = getattr(bound, "__self__", None), getattr(bound, "__name__", "")
+            if isinstance(receiver, str) and method in SIZED_METHODS:
+                _check_arguments(args, kwargs)
+            if method in ("format", "format_map"):
+                _check_format(receiver)
+            if method == "join" and args:
                 _check_join(receiver, args[0])
             return _bounded(super().call(__context, __obj, *args, **kwargs))
 

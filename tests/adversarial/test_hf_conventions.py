@@ -183,3 +183,13 @@ def test_messages_are_plain_data():
     for _ in range(40):
         deep = [deep]
     assert "nests deeper" in one_line_error(template.render, [{"role": "user", "content": deep}])
+
+
+def test_the_limits_leave_ordinary_content_alone():
+    """Message text that looks like a wide format, or a big number in the data, is just data."""
+    pytest.importorskip("jinja2")
+    content = "pay %9999999d or {:>99999999} now; 10000000000 is a number"
+    template = ChatTemplate("{{ messages[0].content.strip() | trim }}{{ messages[0].n | string }}"
+                            "{{ '%s!' % messages[0].content[:3] }}{{ '{}?'.format(messages[0].n) }}")
+    assert template.render([{"role": "user", "content": content, "n": 10 ** 10}]) == \
+        content + "10000000000pay!10000000000?"
