@@ -114,11 +114,12 @@ class HFTokenizer:
     """A Hugging Face `tokenizers` tokenizer.json (the library is imported only here).
 
     Decoding skips special tokens unless told otherwise (`skip_special_tokens`, per call or for the
-    tokenizer): the added tokens tokenizer.json marks special and the package's bos / eos / pad ids, so
-    `<|im_end|>` or `<pad>` never show in text, as transformers' `decode(..., skip_special_tokens=True)`.
+    tokenizer): the added tokens tokenizer.json marks special and `special_tokens` (the package's named
+    ones: bos_token, eos_token, ...), so `<|im_end|>` or `<pad>` never show in text, as transformers'
+    `decode(..., skip_special_tokens=True)`.
     """
 
-    def __init__(self, path: Path, *, skip_special_tokens: bool = True) -> None:
+    def __init__(self, path: Path, *, skip_special_tokens: bool = True, special_tokens: Iterable[str] = ()) -> None:
         try:
             from tokenizers import Tokenizer as _Tok
         except ImportError:
@@ -134,6 +135,7 @@ class HFTokenizer:
         self.add_bos = True
         self.skip_special_tokens = skip_special_tokens
         self.special_ids = {i for i, t in self._tok.get_added_tokens_decoder().items() if t.special}
+        self.special_ids |= {i for i in map(self._tok.token_to_id, special_tokens) if i is not None}
 
     def encode(self, text: str) -> list[int]:
         utf8(text)
@@ -143,13 +145,8 @@ class HFTokenizer:
         skip = self.skip_special_tokens if skip_special_tokens is None else skip_special_tokens
         ids = [int(t) for t in ids]
         if skip:
-            specials = self.special_ids | {t for t in (self.bos_id, self.eos_id, *self.eos_ids) if t is not None}
-            ids = [t for t in ids if t not in specials]
+            ids = [t for t in ids if t not in self.special_ids]
         return self._tok.decode(ids, skip_special_tokens=False)
-
-    def token(self, token_id: int) -> str | None:
-        """The string of one token id (None outside the vocabulary)."""
-        return self._tok.id_to_token(int(token_id))
 
     def stream_decoder(self) -> IncrementalDecoder:
         return IncrementalDecoder(self)
@@ -174,7 +171,8 @@ def load_tokenizer(package_dir: str | os.PathLike, manifest: Manifest, *,
         tokenizer: Tokenizer = ByteTokenizer()
     elif kind == "tokenizers":
         tokenizer = HFTokenizer(Path(package_dir) / spec.get("file", "tokenizer.json"),
-                                skip_special_tokens=skip_special_tokens)
+                                skip_special_tokens=skip_special_tokens,
+                                special_tokens=(spec.get("special_tokens") or {}).values())
     else:
         raise EdgelinError(f"unknown tokenizer type {kind!r} in {Path(package_dir) / 'manifest.json'}")
     tokenizer.bos_id, tokenizer.eos_id = spec.get("bos_id"), spec.get("eos_id")
