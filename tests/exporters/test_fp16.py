@@ -12,7 +12,7 @@ from hf_checkpoint import chat_package, export_checkpoint
 
 pytest.importorskip("transformers")
 
-TOLERANCE = 1e-2  # max |FP16 - FP32| over max |FP32|; measured 2e-4 here, 1e-3 on gla-10m (docs/FORMAT.md)
+TOLERANCE = 1e-2  # max |FP16 - FP32| over max |FP32|; measured 2e-4 here, 1.1e-3 on a random-init gla-10m (docs/DESIGN.md)
 
 
 @pytest.fixture(scope="module")
