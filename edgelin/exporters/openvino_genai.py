@@ -140,7 +140,12 @@ def hf_tokenizer_models(tokenizer_json: Path, config: dict[str, Any]):
     except ImportError:
         raise EdgelinError("the OpenVINO GenAI tokenizer needs openvino-tokenizers and transformers: "
                            "pip install 'openvino-tokenizers[transformers]'") from None
-    specials = {k: config[k] for k in ("bos_token", "eos_token", "pad_token", "unk_token", "chat_template") if config.get(k)}
+    specials = {k: config[k] for k in ("bos_token", "eos_token", "pad_token", "unk_token") if config.get(k)}
+    template = config.get("chat_template")
+    if isinstance(template, list):  # named templates: OpenVINO GenAI applies one, the default
+        template = next((t.get("template") for t in template if isinstance(t, dict) and t.get("name") == "default"), None)
+    if isinstance(template, str):
+        specials["chat_template"] = template
     try:  # the chat template goes into the tokenizer's rt_info, where LLMPipeline and Tokenizer read it
         return convert_tokenizer(PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_json), **specials),
                                  with_detokenizer=True)

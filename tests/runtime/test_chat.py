@@ -167,3 +167,18 @@ def test_the_package_sampling_defaults_apply(package):
 def test_byte_packages_have_no_template(toy_package):
     with pytest.raises(EdgelinError, match="no chat template: it is a byte-level package"):
         Chat(Session(toy_package))
+
+
+def test_jinja2_only_when_a_template_is_used(monkeypatch):
+    """`edgelin.runtime` imports without jinja2; a template without it is one line naming the extra."""
+    import subprocess
+    import sys
+
+    from edgelin.runtime import chat_template
+
+    code = "import sys, edgelin.runtime; assert 'jinja2' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+    chat_template._environment.cache_clear()
+    monkeypatch.setitem(sys.modules, "jinja2", None)
+    with pytest.raises(EdgelinError, match=r"need jinja2, which is not installed: pip install 'edgelin\[tokenizers\]'"):
+        ChatTemplate("{{ 1 }}")
