@@ -29,6 +29,7 @@ from onnx import TensorProto, helper, numpy_helper
 from edgelin.atomic import scratch_dir
 from edgelin.errors import EdgelinError
 from edgelin.runtime.package import read_package, rewrite_package, sha256_file
+from edgelin.runtime.schema import read_json_file
 
 BACKEND, VARIANT = "onnxruntime-genai", "decoder"
 GRAPH, CONFIG = "genai.onnx", "genai_config.json"
@@ -285,8 +286,6 @@ def hf_tokenizer_config(tokenizer_json: Path, spec: dict[str, Any]) -> dict[str,
     as a stranger's file), else one naming the package's special tokens; either way with the package's
     chat template, special tokens and `add_bos_token`, so onnxruntime-genai's and OpenVINO GenAI's
     `apply_chat_template` render what edgelin's does."""
-    from edgelin.runtime.schema import read_json_file
-
     beside = tokenizer_json.with_name(TOKENIZER_CONFIG)
     if beside.is_file():
         config = read_json_file(beside, 16 << 20, missing=f"{beside} vanished while being read")
