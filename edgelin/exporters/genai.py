@@ -29,6 +29,7 @@ from onnx import TensorProto, helper, numpy_helper
 from edgelin.atomic import scratch_dir
 from edgelin.errors import EdgelinError
 from edgelin.runtime.package import read_package, rewrite_package, sha256_file
+from edgelin.runtime.schema import read_json_file
 
 BACKEND, VARIANT = "onnxruntime-genai", "decoder"
 GRAPH, CONFIG = "genai.onnx", "genai_config.json"
@@ -298,26 +299,59 @@ def byte_tokenizer() -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def hf_tokenizer_config(tokenizer_json: Path, spec: dict[str, Any]) -> dict[str, Any]:
-    """tokenizer_config.json for a shipped tokenizer.json: the source's own when it sits beside it,
-    else one naming the package's bos / eos tokens."""
+    """tokenizer_config.json for a shipped tokenizer.json: the source's own when it sits beside it (read
+    as a stranger's file), else one naming the package's special tokens; either way with the package's
+    chat template, special tokens and `add_bos_token`, so onnxruntime-genai's and OpenVINO GenAI's
+    `apply_chat_template` render what edgelin's does."""
     beside = tokenizer_json.with_name(TOKENIZER_CONFIG)
     if beside.is_file():
-        return json.loads(beside.read_text(encoding="utf-8"))
-    vocab = {t["id"]: t["content"] for t in json.loads(tokenizer_json.read_text(encoding="utf-8")).get("added_tokens", [])}
-    config: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
-                              "add_bos_token": False, "model_max_length": CONTEXT_LENGTH}
-    for key, field in (("bos_id", "bos_token"), ("eos_id", "eos_token")):
-        if spec.get(key) is not None and spec[key] in vocab:
-            config[field] = vocab[spec[key]]
+        config = read_json_file(beside, 16 << 20, missing=f"{beside} vanished while being read")
+        if type(config) is not dict:
+            raise EdgelinError(f"{beside} must hold a JSON object")
+    else:
+        config = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
+                  "add_bos_token": False, "model_max_length": CONTEXT_LENGTH}
+        added = read_json_file(tokenizer_json, 1 << 30, missing=f"{tokenizer_json} vanished while being read")
+        vocab = {t.get("id"): t.get("content") for t in (added.get("added_tokens") or []) if type(t) is dict} \
+            if type(added) is dict and type(added.get("added_tokens")) is list else {}
+        for key, field in (("bos_id", "bos_token"), ("eos_id", "eos_token"), ("pad_id", "pad_token")):
+            if spec.get(key) is not None and type(vocab.get(spec[key])) is str:
+                config[field] = vocab[spec[key]]
+    config.update(spec.get("special_tokens") or {})
+    if "add_bos" in spec:
+        config["add_bos_token"] = spec["add_bos"]
+    template = spec.get("chat_template")
+    if template is not None:  # transformers' list form for named templates
+        config["chat_template"] = template if isinstance(template, str) else \
+            [{"name": name, "template": t} for name, t in template.items()]
     return config
 
 
 def special_ids(manifest: dict[str, Any]) -> dict[str, int]:
     """bos / eos / pad token ids for the GenAI runtimes, which both need an end token in the vocabulary:
-    the package's eos_id, else token 0 (NUL for byte packages, which have no end token)."""
+    the package's eos_id, else token 0 (NUL for byte packages, which have no end token). `eos_ids`
+    lists every end token."""
     spec = manifest.get("tokenizer") or {}
     eos = NO_EOS if spec.get("eos_id") is None else spec["eos_id"]
-    return {"bos_token_id": eos if spec.get("bos_id") is None else spec["bos_id"], "eos_token_id": eos, "pad_token_id": eos}
+    return {"bos_token_id": eos if spec.get("bos_id") is None else spec["bos_id"], "eos_token_id": eos,
+            "pad_token_id": eos if spec.get("pad_id") is None else spec["pad_id"]}
+
+
+def eos_ids(manifest: dict[str, Any]) -> list[int]:
+    """Every token that ends generation: the package's `eos_ids`, else its one end token."""
+    return list((manifest.get("tokenizer") or {}).get("eos_ids") or [special_ids(manifest)["eos_token_id"]])
+
+
+def sampling_defaults(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The package's `generation` sampling defaults in transformers' terms (do_sample, temperature,
+    top_k, top_p), as the GenAI runtimes read them; greedy without defaults. edgelin's top_k 0 (no
+    limit) is written as the vocabulary's size."""
+    gen = manifest.get("generation") or {}
+    temperature, top_k = gen.get("temperature", 0.0), gen.get("top_k", 0)
+    if temperature == 0 or top_k == 1:
+        return {"do_sample": False}
+    return {"do_sample": True, "temperature": temperature, "top_k": top_k or manifest["vocab_size"],
+            "top_p": gen.get("top_p", 1.0)}
 
 
 def _kv_fields(states: list[dict[str, Any]]) -> dict[str, int]:
@@ -331,12 +365,16 @@ def _kv_fields(states: list[dict[str, Any]]) -> dict[str, int]:
 
 
 def genai_config(manifest: dict[str, Any]) -> dict[str, Any]:
-    """genai_config.json: onnxruntime-genai's `decoder` model over genai.onnx, greedy by default."""
+    """genai_config.json: onnxruntime-genai's `decoder` model over genai.onnx, every end token, and the
+    package's sampling defaults (greedy without them)."""
     context = manifest.get("max_context", CONTEXT_LENGTH)
+    search = {"max_length": min(context, (manifest.get("generation") or {}).get("max_length", context)),
+              "num_beams": 1, "do_sample": False, "top_k": 1, "temperature": 1.0, **sampling_defaults(manifest)}
+    ends = eos_ids(manifest)
     return {
         "model": {
             "type": "decoder", "vocab_size": manifest["vocab_size"], "context_length": context,
-            **special_ids(manifest),
+            **special_ids(manifest), "eos_token_id": ends[0] if len(ends) == 1 else ends,
             "decoder": {
                 "filename": GRAPH, "session_options": {"provider_options": []},
                 "num_hidden_layers": 1 + max(s["layer"] for s in manifest["states"]),
@@ -347,7 +385,7 @@ def genai_config(manifest: dict[str, Any]) -> dict[str, Any]:
                             "present_value_names": "present.%d.value"},
             },
         },
-        "search": {"max_length": context, "do_sample": False, "num_beams": 1, "top_k": 1, "temperature": 1.0},
+        "search": search,
     }
 
 

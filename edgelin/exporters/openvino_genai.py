@@ -28,7 +28,7 @@ import onnx
 from edgelin.atomic import scratch_dir
 from edgelin.errors import EdgelinError
 from edgelin.exporters.backend_files import attach_backend
-from edgelin.exporters.genai import TOKENIZER, hf_tokenizer_config, prompt_graph, special_ids
+from edgelin.exporters.genai import TOKENIZER, eos_ids, hf_tokenizer_config, prompt_graph, sampling_defaults, special_ids
 from edgelin.exporters.openvino import float_state_ports, import_openvino, name_ports
 from edgelin.runtime.package import Manifest, read_package
 
@@ -141,7 +141,12 @@ def hf_tokenizer_models(tokenizer_json: Path, config: dict[str, Any]):
         raise EdgelinError("the OpenVINO GenAI tokenizer needs openvino-tokenizers and transformers: "
                            "pip install 'openvino-tokenizers[transformers]'") from None
     specials = {k: config[k] for k in ("bos_token", "eos_token", "pad_token", "unk_token") if config.get(k)}
-    try:
+    template = config.get("chat_template")
+    if isinstance(template, list):  # named templates: OpenVINO GenAI applies one, the default
+        template = next((t.get("template") for t in template if isinstance(t, dict) and t.get("name") == "default"), None)
+    if isinstance(template, str):
+        specials["chat_template"] = template
+    try:  # the chat template goes into the tokenizer's rt_info, where LLMPipeline and Tokenizer read it
         return convert_tokenizer(PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_json), **specials),
                                  with_detokenizer=True)
     except Exception as e:  # openvino-tokenizers raises its own types
@@ -153,6 +158,16 @@ def _set_special_ids(models, ids: dict[str, int]) -> None:
     for model in models:
         for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
             model.set_rt_info(ids[key], key)
+
+
+def generation_config(manifest: dict[str, Any]) -> dict[str, Any]:
+    """generation_config.json (transformers' format, which OpenVINO GenAI reads): the special ids, every
+    end token, the package's sampling defaults and lengths; greedy without defaults."""
+    gen = manifest.get("generation") or {}
+    ends = eos_ids(manifest)
+    lengths = {k: gen[k] for k in ("max_new_tokens", "max_length") if k in gen}
+    return {**special_ids(manifest), "eos_token_id": ends[0] if len(ends) == 1 else ends,
+            **sampling_defaults(manifest), **lengths}
 
 
 def export_openvino_genai(package_dir: str | os.PathLike) -> Path:
@@ -183,7 +198,7 @@ def export_openvino_genai(package_dir: str | os.PathLike) -> Path:
         _set_special_ids(models, ids)
         for model, name in zip(models, (TOKENIZER_IR, DETOKENIZER_IR)):
             ov.save_model(model, str(out / name))
-        (out / GENERATION_CONFIG).write_text(json.dumps({**ids, "do_sample": False}, indent=2) + "\n", encoding="utf-8")
+        (out / GENERATION_CONFIG).write_text(json.dumps(generation_config(manifest.raw), indent=2) + "\n", encoding="utf-8")
         files = {f"openvino/{p.name}": p for p in sorted(out.iterdir())}
         entry = {"model": f"openvino/{MODEL}", "tokenizer": f"openvino/{TOKENIZER_IR}",
                  "detokenizer": f"openvino/{DETOKENIZER_IR}", "generation_config": f"openvino/{GENERATION_CONFIG}",

@@ -15,7 +15,9 @@ import numpy as np
 
 from edgelin.atomic import atomic_dir
 from edgelin.errors import EdgelinError
-from edgelin.runtime.schema import Checker, check_states, check_weights_index, read_json_file, short
+from edgelin.runtime.schema import (
+    Checker, check_generation, check_states, check_tokenizer_spec, check_weights_index, read_json_file, short,
+)
 
 FORMAT_VERSION = 2  # 2: conv_state channel-last [batch, kernel - 1, channels] (1: [batch, channels, kernel - 1])
 READABLE_VERSIONS = (1, 2)  # a state's layout only matters to code that looks inside it; the graphs carry their own
@@ -117,13 +119,9 @@ class Manifest:
         if graphs["decode"].tokens != 1:
             raise EdgelinError(f"{where}: the decode graph must have tokens=1, not {graphs['decode'].tokens}")
         states = [state_spec(s) for s in check_states(c, d["states"])]
-        tokenizer = c.mapping(d.get("tokenizer") or {"type": "bytes"}, "tokenizer")
-        c.text(tokenizer.get("type", "bytes"), "tokenizer.type")
-        if "file" in tokenizer and c.name(tokenizer["file"], "tokenizer.file") not in files:
-            raise EdgelinError(f"{where}: tokenizer file {tokenizer['file']} is not listed in 'files'")
-        for key in ("bos_id", "eos_id"):
-            if tokenizer.get(key) is not None:
-                c.integer(tokenizer[key], f"tokenizer.{key}", 0, vocab - 1)
+        tokenizer = check_tokenizer_spec(c, d.get("tokenizer"), vocab, files)
+        if d.get("generation") is not None:
+            check_generation(c, d["generation"])
         for key in ("producer", "source_layout"):
             if key in d:
                 c.text(d[key], key, max_len=1 << 16)
