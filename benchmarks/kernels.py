@@ -6,7 +6,8 @@
     python benchmarks/kernels.py --speed --check --profile         # all three, one process (check first)
 
 bf16, H=16, head dim 128; forward (no grad) and forward+backward milliseconds from
-triton.testing.do_bench (median). fla is optional: its columns are blank where it is not importable.
+triton.testing.do_bench (median). fla is optional: its columns are blank where it is not importable,
+and for the mLSTM, which fla does not have (its bf16 accuracy: tests/kernels/test_triton_bf16_cuda.py).
 fla 0.6.0 refuses its gated delta backward on Hopper with Triton 3.4-3.7.0 (its issue #640: wrong
 results); `--lift-fla-guard` times that backward anyway, for speed only, and marks the row.
 """
@@ -21,11 +22,13 @@ import triton
 
 from edgelin.kernels.gated_delta.triton_chunk import chunk_gated_delta_rule
 from edgelin.kernels.gla.triton_chunk import chunk_gla
+from edgelin.kernels.mlstm.triton_chunk import chunk_mlstm
 
 SHAPES = [(4, 2048), (2, 4096), (1, 16384)]
 NO_FLA = False
 LIFT_FLA_GUARD = False
 H, D = 16, 128
+OURS = {"gla": chunk_gla, "gated_delta": chunk_gated_delta_rule, "mlstm": chunk_mlstm}
 
 
 def fla_ops():
@@ -51,6 +54,8 @@ def make_inputs(op, B, T, H=H, dtype=torch.bfloat16, device="cuda", seed=0, gate
     if op == "gla":
         g = F.logsigmoid(rnd(B, T, H, D)) / gate_norm
         return [x.to(dtype) for x in (q, k, v)] + [g]
+    if op == "mlstm":
+        return [x.to(dtype) for x in (q, k, v)] + [rnd(B, T, H), F.logsigmoid(rnd(B, T, H) + 2)]
     q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
     g = F.logsigmoid(rnd(B, T, H))
     beta = rnd(B, T, H).sigmoid()
@@ -80,12 +85,11 @@ def run_speed(args):
         with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
             sdpa_ms[B, T] = {"sdpa_fwd_ms": bench(sdpa, [q, k, v], False),
                              "sdpa_fwdbwd_ms": bench(sdpa, [q, k, v], True)}
-    for op in ("gla", "gated_delta"):  # op by op, so a run cut short has whole ops
+    for op in OURS:  # op by op, so a run cut short has whole ops
         for B, T in SHAPES:
             inputs = make_inputs(op, B, T)
-            ours = {"gla": chunk_gla, "gated_delta": chunk_gated_delta_rule}[op]
-            fns = {"edgelin": lambda *x, f=ours: f(*x)[0]}
-            if fla is not None:
+            fns = {"edgelin": lambda *x, f=OURS[op]: f(*x)[0]}
+            if fla is not None and op in fla:
                 fns["fla"] = lambda *x, f=fla[op]: f(*x)[0]
             row = {"op": op, "B": B, "T": T, "H": H, "D": D, "fla_fwd_ms": None, "fla_fwdbwd_ms": None,
                    "fla_guard_lifted": LIFT_FLA_GUARD and op == "gated_delta"}
@@ -135,7 +139,6 @@ def run_check(args):
 
     fla = fla_ops()
     refs = {"gla": naive_recurrent_gla, "gated_delta": naive_recurrent_gated_delta_rule}
-    ours = {"gla": chunk_gla, "gated_delta": chunk_gated_delta_rule}
     worst = 0.0
     for op in ("gla", "gated_delta"):
         for B, T, Hc, gate_norm in ((2, 1000, 16, 1.0), (1, 777, 16, 0.1), (1, 1500, 16, 16.0)):
@@ -144,7 +147,7 @@ def run_check(args):
             do = torch.randn(B, T, Hc, D, device="cuda", dtype=torch.bfloat16)
             dht = torch.randn(B, Hc, D, D, device="cuda")
             results = {}
-            fns = {"ref": refs[op], "edgelin": ours[op]}
+            fns = {"ref": refs[op], "edgelin": OURS[op]}
             if fla is not None:
                 fns["fla"] = fla[op]
             for name, fn in fns.items():
@@ -174,10 +177,10 @@ def run_profile(args):
 
     fla = fla_ops()
     B, T = 4, 2048
-    for op in ("gla", "gated_delta"):
+    for op in OURS:
         inputs = make_inputs(op, B, T)
-        fns = {"edgelin": {"gla": chunk_gla, "gated_delta": chunk_gated_delta_rule}[op]}
-        if fla is not None:
+        fns = {"edgelin": OURS[op]}
+        if fla is not None and op in fla:
             fns["fla"] = fla[op]
         for name, fn in fns.items():
             leaves = [x.detach().requires_grad_() for x in inputs]

@@ -10,8 +10,8 @@ engines then convert that one directory as a user would:
 
 - llama.cpp: `convert_hf_to_gguf.py --outtype f32` (from the llama-cpp-python sdist: --llama-sdist,
   else `pip download` of the installed version), then Q8_0 and Q4_0 by `llama_model_quantize`;
-- edgelin: `edgelin export` (FP32), `edgelin quantize --int8 --state fp32` and `--int4`
-  (`--validate` keeps their validation step), `edgelin compile --backend openvino`.
+- edgelin: `edgelin export` (FP32), `edgelin quantize --int8 --state fp32` and `--w4a8` (4-bit
+  weights computed in int8, as Q4_0 is) (`--validate` keeps their validation step), `edgelin compile --backend openvino`.
 
 Each step's wall time and peak RSS are recorded. Every timed run is a fresh process (so its peak
 RSS is its own) on --threads threads: load, a 16-token prompt to the first greedy token (time to
@@ -235,7 +235,7 @@ def edgelin_steps(source: str, out: Path, validate: bool) -> dict[str, tuple[lis
     cli = [sys.executable, "-m", "edgelin"]
     fp32, no_val = out / "fp32", [] if validate else ["--no-validate"]
     steps = {"export fp32": ([*cli, "export", source, "-o", str(fp32), "--force"], fp32)}
-    for prec, flags in (("int8", ["--int8", "--state", "fp32"]), ("int4", ["--int4"])):
+    for prec, flags in (("int8", ["--int8", "--state", "fp32"]), ("int4", ["--w4a8"])):
         steps[f"quantize {prec}"] = ([*cli, "quantize", str(fp32), *flags, *no_val, "-o", str(out / prec),
                                      "--force"], out / prec)
     for prec in PRECISIONS:

@@ -109,7 +109,7 @@ def export(model: str | LM | None = None, out: str | os.PathLike | None = None, 
            rotate: bool = False, smooth: float | None = None, state: str | None = None,
            max_loss_increase: float | None = None, prefill_tokens: int = DEFAULT_PREFILL_TOKENS,
            max_context: int = DEFAULT_MAX_CONTEXT, revision: str | None = None, streams: int = 4, tokens: int = MIN_STREAM_TOKENS,
-           horizon: int = 8192, force: bool = False, on_progress: Progress | None = None) -> ExportResult:
+           horizon: int = 8192, force: bool = False, fp16: bool = False, on_progress: Progress | None = None) -> ExportResult:
     """Export `model` to a package of step graphs; with a scheme, calibrate, quantize and validate it.
 
     Args:
@@ -131,6 +131,8 @@ def export(model: str | LM | None = None, out: str | os.PathLike | None = None, 
         streams, tokens: calibration streams and tokens per stream.
         horizon: validation stream length in tokens.
         force: replace an existing package.
+        fp16: store the FP32 export's weight matrices as float16 (half the file), computed in float32
+            (`edgelin.exporters.fp16`); not with a scheme or a profile.
         on_progress: called as on_progress(stage, done, total) through every slow stage.
     Returns:
         An `ExportResult`: the package, the validation report, the profile's remaining violations.
@@ -148,14 +150,17 @@ def export(model: str | LM | None = None, out: str | os.PathLike | None = None, 
             raise EdgelinError(f"{flag} must be an integer in [{low}, {1 << 24}], got {value!r}")
     chosen = resolve_scheme(scheme, profile, group_size=group_size, gptq=gptq, rotate=rotate, smooth=smooth,
                             state=state, max_loss_increase=max_loss_increase, calib=calib)
+    if fp16 and (chosen is not None or profile is not None):
+        raise EdgelinError("--fp16 stores an FP32 export's weights as float16; it goes without a quantization "
+                           "scheme (--int8, --int4, ...: smaller weights already) and without --profile")
     text = read_text(calib) if chosen is not None else ""
     step("load model", 0, 1)
     loaded = _load(model, max_context, revision)
     step("load model", 1, 1)
-    out = Path(out) if out is not None else Path("out") / (
-        loaded.name if chosen is None else f"{loaded.name}-{chosen.to_dict()['scheme']}")
+    suffix = chosen.to_dict()["scheme"] if chosen is not None else "fp16" if fp16 else None
+    out = Path(out) if out is not None else Path("out") / (loaded.name if suffix is None else f"{loaded.name}-{suffix}")
     check_destination(out, what="package", force=force, folder=True)
-    report = _export(loaded, out, chosen, profile, text, prefill_tokens=prefill_tokens, force=force,
+    report = _export(loaded, out, chosen, profile, text, prefill_tokens=prefill_tokens, force=force, fp16=fp16,
                      max_loss_increase=max_loss_increase, streams=streams, tokens=tokens, horizon=horizon, step=step)
     violations: Counter[str] = Counter()
     if profile is not None:
@@ -166,14 +171,14 @@ def export(model: str | LM | None = None, out: str | os.PathLike | None = None, 
 
 
 def _export(loaded: LoadedModel, out: Path, scheme: QuantScheme | HtpScheme | None, profile: str | None, text: str, *,
-            prefill_tokens: int, force: bool, max_loss_increase: float | None, streams: int, tokens: int,
+            prefill_tokens: int, force: bool, fp16: bool, max_loss_increase: float | None, streams: int, tokens: int,
             horizon: int, step: Progress) -> dict[str, Any]:
     """FP export straight to `out`, or to a temporary FP package made static or quantized into `out`."""
     kw = dict(prefill_tokens=prefill_tokens, source_layout=loaded.source_layout, tokenizer_json=loaded.tokenizer_json,
-              special_tokens=loaded.special_tokens)
+              special_tokens=loaded.special_tokens, generation=loaded.generation)
     step("export", 0, 1)
     if scheme is None and profile is None:
-        export_package(loaded.model, out, force=force, **kw)
+        export_package(loaded.model, out, force=force, fp16=fp16, **kw)
         step("export", 1, 1)
         return {}
     with scratch_dir("export") as tmp:

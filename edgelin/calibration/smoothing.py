@@ -102,5 +102,5 @@ def smooth_package(fp_dir: str | Path, out_dir: str | Path, table: CalibrationTa
         files, weights_index = save_graphs(protos, {name: m.graphs[name].file for name in protos}, tmp)
         return rewrite_package(root, out_dir, files=files, update={"weights": weights_index,
                                "smoothing": {"alpha": alpha, "norms": len(scales)}},
-                               drop_fields=("backends",), drop_files=tuple(f"{b}/" for b in m.raw.get("backends") or {}),
+                               drop_fields=("backends",),
                                force=force), count

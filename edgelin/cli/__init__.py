@@ -24,7 +24,7 @@ from edgelin.errors import EdgelinError
 console = Console(soft_wrap=True)  # a message is one line whatever the paths in it; tables still fit the width
 err_console = Console(stderr=True, soft_wrap=True)
 
-COMMAND_MODULES = ["export", "generate", "inspect", "train", "calibrate", "quantize", "validate", "compile", "check", "bench",
+COMMAND_MODULES = ["export", "generate", "chat", "inspect", "train", "calibrate", "quantize", "validate", "compile", "check", "bench",
                    "serve"]
 
 # Modules outside the base install, and the extra (pyproject.toml) that brings each.

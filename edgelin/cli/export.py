@@ -23,6 +23,7 @@ def export(
     int4: bool = typer.Option(False, "--int4", help="Quantize: W4A16 (4-bit block-wise weights)."),
     w4a8: bool = typer.Option(False, "--w4a8", help="Quantize: W4A8."),
     w8: bool = typer.Option(False, "--w8", help="Quantize: weight-only int8, float activations."),
+    fp16: bool = typer.Option(False, "--fp16", help="Store the weights as float16 (half the size), computed in float32."),
     state: Optional[str] = typer.Option(None, "--state", help="Quantized recurrent states: int16 (NPU-ready, the "
                                         "default) or fp32 (faster decode on CPU back ends)."),
     group_size: Optional[int] = typer.Option(None, "--group-size", help="4-bit block size: 32 (default), 64 or 128."),
@@ -45,7 +46,7 @@ def export(
         result = export_model(model, output, scheme=scheme, profile=profile, calib=calib, group_size=group_size,
                               gptq=gptq, rotate=rotate, smooth=smooth, state=state, max_loss_increase=max_loss_increase,
                               prefill_tokens=prefill_tokens, max_context=max_context, revision=revision, force=force,
-                              on_progress=on_progress)
+                              fp16=fp16, on_progress=on_progress)
     if not result.trained:
         note(f"{result.model} has no trained weights here; exported its seeded random init")
     if result.report:

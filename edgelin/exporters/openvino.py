@@ -5,6 +5,7 @@ has batch fixed to 1 and every state turned into an OpenVINO variable (ReadValue
 `MakeStateful` transformation OpenVINO applies to LLM KV caches): the graph takes `input_ids` and
 returns `logits`, and the states stay inside the infer request. Variable ids are the manifest's
 state input names. Any package works, FP32 or quantized (QDQ graphs become OpenVINO FakeQuantize).
+`export_openvino` also writes the OpenVINO GenAI layout (`exporters/openvino_genai.py`).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from edgelin.runtime.package import Manifest, read_package
 VARIANTS = ("stateless", "stateful")
 
 
-def _openvino():
+def import_openvino():
     try:
         import openvino
     except ImportError:
@@ -33,7 +34,7 @@ def _openvino():
     return openvino
 
 
-def _name_ports(model, manifest: Manifest) -> None:
+def name_ports(model, manifest: Manifest) -> None:
     """Give every input/output exactly its step-graph name (the ONNX frontend adds tracer aliases)."""
     wanted = {"input_ids", "logits"} | {s.input for s in manifest.states} | {s.output for s in manifest.states}
     for port in list(model.inputs) + list(model.outputs):
@@ -43,7 +44,7 @@ def _name_ports(model, manifest: Manifest) -> None:
         port.get_tensor().set_names(names)
 
 
-def _float_state_ports(model, manifest: Manifest) -> None:
+def float_state_ports(model, manifest: Manifest) -> None:
     """Carry integer states (INT16 packages) as f32 across the graph boundary, in place.
 
     OpenVINO's CPU plugin keeps no i16 variables; int16 values are exact in f32, so the stateful
@@ -52,7 +53,7 @@ def _float_state_ports(model, manifest: Manifest) -> None:
     a FakeQuantize (QuantizeLinear: already rounded and clamped to the integer range), the f32 values
     are used as they are; elsewhere a Convert to or from the integer type stands at the edge.
     """
-    ov = _openvino()
+    ov = import_openvino()
     from openvino import opset13 as ops
 
     params = {p.output(0).get_any_name(): p for p in model.get_parameters()}
@@ -183,7 +184,7 @@ def _merge_split_concats(model) -> None:
 
 def make_stateful(model, manifest: Manifest) -> None:
     """Turn each state input/output pair of `model` (static batch) into an OpenVINO variable, in place."""
-    _openvino()
+    import_openvino()
     from openvino import passes
 
     params = {p.output(0).get_any_name(): p for p in model.get_parameters()}
@@ -207,7 +208,7 @@ def convert_graph(onnx_path: Path, manifest: Manifest, *, stateful: bool, work: 
 
     `work` is a scratch directory that must outlive the returned model (it may map files there).
     """
-    ov = _openvino()
+    ov = import_openvino()
     path = onnx_path
     if stateful:
         path = work / f"{onnx_path.stem}.static.onnx"
@@ -216,11 +217,11 @@ def convert_graph(onnx_path: Path, manifest: Manifest, *, stateful: bool, work: 
         model = ov.convert_model(str(path))
     except Exception as e:  # OpenVINO's frontend raises its own types
         raise EdgelinError(f"OpenVINO cannot convert {onnx_path.name}: {str(e).strip().splitlines()[0]}") from None
-    _name_ports(model, manifest)
+    name_ports(model, manifest)
     _fuse_sibling_matmuls(model)
     _merge_split_concats(model)
     if stateful:
-        _float_state_ports(model, manifest)
+        float_state_ports(model, manifest)
         make_stateful(model, manifest)
     return model
 
@@ -254,19 +255,22 @@ def share_weights(xmls: list[Path], out_bin: Path, align: int = 64) -> None:
             xml.with_suffix(".bin").unlink()
 
 
-def export_openvino(package_dir: str | os.PathLike, *, variants: tuple[str, ...] = VARIANTS) -> Path:
+def export_openvino(package_dir: str | os.PathLike, *, variants: tuple[str, ...] = VARIANTS,
+                    genai: bool = True) -> Path:
     """Add OpenVINO IR for the package's step graphs under `openvino/` and the manifest's `backends`.
 
     Args:
         package_dir: an existing package (FP32 or quantized).
         variants: "stateless" and/or "stateful".
+        genai: also write the OpenVINO GenAI layout (`exporters/openvino_genai.py`), so that
+            `openvino_genai.LLMPipeline(package_dir / "openvino", "CPU")` opens it.
     Returns:
         The package directory.
     Example:
         >>> export_openvino("out/gla-10m")  # doctest: +SKIP
         >>> Session("out/gla-10m", backend="openvino-stateful")  # doctest: +SKIP
     """
-    ov = _openvino()
+    ov = import_openvino()
     root = Path(package_dir)
     manifest = read_package(root)
     bad = sorted(set(variants) - set(VARIANTS))
@@ -288,4 +292,8 @@ def export_openvino(package_dir: str | os.PathLike, *, variants: tuple[str, ...]
             entry["weights"] = f"openvino/{weights.name}"
             files[entry["weights"]] = weights
             attach_backend(root, "openvino", variant, entry, files)
+    if genai:
+        from edgelin.exporters.openvino_genai import export_openvino_genai
+
+        export_openvino_genai(root)
     return root

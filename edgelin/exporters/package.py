@@ -11,6 +11,8 @@ import torch
 
 from edgelin.atomic import scratch_dir
 from edgelin.errors import EdgelinError
+from edgelin.exporters.fp16 import to_fp16_weights
+from edgelin.exporters.genai import genai_files
 from edgelin.exporters.onnx import export_step_graph
 from edgelin.exporters.sites import Fingerprints, declared_norms, declared_weights, record_sites
 from edgelin.exporters.weights import save_graphs
@@ -50,9 +52,14 @@ def export_package(
     force: bool = False,
     source_layout: str = "edgelin",
     tokenizer_json: Path | None = None,
-    special_tokens: dict[str, int] | None = None,
+    special_tokens: dict[str, Any] | None = None,
+    generation: dict[str, Any] | None = None,
+    fp16: bool = False,
 ) -> Path:
     """Export the FP32 decode and prefill graphs of `model` into a package at `out_dir`.
+
+    The package also gets the ONNX Runtime GenAI layout (genai_config.json, genai.onnx, tokenizer
+    files; `exporters/genai.py`) when its states fit onnxruntime-genai (no attention layers).
 
     Args:
         model: the LM to export (put in eval mode).
@@ -61,8 +68,10 @@ def export_package(
         force: replace an existing package.
         source_layout: where the weights came from (edgelin, hf-mamba2, fla-gla, ...), for `inspect`.
         tokenizer_json: a Hugging Face tokenizer.json to ship; the byte tokenizer otherwise.
-        special_tokens: {"bos_id": .., "eos_id": ..} recorded with the tokenizer; `generate` starts
-            prompts with bos_id and stops at eos_id.
+        special_tokens: the manifest's `tokenizer` fields beside type and file (bos_id, eos_id, eos_ids,
+            pad_id, add_bos, special_tokens, chat_template; docs/FORMAT.md), e.g. `LoadedModel.special_tokens`.
+        generation: the manifest's `generation` defaults (temperature, top_k, top_p, max_new_tokens, ...).
+        fp16: store the weight matrices as float16, read through a Cast to float32 (`exporters/fp16.py`).
     Returns:
         The package directory.
     """
@@ -72,13 +81,22 @@ def export_package(
         traced = {name: export_with_sites(model, name, tokens, tmp / f"{name}.onnx")
                   for name, tokens in (("decode", 1), ("prefill", prefill_tokens))}
         protos = {name: proto for name, (proto, _) in traced.items()}
+        if fp16:
+            for proto in protos.values():
+                to_fp16_weights(proto)
         files, weights = save_graphs(protos, {name: f"{name}.onnx" for name in protos}, tmp)
         if tokenizer_json:
             files["tokenizer.json"] = Path(tokenizer_json)
         manifest = base_manifest(model, prefill_tokens=prefill_tokens, source_layout=source_layout, tokenizer=tokenizer)
         for name, (_, sites) in traced.items():
             manifest["graphs"][name]["sites"] = sites.to_dict()
+        if fp16:  # the weights are read through Casts now, not by the products the sites name
+            manifest["graphs"] = {name: {**g, "sites": {**g["sites"], "weights": {}}} for name, g in manifest["graphs"].items()}
+            manifest["precision"] = {"scheme": "fp16", "weights": "float16", "compute": "float32"}
         manifest["weights"] = weights
+        if generation:
+            manifest["generation"] = dict(generation)
+        genai_files(manifest, files, tmp)
         return write_package(out_dir, files, manifest, force=force)
 
 

@@ -204,5 +204,5 @@ def apply_profile(package_dir: str | os.PathLike, name: str, out_dir: str | os.P
                   for g, spec in manifest.raw["graphs"].items()}
         return rewrite_package(root, out_dir or root, files=paths,
                                update={"profile": record, "weights": weights, "graphs": graphs},
-                               drop_files=("openvino/", "tvm/", WEIGHTS_FILE, *graph_files.values()),
+                               drop_files=(WEIGHTS_FILE, *graph_files.values()),
                                drop_fields=("backends",), force=force or out_dir is None)

@@ -5,6 +5,7 @@ import torch
 
 from edgelin.kernels.gated_delta.reference import chunk_gated_delta_rule_ref
 from edgelin.kernels.gla.reference import chunk_gla_ref
+from edgelin.kernels.mlstm.reference import chunk_mlstm_ref
 from edgelin.kernels.simple_gla.reference import chunk_simple_gla_ref
 
 
@@ -40,3 +41,13 @@ def chunk_gated_delta_rule(q, k, v, g, beta, *, scale=None, initial_state=None, 
     return chunk_gated_delta_rule_ref(
         q, k, v, g, beta, scale=scale, initial_state=initial_state, output_final_state=output_final_state
     )
+
+
+def chunk_mlstm(q, k, v, i, f, *, scale=None, initial_state=None, output_final_state=False, eps=1e-6):
+    """mLSTM with the gates' logs `i`, `f` [B, T, H] and the state (C, n, m); see kernels/mlstm/reference.py."""
+    kwargs = dict(scale=scale, initial_state=initial_state, output_final_state=output_final_state, eps=eps)
+    if _use_triton(q):
+        from edgelin.kernels.mlstm.triton_chunk import chunk_mlstm as triton_chunk_mlstm
+
+        return triton_chunk_mlstm(q, k, v, i, f, **kwargs)
+    return chunk_mlstm_ref(q, k, v, i, f, **kwargs)

@@ -40,6 +40,7 @@ class LMConfig:
     d_ff: int = 0  # 0 = round(8/3 * d_model) to a multiple of 32; -1 = no MLP (Mamba2 blocks)
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
+    logit_soft_cap: float | None = None  # logits -> cap * tanh(logits / cap) (xLSTM); None: raw logits
     mixers: dict[str, dict[str, Any]] = field(default_factory=dict)
     init_std: float = 0.02
     seed: int = 0
@@ -64,6 +65,8 @@ class LMConfig:
                 raise EdgelinError(f"config: {key} must be a positive number, got {short(getattr(self, key))}")
         if not isinstance(self.tie_embeddings, bool):
             raise EdgelinError(f"config: tie_embeddings must be true or false, got {short(self.tie_embeddings)}")
+        if self.logit_soft_cap is not None and (not is_number(self.logit_soft_cap) or self.logit_soft_cap <= 0):
+            raise EdgelinError(f"config: logit_soft_cap must be a positive number or null, got {short(self.logit_soft_cap)}")
         if not is_int(self.seed) or not 0 <= self.seed < 2**32:
             raise EdgelinError(f"config: seed must be an integer in [0, 2**32), got {short(self.seed)}")
         if self.d_model % self.n_heads:

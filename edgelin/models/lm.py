@@ -34,7 +34,8 @@ class Block(nn.Module):
 
 
 class LM(nn.Module):
-    """`forward` is the chunked parallel form (training, prefill); `step` runs one token.
+    """`forward` is the chunked parallel form (training, prefill); `step` runs one token. With
+    `config.logit_soft_cap`, the logits are cap * tanh(logits / cap).
 
     Both take and return the recurrent state as a list (one dict per layer) of float32 tensors.
     """
@@ -80,7 +81,9 @@ class LM(nn.Module):
         for block, s in zip(self.blocks, state):
             x, s = block(x, s, step)
             new_state.append(s)
-        return self.lm_head(self.norm(x)), new_state
+        logits = self.lm_head(self.norm(x))
+        cap = self.config.logit_soft_cap
+        return (logits if cap is None else cap * torch.tanh(logits / cap)), new_state
 
     def forward(self, input_ids: torch.Tensor, state: list[State] | None = None) -> tuple[torch.Tensor, list[State]]:
         """input_ids [B, T] -> logits [B, T, vocab], state after the last token."""

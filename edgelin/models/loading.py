@@ -7,7 +7,7 @@ from pathlib import Path
 
 from edgelin.errors import EdgelinError
 from edgelin.models.checkpoint import load_checkpoint
-from edgelin.models.config import is_int
+from edgelin.models.hf_conventions import read_conventions
 from edgelin.models.hub_cache import is_hub_id, resolve_hub_id
 from edgelin.models.importers import DEFAULT_MAX_CONTEXT, import_checkpoint, is_foreign
 from edgelin.models.importers.common import read_config
@@ -23,19 +23,10 @@ class LoadedModel:
     source_layout: str  # "edgelin" for native checkpoints and zoo models, else e.g. "hf-mamba2", "fla-gla"
     trained: bool  # False for a zoo config with seeded random weights
     tokenizer_json: Path | None = None
-    special_tokens: dict[str, int] = field(default_factory=dict)  # {"bos_id": 1, "eos_id": 2} from config.json
-
-
-def special_tokens(config: dict[str, Any], vocab_size: int) -> dict[str, int]:
-    """The begin/end-of-sequence ids a transformers/fla config.json names, for the manifest's tokenizer."""
-    found = {}
-    for key, name in (("bos_token_id", "bos_id"), ("eos_token_id", "eos_id")):
-        value = config.get(key)
-        if isinstance(value, list):  # some configs list several end tokens; the first is the canonical one
-            value = value[0] if value else None
-        if is_int(value) and 0 <= value < vocab_size:
-            found[name] = value
-    return found
+    # the manifest's `tokenizer` fields (bos_id, eos_ids, chat_template, ...) and `generation` defaults,
+    # from the checkpoint's config.json, generation_config.json, tokenizer_config.json (models/hf_conventions.py)
+    special_tokens: dict[str, Any] = field(default_factory=dict)
+    generation: dict[str, Any] = field(default_factory=dict)
 
 
 def load_model(spec: str | None, *, max_context: int = DEFAULT_MAX_CONTEXT, revision: str | None = None) -> LoadedModel:
@@ -64,8 +55,10 @@ def load_model(spec: str | None, *, max_context: int = DEFAULT_MAX_CONTEXT, revi
         config = read_config(path)
         if is_foreign(config):
             model, layout = import_checkpoint(path, max_context=max_context)
-            return LoadedModel(model, name, layout, True, tokenizer_json, special_tokens(config, model.config.vocab_size))
-        return LoadedModel(load_checkpoint(path), name, "edgelin", True, tokenizer_json)
+        else:
+            model, layout, config = load_checkpoint(path), "edgelin", {}
+        found = read_conventions(path, config, model.config.vocab_size, tokenizer_json)
+        return LoadedModel(model, name, layout, True, tokenizer_json, found.tokenizer, found.generation)
     if "/" in spec or spec.startswith("."):
         raise EdgelinError(f"no such model directory: {spec}")
     shipped = shipped_checkpoint(spec)

@@ -14,6 +14,7 @@ ZOO: dict[str, LMConfig] = {
     "retention-tiny": LMConfig(d_model=64, n_layers=2, n_heads=2, pattern=["retention"]),
     "mamba-tiny": LMConfig(d_model=64, n_layers=2, n_heads=2, d_ff=-1, pattern=["mamba"], mixers={"mamba": {"state_size": 8}}),
     "delta-net-tiny": LMConfig(d_model=64, n_layers=2, n_heads=2, pattern=["delta_net"]),
+    "mlstm-tiny": LMConfig(d_model=64, n_layers=2, n_heads=2, pattern=["mlstm"], logit_soft_cap=30.0),
     "hybrid-tiny": LMConfig(
         d_model=64, n_layers=4, n_heads=2, pattern=["short_conv", "gla", "short_conv", "swa"], mixers={"swa": {"window": 16}}
     ),

@@ -11,6 +11,7 @@ import onnx
 from edgelin.atomic import scratch_dir
 from edgelin.calibration.table import CalibrationTable
 from edgelin.errors import EdgelinError
+from edgelin.exporters.genai import genai_files
 from edgelin.exporters.weights import save_graphs
 from edgelin.quantize.qdq import quantize_graph, state_qparams
 from edgelin.quantize.schemes import QuantScheme
@@ -82,10 +83,12 @@ def quantize_package(fp_dir: str | Path, out_dir: str | Path, scheme: QuantSchem
             files[tok] = root / tok
         files["calibration.json"] = table.to_json().encode()
         files.update(extra_files or {})
-        # Compiled back-end files belong to the FP graphs: `edgelin compile` rebuilds them for these.
+        # Compiled back-end files belong to the FP graphs: `edgelin compile` rebuilds them for these;
+        # the ONNX Runtime GenAI layout is rebuilt here, over the quantized graphs.
         manifest = manifest_fields(m, drop=("backends",))
         manifest.update(fields, weights=weights)
         manifest["graphs"] = without_float_weights(manifest["graphs"])
+        genai_files(manifest, files, tmp)
         return write_package(out_dir, files, manifest, force=force)
 
 

@@ -2,13 +2,15 @@
 
 from edgelin.runtime.backends import BACKENDS, Backend, available_backends, get_backend, register_backend
 from edgelin.runtime.batch import BatchDecoder
+from edgelin.runtime.chat import Chat
+from edgelin.runtime.chat_template import ChatTemplate
 from edgelin.runtime.conversation import Conversation
 from edgelin.runtime.generate import Generation, generate, generate_text
 from edgelin.runtime.prefix_cache import CachedPrefix, Prefill, PrefixCache, prefill
 from edgelin.runtime.package import (
     FORMAT_VERSION, GraphSpec, Manifest, StateSpec, package_size_bytes, read_package, write_package,
 )
-from edgelin.runtime.sampling import GREEDY, SamplingConfig, probabilities, sample
+from edgelin.runtime.sampling import GREEDY, SamplingConfig, package_sampling, probabilities, sample
 from edgelin.runtime.session import Session, State
 from edgelin.runtime.speculative import (
     Drafter, ModelDrafter, PromptLookupDrafter, SpeculativeGeneration, speculative_generate,
@@ -20,9 +22,10 @@ __all__ = [
     "BACKENDS", "Backend", "available_backends", "get_backend", "register_backend",
     "BatchDecoder", "Conversation", "CachedPrefix", "Prefill", "PrefixCache", "prefill",
     "Drafter", "ModelDrafter", "PromptLookupDrafter", "SpeculativeGeneration", "speculative_generate",
+    "Chat", "ChatTemplate",
     "Generation", "generate", "generate_text",
     "FORMAT_VERSION", "GraphSpec", "Manifest", "StateSpec", "package_size_bytes", "read_package", "write_package",
-    "GREEDY", "SamplingConfig", "probabilities", "sample",
+    "GREEDY", "SamplingConfig", "package_sampling", "probabilities", "sample",
     "Session", "State",
     "load_state", "save_state", "state_fingerprint",
     "ByteTokenizer", "HFTokenizer", "Tokenizer", "encode_prompt", "load_tokenizer",

@@ -7,9 +7,11 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 import numpy as np
 
 from edgelin.errors import EdgelinError
-from edgelin.runtime.sampling import GREEDY, SamplingConfig, sample
+from edgelin.runtime.sampling import SamplingConfig, package_max_new_tokens, package_sampling, sample
 from edgelin.runtime.session import Session, State
 from edgelin.runtime.tokenizer import Tokenizer, encode_prompt
+
+DEFAULT_MAX_NEW_TOKENS = 64  # when neither the caller nor the package says (as `edgelin generate`)
 
 
 class Generation(Iterator[int]):
@@ -52,16 +54,18 @@ def _token_set(ids: object) -> set[int]:
     return {int(t) for t in ids}
 
 
-def generate(session: Session, prompt_ids: Sequence[int] | np.ndarray, max_new_tokens: int,
-             sampling: SamplingConfig = GREEDY, seed: int | None = 0, state: State | None = None,
+def generate(session: Session, prompt_ids: Sequence[int] | np.ndarray, max_new_tokens: int | None = None,
+             sampling: SamplingConfig | None = None, seed: int | None = 0, state: State | None = None,
              stop_ids: Collection[int] = ()) -> Generation:
     """Stream up to `max_new_tokens` token ids after `prompt_ids` (one sequence).
 
     Args:
         session: a loaded package.
         prompt_ids: 1-D token ids, at least one.
-        max_new_tokens: how many tokens to generate at most.
-        sampling: greedy by default; see `SamplingConfig`.
+        max_new_tokens: how many tokens to generate at most; None: the package's default (its
+            `generation.max_new_tokens`, or what `max_length` leaves), else DEFAULT_MAX_NEW_TOKENS.
+        sampling: None: the package's defaults (`package_sampling`: its source's generation_config.json),
+            greedy for packages without; see `SamplingConfig`.
         seed: seed of the `numpy.random.Generator` used for sampling.
         state: batch-1 state to start from (default: zeros, i.e. a fresh sequence).
         stop_ids: tokens that end generation (not yielded).
@@ -85,6 +89,10 @@ def generate(session: Session, prompt_ids: Sequence[int] | np.ndarray, max_new_t
     bad = ids[(ids < 0) | (ids >= session.vocab_size)]
     if bad.size:
         raise EdgelinError(f"token id {int(bad[0])} is outside the vocabulary [0, {session.vocab_size})")
+    if max_new_tokens is None:
+        max_new_tokens = package_max_new_tokens(session.manifest, ids.size, DEFAULT_MAX_NEW_TOKENS)
+    if sampling is None:
+        sampling = package_sampling(session.manifest)
     stop = check_generation_args(max_new_tokens, sampling, seed, stop_ids)
     if state is not None and not isinstance(state, Mapping):
         raise EdgelinError(f"state must be a state mapping (session.new_state()), not {type(state).__name__}")
@@ -107,16 +115,24 @@ def check_generation_args(max_new_tokens: object, sampling: object, seed: object
     return _token_set(stop_ids)
 
 
-def generate_text(session: Session, tokenizer: Tokenizer, prompt: str, max_new_tokens: int,
-                  sampling: SamplingConfig = GREEDY, seed: int | None = 0, state: State | None = None,
-                  stop_ids: Collection[int] = ()) -> Iterator[str]:
-    """Like `generate`, but takes text and streams decoded text pieces (whole characters only).
+def end_ids(tokenizer: Tokenizer) -> set[int]:
+    """Every token that ends a text: the tokenizer's eos ids (its eos_id for tokenizers without a list)."""
+    ids = getattr(tokenizer, "eos_ids", None) or ([tokenizer.eos_id] if tokenizer.eos_id is not None else [])
+    return {int(t) for t in ids}
 
-    A fresh sequence (no `state`) starts with the package's bos_id; its eos_id ends generation."""
+
+def generate_text(session: Session, tokenizer: Tokenizer, prompt: str, max_new_tokens: int | None = None,
+                  sampling: SamplingConfig | None = None, seed: int | None = 0, state: State | None = None,
+                  stop_ids: Collection[int] = ()) -> Iterator[str]:
+    """Like `generate`, but takes text and streams decoded text pieces (whole characters only; special
+    tokens left out unless the tokenizer keeps them).
+
+    A fresh sequence (no `state`) starts with the package's bos_id where its tokenizer adds one; every
+    one of its eos ids ends generation."""
     if not isinstance(prompt, str):
         raise EdgelinError(f"the prompt must be text (str), not {type(prompt).__name__}")
     ids = encode_prompt(tokenizer, prompt) if state is None else tokenizer.encode(prompt)
-    stop = _token_set(stop_ids) | ({tokenizer.eos_id} if tokenizer.eos_id is not None else set())
+    stop = _token_set(stop_ids) | end_ids(tokenizer)
     tokens = generate(session, ids, max_new_tokens, sampling, seed, state, stop)
     decoder = tokenizer.stream_decoder()
 

@@ -15,7 +15,9 @@ import numpy as np
 
 from edgelin.atomic import atomic_dir
 from edgelin.errors import EdgelinError
-from edgelin.runtime.schema import Checker, check_states, check_weights_index, read_json_file, short
+from edgelin.runtime.schema import (
+    Checker, check_generation, check_states, check_tokenizer_spec, check_weights_index, read_json_file, short,
+)
 
 FORMAT_VERSION = 2  # 2: conv_state channel-last [batch, kernel - 1, channels] (1: [batch, channels, kernel - 1])
 READABLE_VERSIONS = (1, 2)  # a state's layout only matters to code that looks inside it; the graphs carry their own
@@ -117,13 +119,9 @@ class Manifest:
         if graphs["decode"].tokens != 1:
             raise EdgelinError(f"{where}: the decode graph must have tokens=1, not {graphs['decode'].tokens}")
         states = [state_spec(s) for s in check_states(c, d["states"])]
-        tokenizer = c.mapping(d.get("tokenizer") or {"type": "bytes"}, "tokenizer")
-        c.text(tokenizer.get("type", "bytes"), "tokenizer.type")
-        if "file" in tokenizer and c.name(tokenizer["file"], "tokenizer.file") not in files:
-            raise EdgelinError(f"{where}: tokenizer file {tokenizer['file']} is not listed in 'files'")
-        for key in ("bos_id", "eos_id"):
-            if tokenizer.get(key) is not None:
-                c.integer(tokenizer[key], f"tokenizer.{key}", 0, vocab - 1)
+        tokenizer = check_tokenizer_spec(c, d.get("tokenizer"), vocab, files)
+        if d.get("generation") is not None:
+            check_generation(c, d["generation"])
         for key in ("producer", "source_layout"):
             if key in d:
                 c.text(d[key], key, max_len=1 << 16)
@@ -296,11 +294,15 @@ def rewrite_package(src: str | os.PathLike, out_dir: str | os.PathLike, *, files
                     drop_fields: tuple[str, ...] = (), force: bool = False) -> Path:
     """A new package at `out_dir` made from the package at `src`: its files, replaced or added by `files`,
     without `drop_files` (names, or folders ending in '/'), its manifest fields updated by `update`
-    and without `drop_fields`. The source's format version is kept (a rewrite does not relabel
-    a version-1 package as the current version).
+    and without `drop_fields`. Dropping `backends` drops the files every back-end entry owns: they
+    were built from graphs the rewrite replaces. The source's format version is kept (a rewrite does
+    not relabel a version-1 package as the current version).
     """
     root = Path(src)
     m = read_package(root)
+    if "backends" in drop_fields:
+        drop_files = (*drop_files, *(f for variants in (m.raw.get("backends") or {}).values()
+                                     for entry in variants.values() for f in entry.get("files", ())))
     dropped = lambda n: any(n == d or (d.endswith("/") and n.startswith(d)) for d in drop_files)  # noqa: E731
     merged: dict[str, Path | bytes] = {n: root / n for n in m.files if not dropped(n)}
     merged.update(files or {})

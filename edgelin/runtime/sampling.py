@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgelin.errors import EdgelinError
+from edgelin.runtime.package import Manifest
 
 
 def _is_real(v: object) -> bool:
@@ -42,6 +43,32 @@ class SamplingConfig:
 
 
 GREEDY = SamplingConfig(temperature=0.0)
+
+
+def package_sampling(manifest: Manifest, *, temperature: float | None = None, top_k: int | None = None,
+                     top_p: float | None = None, fallback: SamplingConfig = GREEDY) -> SamplingConfig:
+    """The package's sampling defaults (its manifest's `generation`, from the source's
+    generation_config.json), each field overridden where given; `fallback` for packages without defaults.
+
+    Example:
+        >>> package_sampling(Session("out/lfm2").manifest, top_k=40)  # doctest: +SKIP
+        SamplingConfig(temperature=0.3, top_k=40, top_p=1.0)
+    """
+    gen = manifest.raw.get("generation")
+    base = fallback if gen is None else SamplingConfig(gen.get("temperature", 0.0), gen.get("top_k", 0), gen.get("top_p", 1.0))
+    return SamplingConfig(base.temperature if temperature is None else temperature,
+                          base.top_k if top_k is None else top_k, base.top_p if top_p is None else top_p)
+
+
+def package_max_new_tokens(manifest: Manifest, prompt_tokens: int, default: int) -> int:
+    """How many tokens to generate by the package's defaults: its `max_new_tokens`, else what its
+    `max_length` (prompt included) leaves after `prompt_tokens`, else `default`."""
+    gen = manifest.raw.get("generation") or {}
+    if "max_new_tokens" in gen:
+        return gen["max_new_tokens"]
+    if "max_length" in gen:
+        return max(0, gen["max_length"] - prompt_tokens)
+    return default
 
 
 def _logits(logits: np.ndarray) -> np.ndarray:

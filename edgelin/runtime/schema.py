@@ -185,3 +185,72 @@ def check_weights_index(c: Checker, index: Any, files: dict[str, str]) -> None:
             c.fail(path, f"{ALIGN}-byte aligned with length = its dtype's size x its shape's product", t)
         for g, n in c.mapping(t.get("names"), f"{path}.names", 16).items():
             c.text(n, f"{path}.names.{g}")
+
+
+# --- the source's conventions: the tokenizer's special ids, chat template and generation defaults ---
+
+MAX_TEMPLATE_CHARS = 1 << 17  # one chat template's source (real ones are 1-20 K characters)
+MAX_TEMPLATES = 16  # named chat templates of one tokenizer
+MAX_EOS_IDS = 64
+MAX_NEW_TOKENS = 1 << 31
+
+
+def check_template(c: Checker, v: Any, path: str) -> str:
+    """One chat template's source: a string of 1 to MAX_TEMPLATE_CHARS characters without NUL."""
+    if type(v) is not str or not 0 < len(v) <= MAX_TEMPLATE_CHARS or "\0" in v:
+        c.fail(path, f"a Jinja template of 1 to {MAX_TEMPLATE_CHARS} characters", v)
+    return v
+
+
+def check_chat_template(c: Checker, v: Any, path: str) -> dict[str, str]:
+    """`tokenizer.chat_template`: one template, or an object of named ones ("default", "tool_use", ...),
+    as name -> source."""
+    if type(v) is str:
+        return {"default": check_template(c, v, path)}
+    named = c.mapping(v, path, MAX_TEMPLATES)
+    if not named:
+        c.fail(path, "a template or an object of named templates", v)
+    return {c.text(name, f"{path} key", max_len=64): check_template(c, t, f"{path}.{name}") for name, t in named.items()}
+
+
+def check_tokenizer_spec(c: Checker, spec: Any, vocab: int, files: dict[str, str]) -> dict[str, Any]:
+    """The manifest's `tokenizer` (docs/FORMAT.md): its type and file, special ids inside the
+    vocabulary, `add_bos`, the special tokens' strings and the chat template."""
+    spec = c.mapping(spec or {"type": "bytes"}, "tokenizer")
+    c.text(spec.get("type", "bytes"), "tokenizer.type")
+    if "file" in spec and c.name(spec["file"], "tokenizer.file") not in files:
+        raise EdgelinError(f"{c.where}: tokenizer file {spec['file']} is not listed in 'files'")
+    for key in ("bos_id", "eos_id", "pad_id"):
+        if spec.get(key) is not None:
+            c.integer(spec[key], f"tokenizer.{key}", 0, vocab - 1)
+    if "eos_ids" in spec:
+        ids = [c.integer(t, f"tokenizer.eos_ids[{i}]", 0, vocab - 1)
+               for i, t in enumerate(c.array(spec["eos_ids"], "tokenizer.eos_ids", MAX_EOS_IDS))]
+        if not ids or spec.get("eos_id") != ids[0]:
+            c.fail("tokenizer.eos_ids", "a list of token ids that starts with eos_id", spec["eos_ids"])
+    if "add_bos" in spec and type(spec["add_bos"]) is not bool:
+        c.fail("tokenizer.add_bos", "true or false", spec["add_bos"])
+    for name, token in c.mapping(spec.get("special_tokens", {}), "tokenizer.special_tokens", 64).items():
+        if type(name) is not str or not name.isidentifier() or not name.endswith("_token"):
+            c.fail("tokenizer.special_tokens key", "a name ending in _token", name)
+        if type(token) is not str or not 0 < len(token) <= MAX_NAME or "\0" in token:
+            c.fail(f"tokenizer.special_tokens.{name}", f"a token of 1 to {MAX_NAME} characters", token)
+    if "chat_template" in spec:
+        check_chat_template(c, spec["chat_template"], "tokenizer.chat_template")
+    return spec
+
+
+def check_generation(c: Checker, gen: Any) -> dict[str, Any]:
+    """The manifest's optional `generation` defaults: temperature (0 = greedy), top_k (0 = off),
+    top_p in (0, 1], max_new_tokens, max_length."""
+    gen = c.mapping(gen, "generation")
+    if "temperature" in gen:
+        c.number(gen["temperature"], "generation.temperature", 0)
+    if "top_k" in gen:
+        c.integer(gen["top_k"], "generation.top_k", 0, MAX_NEW_TOKENS)
+    if "top_p" in gen and not 0 < c.number(gen["top_p"], "generation.top_p") <= 1:
+        c.fail("generation.top_p", "a number in (0, 1]", gen["top_p"])
+    for key in ("max_new_tokens", "max_length"):
+        if key in gen:
+            c.integer(gen[key], f"generation.{key}", 1, MAX_NEW_TOKENS)
+    return gen

@@ -24,6 +24,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from edgelin.errors import EdgelinError
+from edgelin.runtime.chat_template import ChatTemplate
 from edgelin.runtime.tokenizer import encode_prompt
 from edgelin.serve.chat import encode_chat
 from edgelin.serve.engine import Engine, Event, Failed, Finished, GenerationRequest, TextDelta
@@ -111,6 +113,8 @@ class Server:
     def __init__(self, engine: Engine, model: str, *, max_body_bytes: int = DEFAULT_MAX_BODY,
                  on_shutdown: Callable[[], None] | None = None) -> None:
         self.engine, self.model, self.max_body = engine, model, max_body_bytes
+        manifest = engine.session.manifest
+        self.template = ChatTemplate.from_manifest(manifest) if manifest.tokenizer.get("chat_template") else None
         self.created = int(time.time())
 
         @contextlib.asynccontextmanager
@@ -174,7 +178,10 @@ class Server:
     async def chat_completions(self, request: Request) -> Response:
         req = parse_chat(await self._body(request), max_tokens=self.engine.config.max_tokens)
         self._check_model(req.options.model)
-        ids, ends = encode_chat(self.engine.tokenizer, req.messages)
+        try:  # a template renders in the sandbox, off the event loop
+            ids, ends = await asyncio.to_thread(encode_chat, self.engine.tokenizer, req.messages, self.template)
+        except EdgelinError as e:
+            raise RequestError(400, str(e)) from None
         return await self._run(request, req.options, ids, tuple(ends), _Format(True, self.model),
                                req.options.max_tokens or self.engine.config.max_tokens)
 

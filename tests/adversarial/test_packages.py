@@ -80,7 +80,7 @@ MUTATIONS = [
     ("weights>tensors>0>shape", [-256, 64]), ("weights>tensors>0>shape", "x"), ("weights>tensors>0>names", "x"),
     ("weights>graphs", "x"), ("weights>graphs>decode", "sha"),
     ("tokenizer", "bytes"), ("tokenizer>type", 5), ("tokenizer>bos_id", 256), ("tokenizer>bos_id", -1),
-    ("tokenizer>eos_id", "1"), ("tokenizer>file", "../tokenizer.json"), ("tokenizer>file", "tokenizer.json"),
+    ("tokenizer>eos_id", "1"), ("tokenizer>file", "../tokenizer.json"), ("tokenizer>file", "vocab.json"),
     ("producer", 5), ("architecture", "x"), ("precision", []), ("profile", {"batch": 0}),
     ("profile", {"batch": "1"}), ("max_context", 0), ("max_context", 2.5), ("backends", "x"),
 ]

@@ -85,8 +85,8 @@ def test_run_graph_still_runs(session):
 
 @pytest.mark.parametrize("kw", [
     {"max_new_tokens": "5"}, {"max_new_tokens": 2.5}, {"max_new_tokens": -1}, {"max_new_tokens": True},
-    {"max_new_tokens": None}, {"seed": -1}, {"seed": "1"}, {"seed": 1.5}, {"seed": True},
-    {"sampling": "greedy"}, {"sampling": None}, {"prompt_ids": []}, {"prompt_ids": "abc"}, {"prompt_ids": [[1]]},
+    {"seed": -1}, {"seed": "1"}, {"seed": 1.5}, {"seed": True},
+    {"sampling": "greedy"}, {"prompt_ids": []}, {"prompt_ids": "abc"}, {"prompt_ids": [[1]]},
     {"prompt_ids": [1.5]}, {"prompt_ids": [300]}, {"prompt_ids": [-1]}, {"prompt_ids": [[1], [2, 3]]},
     {"prompt_ids": None}, {"prompt_ids": [True]}, {"prompt_ids": [2 ** 70]}, {"state": "x"}, {"state": 5},
     {"stop_ids": 5}, {"stop_ids": "ab"}, {"stop_ids": [1.5]}, {"stop_ids": None}, {"session": "x"},

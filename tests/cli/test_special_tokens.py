@@ -3,13 +3,14 @@ import numpy as np
 
 from edgelin.exporters.package import export_package
 from edgelin.models import LM, ZOO
-from edgelin.models.loading import special_tokens
+from edgelin.models.hf_conventions import read_conventions
 from edgelin.runtime import GREEDY, Session, encode_prompt, generate, generate_text, load_tokenizer
 
 
-def test_special_tokens_from_config():
-    assert special_tokens({"bos_token_id": 1, "eos_token_id": [7, 9]}, 256) == {"bos_id": 1, "eos_id": 7}
-    assert special_tokens({"bos_token_id": None, "eos_token_id": 300}, 256) == {}
+def test_special_tokens_from_config(tmp_path):
+    assert read_conventions(tmp_path, {"bos_token_id": 1, "eos_token_id": [7, 9]}, 256, None).tokenizer == \
+        {"bos_id": 1, "eos_id": 7, "eos_ids": [7, 9]}
+    assert read_conventions(tmp_path, {"bos_token_id": None, "eos_token_id": 300}, 256, None).tokenizer == {}
 
 
 def test_bos_prepended_and_eos_stops(tmp_path):

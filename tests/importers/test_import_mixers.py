@@ -15,6 +15,8 @@ CONFIGS = {
         "use_short_conv": True, "conv_bias": True, "clamp_min": -0.05, "feature_map": "relu", "use_output_gate": False}}),
     "gated_delta-fla-options": dict(pattern=["gated_delta"], mixers={"gated_delta": {
         "heads": 4, "head_dim": 8, "use_gate": False, "allow_neg_eigval": True, "conv_bias": True, "l2norm_eps_inside": True}}),
+    "mlstm-uncapped-gates": dict(pattern=["mlstm"], logit_soft_cap=5.0, mixers={"mlstm": {
+        "expand_k": 1.0, "expand_v": 2.0, "gate_soft_cap": None, "eps": 1e-3}}),
     "mamba2-dt-limit": dict(d_ff=-1, pattern=["mamba2"], mixers={"mamba2": {"head_dim": 16, "state_size": 8, "n_groups": 2, "dt_max": 0.05}}),
 }
 TOL = 1e-4

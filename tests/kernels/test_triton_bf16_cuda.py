@@ -53,3 +53,30 @@ def test_bf16_matches_fp32_recurrence(op, T, gate_norm):
     got = _run(ours, tensors, h0, do, dht, as_float=False)
     for name, r, x in zip(names, expected, got):
         assert_close(f"{op}:{name}", r, x, RATIO.get(name, DEFAULT_RATIO))
+
+
+@pytest.mark.parametrize("T,gates", [(1000, (0.0, 1.0)), (777, (0.0, 5.0)), (1500, (8.0, 2.0))],
+                         ids=["T1000-i0+-1", "T777-i0+-5", "T1500-i8+-2"])
+def test_mlstm_bf16_matches_fp32_recurrence(T, gates):
+    """mLSTM: bf16 q, k, v into the chunk kernel against the float32 step loop; o, (C, n, m), every gradient."""
+    from edgelin.kernels.mlstm.reference import naive_recurrent_mlstm
+    from edgelin.kernels.mlstm.triton_chunk import chunk_mlstm
+
+    B, H, D = 1, 4, 128
+    gen = torch.Generator(device="cuda").manual_seed(T)
+    rnd = lambda *s: torch.randn(*s, device="cuda", generator=gen)  # noqa: E731
+    qkv = [rnd(B, T, H, D).bfloat16() for _ in range(3)]
+    gate = [rnd(B, T, H) * gates[1] + gates[0], F.logsigmoid(rnd(B, T, H) + 2)]
+    state0 = (rnd(B, H, D, D), rnd(B, H, D), rnd(B, H))
+    upstream = [rnd(B, T, H, D).bfloat16(), rnd(B, H, D, D), rnd(B, H, D), rnd(B, H)]
+
+    def run(fn, as_float):
+        leaves = [(t.float() if as_float else t).detach().clone().requires_grad_() for t in qkv + gate]
+        s0 = [s.clone().requires_grad_() for s in state0]
+        o, final = fn(*leaves, initial_state=tuple(s0), output_final_state=True)
+        sum((x.float() * u.float()).sum() for x, u in zip((o, *final), upstream)).backward()
+        return [o, *final] + [t.grad for t in leaves + s0]
+
+    expected, got = run(naive_recurrent_mlstm, True), run(chunk_mlstm, False)
+    for name, r, x in zip(["o", "C", "n", "m", "dq", "dk", "dv", "di", "df", "dC0", "dn0", "dm0"], expected, got):
+        assert_close(f"mlstm:{name}", r, x, RATIO.get(name, DEFAULT_RATIO))

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from edgelin.kernels.gated_delta.reference import chunk_gated_delta_rule_ref, naive_recurrent_gated_delta_rule
 from edgelin.kernels.gla.reference import chunk_gla_ref, naive_recurrent_gla
+from edgelin.kernels.mlstm.reference import chunk_mlstm_ref, naive_recurrent_mlstm
 from edgelin.kernels.simple_gla.reference import chunk_simple_gla_ref, naive_recurrent_simple_gla
 from edgelin.models.config import LMConfig
 from edgelin.models.layers import MIXERS
@@ -70,10 +71,34 @@ def test_chunk_gated_delta_rule(shape, normalizer):
     compare(normalised(naive_recurrent_gated_delta_rule), normalised(chunk_gated_delta_rule_ref), [q, k, v, g, beta, h0])
 
 
+@pytest.mark.parametrize("gates", [(1.0, 1.0), (5.0, 0.1), (0.1, 10.0)], ids=lambda g: f"i{g[0]}-fnorm{g[1]}")
+@pytest.mark.parametrize("shape", SHAPES, ids=IDS)
+def test_chunk_mlstm(shape, gates):
+    """Outputs, the three states and the gradients of q, k, v, both gates and the initial (C, n, m);
+    `gates`: the input gates' spread and the forget gates' normaliser (strong and weak decay)."""
+    B, T, H, K, V = shape
+    q, k, v = torch.randn(B, T, H, K), torch.randn(B, T, H, K), torch.randn(B, T, H, V)
+    i = torch.randn(B, T, H) * gates[0]
+    f = F.logsigmoid(torch.randn(B, T, H) + 2) / gates[1]
+    state0 = (torch.randn(B, H, K, V), torch.randn(B, H, K), torch.randn(B, H))
+    args = [t.requires_grad_() for t in (q, k, v, i, f, *state0)]
+    outs = []
+    for fn in (naive_recurrent_mlstm, chunk_mlstm_ref):
+        o, state = fn(*args[:5], initial_state=tuple(args[5:]), output_final_state=True)
+        outs.append((o, *state))
+    upstream = [torch.randn_like(x) for x in outs[0]]
+    grads = [torch.autograd.grad(sum((x * u).sum() for x, u in zip(out, upstream)), args) for out in outs]
+    for name, a, b in zip(["o", "C", "n", "m"], *outs):
+        assert rms_ratio(a, b) < 1e-5, (name, rms_ratio(a, b))
+    for name, a, b in zip(["dq", "dk", "dv", "di", "df", "dC0", "dn0", "dm0"], *grads):
+        assert rms_ratio(a, b) < 1e-4, (name, rms_ratio(a, b))
+
+
 NAIVE = {
     "chunk_gla": naive_recurrent_gla,
     "chunk_simple_gla": naive_recurrent_simple_gla,
     "chunk_gated_delta_rule": naive_recurrent_gated_delta_rule,
+    "chunk_mlstm": naive_recurrent_mlstm,
 }
 LAYERS = {
     "gla": {"use_short_conv": True},
@@ -83,6 +108,8 @@ LAYERS = {
     "retention-rotary": {"rotary": True},
     "mamba2": {"head_dim": 16, "state_size": 16},
     "mamba": {"state_size": 8},
+    "mlstm": {},
+    "mlstm-uncapped": {"gate_soft_cap": None, "expand_k": 1.0},
 }
 
 

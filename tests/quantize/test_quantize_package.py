@@ -109,6 +109,22 @@ def test_int4_every_weight_4bit_or_recorded(tmp_path, fp_package, table_of, sche
     check_weights(q)
 
 
+def test_w4a8_computes_4bit_layers_in_int8(tmp_path, fp_package, table_of):
+    """W4A8's MatMulNBits run ONNX Runtime's int8 kernel (accuracy level 4) on the float activation,
+    which it quantizes per block itself: no calibrated QDQ in front; W4A16 keeps float compute."""
+    fp = fp_package("gla-tiny")
+    for scheme, level in ((W4A8(), 4), (W4A16(), None)):
+        q = quantize_package(fp, tmp_path / scheme.name, scheme, table_of("gla-tiny"))
+        graph = onnx.load(str(q / "decode.onnx"), load_external_data=False).graph
+        producers = {o: n for n in graph.node for o in n.output}
+        nbits = [n for n in graph.node if n.op_type == "MatMulNBits"]
+        assert nbits
+        for n in nbits:
+            assert {a.name: a.i for a in n.attribute}.get("accuracy_level") == level
+            assert (producers[n.input[0]].op_type == "DequantizeLinear") == (level is None)
+        assert rms_ratio(run(fp)[0], run(q)[0]) < 0.15
+
+
 def test_int4_fallback_only_where_group_does_not_divide(tmp_path, fp_package, table_of):
     # gla-tiny's low-rank gate (gk_proj.1) has K = 16 < 32: it falls back to int8, and the manifest says so
     fp = fp_package("gla-tiny")
@@ -231,3 +247,35 @@ def test_int8_embedding_dequantizes_only_the_rows_read(tmp_path, fp_package, tab
         rows = ort.InferenceSession(part.SerializeToString(), providers=["CPUExecutionProvider"]).run(
             None, {"input_ids": ids[None]})[0]
         assert np.array_equal(rows[0], want_q[ids].astype(np.float32) * want_scale[ids].astype(np.float32))
+
+
+def test_mlstm_int8_and_int4_packages_run(tmp_path):
+    """mlstm-tiny with its memory in use (input gates opened: the zoo init keeps them near exp(-10)):
+    W8A8 and W4A16 packages run prefill chunks and decode steps, store every weight as recorded and
+    every state, the stabiliser m included, as int16."""
+    import torch
+
+    from edgelin.calibration import calibrate_package, default_text
+    from edgelin.exporters.package import export_package
+    from edgelin.models import LM, ZOO
+
+    model = LM(ZOO["mlstm-tiny"]).init_weights()
+    with torch.no_grad():
+        for block in model.blocks:
+            block.mixer.igate_bias.zero_()
+            block.mixer.fgate_bias.copy_(torch.linspace(1.0, 4.0, block.mixer.heads))
+            for proj in (block.mixer.igate_proj, block.mixer.fgate_proj):
+                proj.weight.mul_(5.0)
+    fp = export_package(model, tmp_path / "fp", prefill_tokens=16)
+    table = calibrate_package(fp, default_text(), streams=2, tokens=256)
+    ids = np.concatenate([IDS, IDS[:, :4]], 1)  # 2 prefill chunks, then 12 decode steps
+    s = Session(fp)
+    ref, _ = s.forward(ids, s.new_state(2))
+    for scheme, bound in ((W8A8(), 0.1), (W4A16(), 0.5)):
+        q = quantize_package(fp, tmp_path / scheme.name, scheme, table)
+        check_weights(q)
+        s = Session(q)
+        logits, state = s.forward(ids, s.new_state(2))
+        assert np.isfinite(logits).all() and rms_ratio(ref, logits) < bound, (scheme.name, rms_ratio(ref, logits))
+        assert {state[spec.input].dtype for spec in s.manifest.states} == {np.dtype(np.int16)}
+        assert {spec.kind for spec in s.manifest.states} == {"cell_state", "normalizer_state", "max_state"}

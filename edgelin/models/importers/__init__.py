@@ -10,13 +10,17 @@ from typing import Any
 
 from edgelin.errors import EdgelinError
 from edgelin.models.config import check_fits, is_int
-from edgelin.models.importers import fla_deltanet, fla_gated_deltanet, fla_gla, fla_retnet, hf_lfm2, hf_mamba, hf_mamba2
+from edgelin.models.importers import (
+    fla_deltanet, fla_gated_deltanet, fla_gla, fla_retnet, hf_lfm2, hf_mamba, hf_mamba2, hf_xlstm,
+)
 from edgelin.models.importers.common import Importer, Weights, build, read_config, read_safetensors
 from edgelin.models.lm import LM
 from edgelin.runtime.schema import short
 
 IMPORTERS: dict[str, Importer] = {
-    t: m.IMPORTER for m in (hf_mamba2, hf_mamba, hf_lfm2, fla_gla, fla_gated_deltanet, fla_deltanet, fla_retnet) for t in m.IMPORTER.model_types
+    t: m.IMPORTER
+    for m in (hf_mamba2, hf_mamba, hf_lfm2, hf_xlstm, fla_gla, fla_gated_deltanet, fla_deltanet, fla_retnet)
+    for t in m.IMPORTER.model_types
 }
 DEFAULT_MAX_CONTEXT = 2048  # KV cache length for full-attention layers (LFM2)
 

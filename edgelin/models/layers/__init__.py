@@ -4,6 +4,7 @@ from edgelin.models.layers.gated_delta import GatedDelta
 from edgelin.models.layers.gla import GLA
 from edgelin.models.layers.mamba import Mamba
 from edgelin.models.layers.mamba2 import Mamba2
+from edgelin.models.layers.mlstm import MLSTM
 from edgelin.models.layers.retention import Retention
 from edgelin.models.layers.short_conv import GatedShortConv
 from edgelin.models.layers.swa import SlidingWindowAttention
@@ -14,6 +15,7 @@ MIXERS = {
     "delta_net": DeltaNet,
     "mamba": Mamba,
     "mamba2": Mamba2,
+    "mlstm": MLSTM,
     "retention": Retention,
     "short_conv": GatedShortConv,
     "swa": SlidingWindowAttention,
