@@ -31,6 +31,11 @@ class SWAOptions:
     full_attention: bool = False
 
 
+def _exporting() -> bool:
+    """True while torch.onnx traces (TorchScript) or torch.export captures the graph: no data-dependent branches then."""
+    return torch.jit.is_tracing() or torch.compiler.is_compiling()
+
+
 def rotate(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
     """Rotary embedding (rotate-half layout) of x [..., P, D] at positions [P]."""
     D = x.shape[-1]
@@ -65,37 +70,52 @@ class SlidingWindowAttention(TokenMixer):
         kv = (batch, self.kv_heads, self.window, self.head_dim)
         return {"key": kv, "value": kv, "window_mask": (batch, self.window)}
 
-    def forward(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        B, T, _ = x.shape
-        W = self.window
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q [B, H, T, D], k and v [B, T, Hkv, D] (unrotated, as the state keeps them)."""
         q = split_heads(self.q_proj(x), self.heads)
         k = split_heads(self.k_proj(x), self.kv_heads)
         v = split_heads(self.v_proj(x), self.kv_heads)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q = q.transpose(1, 2)  # [B, H, T, D]
+        return q.transpose(1, 2), k, v
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """Softmax attention of q over the window's keys and the new ones: o [B, T, H*D] and the new state."""
+        B, _, T, _ = q.shape
+        W = self.window
         keys = torch.cat([state["key"], k.transpose(1, 2)], 2)  # [B, Hkv, W+T, D]; index p is position p-W
         values = torch.cat([state["value"], v.transpose(1, 2)], 2)
-        filled = torch.cat([state["window_mask"], x.new_ones(B, T)], 1)  # [B, W+T]
-        if self.options.rope_theta:
-            q = rotate(q, torch.arange(T, device=x.device), self.options.rope_theta)
-            keys_rot = rotate(keys, torch.arange(-W, T, device=x.device), self.options.rope_theta)
+        filled = torch.cat([state["window_mask"], q.new_ones(B, T)], 1)  # [B, W+T]
+        new_state = {"key": keys[:, :, T:], "value": values[:, :, T:], "window_mask": filled[:, T:]}
+        rep = self.heads // self.kv_heads
+        theta = self.options.rope_theta
+        if T <= W and not _exporting() and not q.is_meta and not state["window_mask"].any():
+            # a fresh sequence that fits the window (training, a first prefill): plain causal attention
+            qr = rotate(q, torch.arange(T, device=q.device), theta) if theta else q
+            kr = rotate(keys[:, :, W:], torch.arange(T, device=q.device), theta) if theta else keys[:, :, W:]
+            o = F.scaled_dot_product_attention(qr, kr.repeat_interleave(rep, 1), values[:, :, W:].repeat_interleave(rep, 1),
+                                               is_causal=True)
+            return o.transpose(1, 2).flatten(-2), new_state
+        if theta:
+            q = rotate(q, torch.arange(T, device=q.device), theta)
+            keys_rot = rotate(keys, torch.arange(-W, T, device=q.device), theta)
         else:
             keys_rot = keys
-        rep = self.heads // self.kv_heads
         # Queries in blocks of W: each block sees at most 2W-1 keys, so memory is O(T * W), not O(T^2).
         outs = []
         for s in range(0, T, W):
             e = min(s + W, T)
             kb = keys_rot[:, :, s + 1 : e + W].repeat_interleave(rep, 1)
             vb = values[:, :, s + 1 : e + W].repeat_interleave(rep, 1)
-            qpos = torch.arange(s, e, device=x.device)[:, None]
-            kpos = torch.arange(s + 1, e + W, device=x.device)[None] - W
+            qpos = torch.arange(s, e, device=q.device)[:, None]
+            kpos = torch.arange(s + 1, e + W, device=q.device)[None] - W
             allowed = (kpos <= qpos) & (kpos > qpos - W) & (filled[:, None, s + 1 : e + W] > 0.5)  # [B, Tq, L]
-            bias = torch.zeros(allowed.shape, dtype=q.dtype, device=x.device).masked_fill(~allowed, float("-inf"))
+            bias = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill(~allowed, float("-inf"))
             outs.append(F.scaled_dot_product_attention(q[:, :, s:e], kb, vb, attn_mask=bias[:, None]))
-        o = torch.cat(outs, 2).transpose(1, 2).flatten(-2)
-        new_state = {"key": keys[:, :, T:], "value": values[:, :, T:], "window_mask": filled[:, T:]}
+        return torch.cat(outs, 2).transpose(1, 2).flatten(-2), new_state
+
+    def forward(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        o, new_state = self.attend(*self.project(x), state)
         return self.o_proj(o), new_state
 
     step = forward
