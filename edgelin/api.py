@@ -22,7 +22,7 @@ from typing import Any, Callable
 from edgelin.atomic import check_destination, scratch_dir
 from edgelin.calibration.streams import MIN_STREAM_TOKENS, read_text
 from edgelin.errors import EdgelinError
-from edgelin.exporters.package import DEFAULT_PREFILL_TOKENS, export_package
+from edgelin.exporters.package import DEFAULT_PREFILL_TOKENS, DEFAULT_VERIFY_TOKENS, export_package
 from edgelin.exporters.profiles import Profile, apply_profile, export_profile
 from edgelin.models.importers import DEFAULT_MAX_CONTEXT
 from edgelin.models.lm import LM
@@ -108,7 +108,7 @@ def export(model: str | LM | None = None, out: str | os.PathLike | None = None, 
            calib: str | os.PathLike | None = None, group_size: int | None = None, gptq: bool = False,
            rotate: bool = False, smooth: float | None = None, state: str | None = None,
            max_loss_increase: float | None = None, prefill_tokens: int = DEFAULT_PREFILL_TOKENS,
-           max_context: int = DEFAULT_MAX_CONTEXT, revision: str | None = None, streams: int = 4, tokens: int = MIN_STREAM_TOKENS,
+           verify_tokens: int = DEFAULT_VERIFY_TOKENS, max_context: int = DEFAULT_MAX_CONTEXT, revision: str | None = None, streams: int = 4, tokens: int = MIN_STREAM_TOKENS,
            horizon: int = 8192, force: bool = False, fp16: bool = False, on_progress: Progress | None = None) -> ExportResult:
     """Export `model` to a package of step graphs; with a scheme, calibrate, quantize and validate it.
 
@@ -126,6 +126,8 @@ def export(model: str | LM | None = None, out: str | os.PathLike | None = None, 
         max_loss_increase: mixed precision: keep sensitive layers higher until the loss increase (%)
             is at most this.
         prefill_tokens: token count of the prefill graph (a fixed chunk).
+        verify_tokens: token count K of the verify graph (K decode steps in one run, for speculative
+            decoding; 0: none).
         max_context: KV slots of imported full-attention layers (LFM2).
         revision: branch, tag or commit of a hub id `model` (ORG/NAME) in the local Hugging Face cache.
         streams, tokens: calibration streams and tokens per stream.
@@ -144,6 +146,8 @@ def export(model: str | LM | None = None, out: str | os.PathLike | None = None, 
         0.99...
     """
     step = on_progress or (lambda *a: None)
+    if not isinstance(verify_tokens, int) or isinstance(verify_tokens, bool) or verify_tokens != 0 and not 2 <= verify_tokens <= 64:
+        raise EdgelinError(f"--verify-tokens must be 0 (no verify graph) or an integer in [2, 64], got {verify_tokens!r}")
     for flag, value, low in (("--prefill-tokens", prefill_tokens, 2), ("--max-context", max_context, 1),
                              ("--streams", streams, 1), ("--tokens", tokens, 1), ("--horizon", horizon, 1)):
         if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= 1 << 24:
@@ -160,7 +164,8 @@ def export(model: str | LM | None = None, out: str | os.PathLike | None = None, 
     suffix = chosen.to_dict()["scheme"] if chosen is not None else "fp16" if fp16 else None
     out = Path(out) if out is not None else Path("out") / (loaded.name if suffix is None else f"{loaded.name}-{suffix}")
     check_destination(out, what="package", force=force, folder=True)
-    report = _export(loaded, out, chosen, profile, text, prefill_tokens=prefill_tokens, force=force, fp16=fp16,
+    report = _export(loaded, out, chosen, profile, text, prefill_tokens=prefill_tokens, verify_tokens=verify_tokens,
+                     force=force, fp16=fp16,
                      max_loss_increase=max_loss_increase, streams=streams, tokens=tokens, horizon=horizon, step=step)
     violations: Counter[str] = Counter()
     if profile is not None:
@@ -171,20 +176,25 @@ def export(model: str | LM | None = None, out: str | os.PathLike | None = None, 
 
 
 def _export(loaded: LoadedModel, out: Path, scheme: QuantScheme | HtpScheme | None, profile: str | None, text: str, *,
-            prefill_tokens: int, force: bool, fp16: bool, max_loss_increase: float | None, streams: int, tokens: int,
-            horizon: int, step: Progress) -> dict[str, Any]:
+            prefill_tokens: int, verify_tokens: int, force: bool, fp16: bool, max_loss_increase: float | None,
+            streams: int, tokens: int, horizon: int, step: Progress) -> dict[str, Any]:
     """FP export straight to `out`, or to a temporary FP package made static or quantized into `out`."""
     kw = dict(prefill_tokens=prefill_tokens, source_layout=loaded.source_layout, tokenizer_json=loaded.tokenizer_json,
               special_tokens=loaded.special_tokens, generation=loaded.generation)
+    if isinstance(scheme, HtpScheme):
+        verify_tokens = 0  # HTP's QDQ-everywhere pass calibrates each graph it runs; it has no verify graph
+    kw["verify_tokens"] = verify_tokens
     step("export", 0, 1)
     if scheme is None and profile is None:
         export_package(loaded.model, out, force=force, fp16=fp16, **kw)
         step("export", 1, 1)
         return {}
     with scratch_dir("export") as tmp:
-        fp = export_package(loaded.model, tmp / "fp32", **kw)
+        rotated = isinstance(scheme, QuantScheme) and scheme.rotate
+        # the unrotated FP package of a rotated export is only the validation reference: no verify graph
+        fp = export_package(loaded.model, tmp / "fp32", **{**kw, "verify_tokens": 0 if rotated else verify_tokens})
         source = fp
-        if isinstance(scheme, QuantScheme) and scheme.rotate:
+        if rotated:
             from edgelin.calibration.rotation import rotate_model
 
             source = export_package(rotate_model(loaded.model), tmp / "rotated", **kw)

@@ -2,7 +2,9 @@
 
 This is what every exporter traces. `tokens == 1` traces the recurrent step form (decode graph);
 `tokens > 1` traces the chunked form over a fixed chunk (prefill graph). Both take and return the
-same states, named as ONNX Runtime GenAI names them. With `block_outputs`, the tensor that leaves
+same states, named as ONNX Runtime GenAI names them. `verify` traces `tokens` steps of the step form
+(`LM.steps`, the verify graph): the state after the last position as `present.*`, and after each
+earlier position t as `present.*.{t}`. With `block_outputs`, the tensor that leaves
 each block is an extra output `hidden.<layer>`; the exporter records those tensors as sites and then
 drops the extra outputs.
 """
@@ -14,6 +16,7 @@ import torch
 from torch import nn
 
 from edgelin.models.lm import LM
+from edgelin.runtime.package import position_output
 
 
 @dataclass(frozen=True)
@@ -49,16 +52,16 @@ def hidden_name(layer: int) -> str:
 class StepGraph(nn.Module):
     """Flat-signature wrapper: forward(input_ids, *states) -> (logits, *states), states in `entries` order."""
 
-    def __init__(self, model: LM, tokens: int, block_outputs: bool = False):
+    def __init__(self, model: LM, tokens: int, block_outputs: bool = False, verify: bool = False):
         super().__init__()
-        self.model, self.tokens, self.block_outputs = model, tokens, block_outputs
+        self.model, self.tokens, self.block_outputs, self.verify = model, tokens, block_outputs, verify
         self.entries = state_entries(model)
 
     def forward(self, input_ids: torch.Tensor, *flat_state: torch.Tensor) -> tuple[torch.Tensor, ...]:
         state: list[dict[str, torch.Tensor]] = [{} for _ in self.model.blocks]
         for entry, tensor in zip(self.entries, flat_state):
             state[entry.layer][entry.kind] = tensor
-        run = self.model.step if self.tokens == 1 else self.model
+        run = self.model.steps if self.verify else self.model.step if self.tokens == 1 else self.model
         hidden: list[torch.Tensor] = []
         hooks = [b.register_forward_hook(lambda _m, _i, out: hidden.append(out[0])) for b in self.model.blocks] \
             if self.block_outputs else []
@@ -67,7 +70,11 @@ class StepGraph(nn.Module):
         finally:
             for h in hooks:
                 h.remove()
-        return (logits, *(new_state[e.layer][e.kind] for e in self.entries), *hidden)
+        earlier: list[torch.Tensor] = []
+        if self.verify:  # new_state: one state per position
+            earlier = [new_state[t][e.layer][e.kind] for t in range(self.tokens - 1) for e in self.entries]
+            new_state = new_state[-1]
+        return (logits, *(new_state[e.layer][e.kind] for e in self.entries), *earlier, *hidden)
 
     def example_inputs(self, batch: int = 1) -> tuple[torch.Tensor, ...]:
         ids = torch.zeros(batch, self.tokens, dtype=torch.long)
@@ -80,4 +87,5 @@ class StepGraph(nn.Module):
     @property
     def output_names(self) -> list[str]:
         hidden = [hidden_name(i) for i in range(len(self.model.blocks))] if self.block_outputs else []
-        return ["logits", *(e.output for e in self.entries), *hidden]
+        earlier = [position_output(e.output, t) for t in range(self.tokens - 1) for e in self.entries] if self.verify else []
+        return ["logits", *(e.output for e in self.entries), *earlier, *hidden]

@@ -91,3 +91,50 @@ def check_onnx_equals_torch(model: LM, package: Path, batch: int, steps: int, pr
     assert worst <= TOL, f"batch {batch}: max |ORT - torch| = {worst:.2e}"
     for spec in session.manifest.states:
         assert np.abs(ort_state[spec.input] - torch_state[spec.layer][spec.kind].numpy()).max() <= TOL, spec.input
+
+
+def check_steps_equal_step(model: LM, K: int) -> None:
+    """`LM.steps` over K tokens (the verify graph's form) gives the logits of K `step` calls and the
+    state after each of them, from a random state."""
+    ids = torch.randint(0, model.config.vocab_size, (2, K))
+    state0 = random_state(model, 2)
+    with torch.no_grad():
+        logits, states = model.steps(ids, state0)
+        s, outs = state0, []
+        for t in range(K):
+            out, s = model.step(ids[:, t : t + 1], s)
+            outs.append(out)
+            assert max_state_diff(s, states[t]) <= 1e-5, f"state after position {t}"
+    assert len(states) == K
+    assert logits.abs().max() > 0.1, "logits too small for the comparison to mean anything"
+    assert rel_diff(torch.cat(outs, 1), logits) <= 1e-5
+
+
+def check_verify_equals_decode(package: Path, batch: int = 2, rounds: int = 4) -> None:
+    """`Session.verify` on a package: the logits and the state after every position equal what the
+    decode graph gives one token at a time, from a state reached by prefill and decode, over `rounds`
+    passes. Quantized packages: bit for bit (the decode graph's arithmetic and quantization, shape for
+    shape; greedy decoding depends on it); float ones: within 1e-5 of max(1, |value|), same argmax."""
+    session = Session(package, threads=1)
+    K = session.verify_tokens
+    assert K >= 2, f"{package} has no verify graph"
+    exact = session.manifest.precision.get("scheme", "fp32") != "fp32"
+    rng = np.random.default_rng(0)
+    state = session.forward(rng.integers(0, session.vocab_size, (batch, 2 * session.prefill_tokens + 3)),
+                            session.new_state(batch))[1]
+
+    def same(a: np.ndarray, b: np.ndarray) -> bool:
+        return np.array_equal(a, b) if exact else np.abs(a - b).max() <= 1e-5 * max(1.0, float(np.abs(a).max()))
+
+    for _ in range(rounds):
+        ids = rng.integers(0, session.vocab_size, (batch, K))
+        logits, states = session.verify(ids, state)
+        assert len(states) == K
+        for t in range(K):
+            want, state = session.forward(ids[:, t : t + 1], state)
+            assert same(want[:, 0], logits[:, t]), f"logits at position {t}: {np.abs(want[:, 0] - logits[:, t]).max():.2e}"
+            assert np.array_equal(want[:, 0].argmax(-1), logits[:, t].argmax(-1)), f"argmax at position {t}"
+            for name, a in state.items():
+                b = states[t][name]
+                assert a.dtype == b.dtype and a.shape == b.shape, name
+                assert same(a, b), f"{name} after position {t}"

@@ -18,6 +18,8 @@ def export(
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Package directory (default: out/MODEL)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing package."),
     prefill_tokens: int = typer.Option(64, help="Token count of the prefill graph (a fixed chunk)."),
+    verify_tokens: int = typer.Option(8, help="Token count K of the verify graph: K decode steps in one run, which "
+                                      "speculative decoding verifies drafts with (0: no verify graph)."),
     int8: bool = typer.Option(False, "--int8", help="Quantize: W8A8 (INT16 states), then validate against FP32."),
     int16: bool = typer.Option(False, "--int16", help="Quantize: W8A16 (16-bit activations, NPU layout)."),
     int4: bool = typer.Option(False, "--int4", help="Quantize: W4A16 (4-bit block-wise weights)."),
@@ -38,14 +40,14 @@ def export(
     revision: Optional[str] = typer.Option(None, "--revision", help="Branch, tag or commit of a hub id in the local "
                                            "Hugging Face cache (default: main)."),
 ) -> None:
-    """Export MODEL to a package of loop-free ONNX step graphs (decode + prefill) with a manifest."""
+    """Export MODEL to a package of loop-free ONNX step graphs (decode, prefill, verify) with a manifest."""
     from edgelin.api import export as export_model
 
     scheme = scheme_flag(int8=int8, int16=int16, int4=int4, w4a8=w4a8, w8=w8)
     with progress_bars() as on_progress:
         result = export_model(model, output, scheme=scheme, profile=profile, calib=calib, group_size=group_size,
                               gptq=gptq, rotate=rotate, smooth=smooth, state=state, max_loss_increase=max_loss_increase,
-                              prefill_tokens=prefill_tokens, max_context=max_context, revision=revision, force=force,
+                              prefill_tokens=prefill_tokens, verify_tokens=verify_tokens, max_context=max_context, revision=revision, force=force,
                               fp16=fp16, on_progress=on_progress)
     if not result.trained:
         note(f"{result.model} has no trained weights here; exported its seeded random init")

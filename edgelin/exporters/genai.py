@@ -28,7 +28,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgelin.atomic import scratch_dir
 from edgelin.errors import EdgelinError
-from edgelin.runtime.package import read_package, rewrite_package, sha256_file
+from edgelin.runtime.package import STEP_GRAPHS, read_package, rewrite_package, sha256_file
 from edgelin.runtime.schema import read_json_file
 
 BACKEND, VARIANT = "onnxruntime-genai", "decoder"
@@ -404,7 +404,8 @@ def genai_files(manifest: dict[str, Any], files: dict[str, Path | bytes], work: 
     if genai_support(manifest) is not None:
         return None
     graph_specs = manifest["graphs"]
-    graphs = {name: onnx.load(str(files[g["file"]]), load_external_data=False) for name, g in graph_specs.items()}
+    graphs = {name: onnx.load(str(files[g["file"]]), load_external_data=False) for name, g in graph_specs.items()
+              if name in STEP_GRAPHS}
     model = prompt_graph(graphs, manifest["states"], manifest["vocab_size"], graph_specs.get("prefill", {}).get("tokens"))
     _state_io(model, manifest["states"])
     onnx.save(model, str(work / GRAPH))

@@ -18,6 +18,7 @@ import torch
 
 from edgelin.errors import EdgelinError
 from edgelin.models.lm import LM
+from edgelin.runtime.package import position_output
 from edgelin.trace import StepGraph
 
 OPSET = 17
@@ -108,15 +109,19 @@ def _batch_shapes(module: torch.nn.Module, args: tuple, batch) -> dict:
 
 
 def export_step_graph(model: LM, tokens: int, path: str | Path, *, opset: int = OPSET,
-                      block_outputs: bool = False) -> onnx.ModelProto:
+                      block_outputs: bool = False, verify: bool = False) -> onnx.ModelProto:
     """Trace the step graph for `tokens` tokens (batch symbolic) and write it to `path` as ONNX.
 
-    `block_outputs` adds each block's output as an extra graph output `hidden.<layer>` (see trace.py).
+    `block_outputs` adds each block's output as an extra graph output `hidden.<layer>` (see trace.py);
+    `verify` traces the verify graph (`tokens` steps of the step form, a state after each position).
     """
-    graph = StepGraph(model.eval(), tokens, block_outputs=block_outputs)
+    graph = StepGraph(model.eval(), tokens, block_outputs=block_outputs, verify=verify)
     trace_to_onnx(graph, graph.example_inputs(), path, input_names=graph.input_names,
                   output_names=graph.output_names, opset=opset)
     proto = onnx.load(str(path))
+    if verify:
+        mark_handoffs(proto, [e.output for e in graph.entries], tokens)
+        per_position(proto, tokens)
     # The tracer names the logits' token axis after a node; pin it to the graph's fixed size.
     logits = next(o for o in proto.graph.output if o.name == "logits")
     for dim, value in zip(logits.type.tensor_type.shape.dim[1:], (tokens, model.config.vocab_size)):
@@ -125,6 +130,59 @@ def export_step_graph(model: LM, tokens: int, path: str | Path, *, opset: int = 
     check_step_graph(proto)
     onnx.save(proto, str(path))
     return proto
+
+
+def mark_handoffs(proto: onnx.ModelProto, outputs: list[str], tokens: int) -> None:
+    """Make each state output of a verify graph an Identity of the state its position computed.
+
+    `models.layers.base.handoff` traces as a Cast to the same type; the position's own read-out uses
+    the Cast's input, the next position its output. As Identity nodes named `<output>_handoff`, that
+    split is part of the graph contract (docs/FORMAT.md), and a quantizer rounds the state there.
+    """
+    by_output = {o: n for n in proto.graph.node for o in n.output}
+    for base in outputs:
+        for name in [position_output(base, t) for t in range(tokens - 1)] + [base]:
+            node = by_output.get(name)
+            if node is None or node.op_type not in ("Cast", "Identity") or \
+                    node.op_type == "Cast" and next(a.i for a in node.attribute if a.name == "to") != onnx.TensorProto.FLOAT:
+                raise EdgelinError(f"the verify graph computes {name} without a hand-off node (a mixer's steps() "
+                                   "must pass its state on through models.layers.base.handoff)")
+            node.op_type, node.name = "Identity", f"{name}_handoff"
+            del node.attribute[:]
+
+
+# ONNX Runtime's CPU kernels for these round an element differently in a vector body and a scalar
+# tail, so an element's result depends on its place in the tensor (measured, ORT 1.2x, x86_64)
+POSITION_SENSITIVE_OPS = frozenset({"Softplus", "Log", "Elu", "Selu", "Celu", "Mish", "Sin", "Cos", "Acos", "Asin", "Atan"})
+
+
+def per_position(proto: onnx.ModelProto, tokens: int) -> None:
+    """In a verify graph, run each position-sensitive op (`POSITION_SENSITIVE_OPS`) on [batch, tokens,
+    ...] once per position: Split along the token axis, the op on each [batch, 1, ...] piece (the
+    decode graph's shape, so the decode graph's results), Concat. Semantics are unchanged."""
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+              for v in [*inferred.graph.value_info, *inferred.graph.input]}
+    nodes = []
+    for node in proto.graph.node:
+        shape = shapes.get(node.input[0]) if node.input else None
+        if node.op_type not in POSITION_SENSITIVE_OPS or len(node.input) != 1 or not shape or len(shape) < 2 \
+                or shape[1] != tokens:
+            nodes.append(node)
+            continue
+        pieces = [f"{node.output[0]}_position{t}" for t in range(tokens)]
+        nodes.append(onnx.helper.make_node("Split", [node.input[0]], [f"{p}_in" for p in pieces], name=f"{node.name}_split",
+                                           axis=1, num_outputs=tokens) if proto.opset_import[0].version >= 18 else
+                     onnx.helper.make_node("Split", [node.input[0]], [f"{p}_in" for p in pieces], name=f"{node.name}_split",
+                                           axis=1))
+        for t, p in enumerate(pieces):
+            copy = onnx.NodeProto()
+            copy.CopyFrom(node)
+            copy.name, copy.input[0], copy.output[0] = f"{node.name}_position{t}", f"{p}_in", p
+            nodes.append(copy)
+        nodes.append(onnx.helper.make_node("Concat", pieces, [node.output[0]], name=f"{node.name}_concat", axis=1))
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
 
 
 def op_histogram(proto: onnx.ModelProto) -> Counter:

@@ -21,6 +21,7 @@ from edgelin.atomic import scratch_dir
 from edgelin.errors import EdgelinError
 from edgelin.exporters.backend_files import attach_backend
 from edgelin.exporters.static import make_static
+from edgelin.runtime.backends._variants import compiled_graphs
 from edgelin.runtime.package import Manifest, read_package
 
 VARIANTS = ("stateless", "stateful")
@@ -281,14 +282,15 @@ def export_openvino(package_dir: str | os.PathLike, *, variants: tuple[str, ...]
             stateful = variant == "stateful"
             suffix = ".stateful" if stateful else ""
             entry, files = {"batch": 1 if stateful else "batch", "openvino": ov.get_version()}, {}
-            for name, g in manifest.graphs.items():
+            for name in compiled_graphs(manifest):  # the verify graph runs on ONNX Runtime only
+                g = manifest.graphs[name]
                 model = convert_graph(root / g.file, manifest, stateful=stateful, work=tmp)
                 xml = tmp / f"{name}{suffix}.xml"
                 ov.save_model(model, str(xml), compress_to_fp16=False)
                 entry[name] = f"openvino/{xml.name}"
                 files[f"openvino/{xml.name}"] = xml
             weights = tmp / f"weights{suffix}.bin"
-            share_weights([files[entry[name]] for name in manifest.graphs], weights)
+            share_weights([files[entry[name]] for name in compiled_graphs(manifest)], weights)
             entry["weights"] = f"openvino/{weights.name}"
             files[entry["weights"]] = weights
             attach_backend(root, "openvino", variant, entry, files)

@@ -30,7 +30,7 @@ from edgelin.errors import EdgelinError
 from edgelin.exporters.backend_files import attach_backend
 from edgelin.exporters.genai import TOKENIZER, eos_ids, hf_tokenizer_config, prompt_graph, sampling_defaults, special_ids
 from edgelin.exporters.openvino import float_state_ports, import_openvino, name_ports
-from edgelin.runtime.package import Manifest, read_package
+from edgelin.runtime.package import STEP_GRAPHS, Manifest, read_package
 
 VARIANT = "genai"
 MODEL, TOKENIZER_IR, DETOKENIZER_IR = "openvino_model.xml", "openvino_tokenizer.xml", "openvino_detokenizer.xml"
@@ -77,7 +77,8 @@ def genai_model(root: Path, manifest: Manifest, work: Path):
     `work` is a scratch directory that must outlive the model (the weights are mapped from it).
     """
     ov = import_openvino()
-    graphs = {name: onnx.load(str(root / g.file), load_external_data=False) for name, g in manifest.graphs.items()}
+    graphs = {name: onnx.load(str(root / g.file), load_external_data=False) for name, g in manifest.graphs.items()
+              if name in STEP_GRAPHS}
     prefill = manifest.graphs.get("prefill")
     onnx.save(prompt_graph(graphs, manifest.raw["states"], manifest.vocab_size, prefill and prefill.tokens),
               str(work / "genai.onnx"))

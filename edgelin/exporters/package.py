@@ -22,16 +22,24 @@ from edgelin.sites import GraphSites
 from edgelin.trace import StepGraph, hidden_name, state_entries
 
 DEFAULT_PREFILL_TOKENS = 64
+DEFAULT_VERIFY_TOKENS = 8
 
 
-def base_manifest(model: LM, *, prefill_tokens: int, source_layout: str, tokenizer: dict[str, Any]) -> dict[str, Any]:
+def step_graphs(prefill_tokens: int, verify_tokens: int) -> dict[str, int]:
+    """The graphs a package gets and their token counts: decode, prefill and (verify_tokens > 1) verify."""
+    return {"decode": 1, "prefill": prefill_tokens, **({"verify": verify_tokens} if verify_tokens > 1 else {})}
+
+
+def base_manifest(model: LM, *, prefill_tokens: int, source_layout: str, tokenizer: dict[str, Any],
+                  verify_tokens: int = 0) -> dict[str, Any]:
     return {
         "producer": f"edgelin {__version__}",
         "architecture": model.config.to_dict(),
         "source_layout": source_layout,
         "vocab_size": model.config.vocab_size,
         "tokenizer": tokenizer,
-        "graphs": {"decode": {"file": "decode.onnx", "tokens": 1}, "prefill": {"file": "prefill.onnx", "tokens": prefill_tokens}},
+        "graphs": {name: {"file": f"{name}.onnx", "tokens": tokens}
+                   for name, tokens in step_graphs(prefill_tokens, verify_tokens).items()},
         "states": [e.to_manifest() for e in state_entries(model)],
         "precision": {"scheme": "fp32"},
         **max_context(model),
@@ -49,6 +57,7 @@ def export_package(
     out_dir: str | Path,
     *,
     prefill_tokens: int = DEFAULT_PREFILL_TOKENS,
+    verify_tokens: int = DEFAULT_VERIFY_TOKENS,
     force: bool = False,
     source_layout: str = "edgelin",
     tokenizer_json: Path | None = None,
@@ -56,7 +65,7 @@ def export_package(
     generation: dict[str, Any] | None = None,
     fp16: bool = False,
 ) -> Path:
-    """Export the FP32 decode and prefill graphs of `model` into a package at `out_dir`.
+    """Export the FP32 decode, prefill and verify graphs of `model` into a package at `out_dir`.
 
     The package also gets the ONNX Runtime GenAI layout (genai_config.json, genai.onnx, tokenizer
     files; `exporters/genai.py`) when its states fit onnxruntime-genai (no attention layers).
@@ -65,6 +74,8 @@ def export_package(
         model: the LM to export (put in eval mode).
         out_dir: package directory; must not exist unless `force`.
         prefill_tokens: the fixed chunk length of the prefill graph.
+        verify_tokens: the token count K of the verify graph (K decode steps in one run, a state after
+            each: speculative decoding's verify pass; docs/FORMAT.md); 0 exports none.
         force: replace an existing package.
         source_layout: where the weights came from (edgelin, hf-mamba2, fla-gla, ...), for `inspect`.
         tokenizer_json: a Hugging Face tokenizer.json to ship; the byte tokenizer otherwise.
@@ -78,8 +89,10 @@ def export_package(
     tokenizer = {"type": "tokenizers", "file": "tokenizer.json"} if tokenizer_json else {"type": "bytes"}
     tokenizer.update(special_tokens or {})
     with scratch_dir("trace") as tmp:
+        if verify_tokens < 0 or verify_tokens == 1:
+            raise EdgelinError(f"verify_tokens must be 0 (no verify graph) or at least 2, not {verify_tokens}")
         traced = {name: export_with_sites(model, name, tokens, tmp / f"{name}.onnx")
-                  for name, tokens in (("decode", 1), ("prefill", prefill_tokens))}
+                  for name, tokens in step_graphs(prefill_tokens, verify_tokens).items()}
         protos = {name: proto for name, (proto, _) in traced.items()}
         if fp16:
             for proto in protos.values():
@@ -87,7 +100,8 @@ def export_package(
         files, weights = save_graphs(protos, {name: f"{name}.onnx" for name in protos}, tmp)
         if tokenizer_json:
             files["tokenizer.json"] = Path(tokenizer_json)
-        manifest = base_manifest(model, prefill_tokens=prefill_tokens, source_layout=source_layout, tokenizer=tokenizer)
+        manifest = base_manifest(model, prefill_tokens=prefill_tokens, source_layout=source_layout, tokenizer=tokenizer,
+                                 verify_tokens=verify_tokens)
         for name, (_, sites) in traced.items():
             manifest["graphs"][name]["sites"] = sites.to_dict()
         if fp16:  # the weights are read through Casts now, not by the products the sites name
@@ -105,7 +119,7 @@ def export_with_sites(model: LM, graph: str, tokens: int, path: Path) -> tuple[o
     weights, norms = declared_weights(model), declared_norms(model)
     prints = Fingerprints([w.param for w in weights] + list(norms.values()))
     with prints.applied():
-        proto = export_step_graph(model, tokens, path, block_outputs=True)
+        proto = export_step_graph(model, tokens, path, block_outputs=True, verify=graph == "verify")
     found = prints.restore(proto)
     hidden = {hidden_name(i) for i in range(len(model.blocks))}
     kept = [o for o in proto.graph.output if o.name not in hidden]
@@ -122,7 +136,7 @@ def check_parity(model: LM, proto: onnx.ModelProto, graph: str, tokens: int) -> 
     weight into anything but the weight itself would otherwise go unnoticed."""
     import onnxruntime as ort
 
-    step = StepGraph(model.eval(), tokens)
+    step = StepGraph(model.eval(), tokens, verify=graph == "verify")
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, model.config.vocab_size, (1, tokens), generator=gen)
     states = [torch.randn(1, *e.shape, generator=gen) * 0.1 if e.policy == "int" else torch.ones(1, *e.shape)

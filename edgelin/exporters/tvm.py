@@ -19,6 +19,7 @@ from edgelin.atomic import scratch_dir
 from edgelin.errors import EdgelinError
 from edgelin.exporters.backend_files import attach_backend
 from edgelin.exporters.static import make_static
+from edgelin.runtime.backends._variants import compiled_graphs
 from edgelin.runtime.package import read_package
 
 CROSS_GCC = {"aarch64": "aarch64-linux-gnu-gcc"}
@@ -190,7 +191,8 @@ def export_tvm(package_dir: str | os.PathLike, *, target: str | None = None) -> 
     entry = {"batch": 1, "target": target_for(arch), "tvm": tvm.__version__}
     with scratch_dir("tvm") as tmp:
         so = tmp / "steps.so"
-        protos = {name: make_static(onnx.load(str(root / g.file)), batch=1) for name, g in manifest.graphs.items()}
+        protos = {name: make_static(onnx.load(str(root / manifest.graphs[name].file)), batch=1)
+                  for name in compiled_graphs(manifest)}  # the verify graph runs on ONNX Runtime only
         build_library(protos, arch, so)
         for name, proto in protos.items():
             # function `name` takes the graph inputs in order and returns the outputs in order

@@ -24,8 +24,9 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(config.d_model, config.norm_eps) if config.ffn_dim else None
         self.mlp = SwiGLU(config.d_model, config.ffn_dim) if config.ffn_dim else None
 
-    def forward(self, x: torch.Tensor, state: State, step: bool = False) -> tuple[torch.Tensor, State]:
-        mix = self.mixer.step if step else self.mixer
+    def forward(self, x: torch.Tensor, state: State, step: bool | str = False) -> tuple[torch.Tensor, State]:
+        # step "steps": the mixer's step over every position (a state per position: LM.steps)
+        mix = self.mixer.steps if step == "steps" else self.mixer.step if step else self.mixer
         y, state = mix(self.mixer_norm(x), state)
         x = x + y
         if self.mlp is not None:
@@ -94,6 +95,13 @@ class LM(nn.Module):
         if input_ids.shape[1] != 1:
             raise ValueError(f"step takes one token per sequence, got {input_ids.shape[1]}")
         return self._run(input_ids, state, step=True)
+
+    def steps(self, input_ids: torch.Tensor, state: list[State] | None = None) -> tuple[torch.Tensor, list[list[State]]]:
+        """input_ids [B, K] -> logits [B, K, vocab] and the state after each position (K states): what K
+        `step` calls give, with the per-token products (projections, MLPs, the head) run once over the
+        K positions and each mixer's recurrence position by position (`TokenMixer.steps`)."""
+        logits, per_layer = self._run(input_ids, state, step="steps")
+        return logits, [[layer[t] for layer in per_layer] for t in range(input_ids.shape[1])]
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -70,7 +70,7 @@ def quantize_htp_package(fp_dir: str | Path, static_dir: str | Path, out_dir: st
         `out_dir`.
     """
     from edgelin.exporters.weights import save_graphs
-    from edgelin.runtime.package import read_package, rewrite_package
+    from edgelin.runtime.package import STEP_GRAPHS, read_package, rewrite_package
     from edgelin.runtime.weights import WEIGHTS_FILE
 
     fp_dir, static_dir = Path(fp_dir), Path(static_dir)
@@ -81,7 +81,9 @@ def quantize_htp_package(fp_dir: str | Path, static_dir: str | Path, out_dir: st
     feeds = calibration_feeds(fp_dir, text, streams, tokens)
     m = read_package(static_dir)
     overrides = state_overrides(m.raw["states"], table, scheme.state_headroom)
-    graph_files = {name: g.file for name, g in m.graphs.items()}
+    # HTP runs decode and prefill; the verify graph (calibrated by no feed here) is left out of the package
+    graph_files = {name: g.file for name, g in m.graphs.items() if name in STEP_GRAPHS}
+    left_out = tuple(g.file for name, g in m.graphs.items() if name not in STEP_GRAPHS)
     with scratch_dir("htp") as tmp:
         protos = {}
         for i, (name, file) in enumerate(graph_files.items()):
@@ -97,5 +99,7 @@ def quantize_htp_package(fp_dir: str | Path, static_dir: str | Path, out_dir: st
         return rewrite_package(static_dir, out_dir, files={**paths, "calibration.json": table.to_json().encode()},
                                update={"precision": {**scheme.to_dict(), "state_grids": grids}, "weights": weights,
                                        "calibration": {"file": "calibration.json", **table.summary()},
-                                       "graphs": without_float_weights(m.raw["graphs"])},
-                               drop_files=(WEIGHTS_FILE, *graph_files.values()), drop_fields=("backends",), force=force)
+                                       "graphs": without_float_weights({k: v for k, v in m.raw["graphs"].items()
+                                                                         if k in graph_files})},
+                               drop_files=(WEIGHTS_FILE, *graph_files.values(), *left_out), drop_fields=("backends",),
+                               force=force)

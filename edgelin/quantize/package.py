@@ -13,7 +13,7 @@ from edgelin.calibration.table import CalibrationTable
 from edgelin.errors import EdgelinError
 from edgelin.exporters.genai import genai_files
 from edgelin.exporters.weights import save_graphs
-from edgelin.quantize.qdq import quantize_graph, state_qparams
+from edgelin.quantize.qdq import borrowed_ranges, quantize_graph, state_qparams
 from edgelin.quantize.schemes import QuantScheme
 from edgelin.runtime.package import manifest_fields, read_package, write_package
 from edgelin.sites import graph_sites, without_float_weights
@@ -35,7 +35,11 @@ def quantize_protos(fp_dir: str | Path, scheme: QuantScheme, table: CalibrationT
     fp = {name: onnx.load(str(root / g.file)) for name, g in m.graphs.items()}
     protos, precision, cache = {}, {}, {}
     for name, proto in fp.items():
-        protos[name], prec = quantize_graph(proto, name, scheme, table, sq, entries, graph_sites(m.raw, name),
+        ranges = table
+        if name == "verify":  # the decode graph's arithmetic, K positions at once: the decode graph's scales
+            ranges = borrowed_ranges(table, name, proto, graph_sites(m.raw, name), "decode", fp["decode"],
+                                     graph_sites(m.raw, "decode"))
+        protos[name], prec = quantize_graph(proto, name, scheme, ranges, sq, entries, graph_sites(m.raw, name),
                                             hessians, cache)
         precision.update(prec)
     states = []

@@ -12,9 +12,11 @@ What it writes (opset 21, standard ONNX except MatMulNBits):
     not a multiple of the group size falls back to int8 (recorded in the precision map).
   * the embedding table as int8 per row; its Gather reads int8 rows and scales them
     (Gather -> Cast -> Mul by the gathered row scales), so a step dequantizes only its tokens' rows.
-  * states: graph inputs and outputs become int16 (symmetric, per tensor, scale shared by both
-    graphs) with a DequantizeLinear after each input and a QuantizeLinear before each output;
-    states whose policy is "float" (attention's `window_mask`) stay float.
+  * states: graph inputs and outputs become int16 (symmetric, per tensor, scale shared by every
+    graph) with a DequantizeLinear after each input and a QuantizeLinear before each output;
+    states whose policy is "float" (attention's `window_mask`) stay float. The verify graph's state
+    after each earlier position (`present.*.{t}`) is an int16 output too, and the next position
+    reads it back through a DequantizeLinear: what the decode graph's next step would read.
 Which initializers are weights, and what each one is, comes from the graph's declared sites
 (edgelin/sites.py); the pass never guesses from node names or op patterns. A weight may be read by
 MatMul, Gemm or Einsum along any declared output axis; MatMulNBits needs a MatMul's [K, N].
@@ -30,6 +32,7 @@ from edgelin.calibration.table import CalibrationTable
 from edgelin.errors import EdgelinError
 from edgelin.quantize.primitives import ActQuant, WeightQuant, activation_qparams, quantize_weight_np
 from edgelin.quantize.schemes import Int4Format, LayerPrecision, QuantScheme
+from edgelin.runtime.package import position_output
 from edgelin.sites import GraphSites, WeightSite, activation_inputs, weight_readers
 
 OPSET = 21
@@ -175,6 +178,34 @@ def _int4_ints(layer: str, w: np.ndarray, spec: WeightQuant, scheme: QuantScheme
     return cache[key]
 
 
+def borrowed_ranges(table: CalibrationTable, graph: str, proto: onnx.ModelProto, sites: GraphSites,
+                    source: str, source_proto: onnx.ModelProto, source_sites: GraphSites) -> CalibrationTable:
+    """`table` with entries for `graph` taken from graph `source`, layer by layer: the input of each
+    declared linear layer in `graph` gets the entry of that layer's input in `source`.
+
+    The verify graph computes what the decode graph computes, K positions at a time, so it must
+    quantize with the decode graph's scales (per tensor and static: a batched row then rounds as the
+    decode step's row does); it is never calibrated itself. A layer read by several products (a
+    mixer without its own `steps` unrolls `step`, one product per position) takes its source's
+    inputs in turn.
+    """
+    entries: dict[str, dict] = {}
+    for site in sites.linears():
+        src = source_sites.weights.get(site.name)
+        have = list(dict.fromkeys(act for _, act in activation_inputs(source_proto, src))) if src else []
+        want = list(dict.fromkeys(act for _, act in activation_inputs(proto, site)))
+        if want and not have or len(want) % max(len(have), 1) and len(have) > 1:
+            raise EdgelinError(f"the {graph} graph reads layer {site.name} in {len(want)} products, the {source} graph "
+                               f"in {len(have)}; cannot give it the {source} graph's ranges")
+        for i, act in enumerate(want):
+            try:
+                entries[act] = table.graphs[source][have[i % len(have)]]
+            except KeyError:
+                raise EdgelinError(f"the calibration table has no range for {have[i % len(have)]} in graph "
+                                   f"{source!r}") from None
+    return CalibrationTable({**table.graphs, graph: entries}, table.meta)
+
+
 def state_qparams(entries: list[dict], table: CalibrationTable, scheme: QuantScheme) -> dict[str, dict]:
     """state input name -> {"scale", "zero_point", "bits"} for every state the scheme stores as integers."""
     spec = scheme.state_quant
@@ -188,6 +219,31 @@ def state_qparams(entries: list[dict], table: CalibrationTable, scheme: QuantSch
         scale, zero = activation_qparams(-a, a, spec)
         out[s["input"]] = {"scale": float(scale), "zero_point": int(zero), "bits": spec.bits, "dtype": spec.np_dtype.name}
     return out
+
+
+def _quantize_position_states(b: _Graph, qparams: dict[str, dict], entries: list[dict]) -> None:
+    """The verify graph's `present.*.{t}`: Q to the state's integers (the output), and the position
+    after it reads DQ of those integers, as a decode step reads the state the previous one wrote."""
+    outputs = {o.name: o for o in b.g.output}
+    for entry in entries:
+        if entry["input"] not in qparams:
+            continue
+        qp = qparams[entry["input"]]
+        dtype = np.dtype(qp["dtype"])
+        t = 0
+        while position_output(entry["output"], t) in outputs:
+            name = position_output(entry["output"], t)
+            fout, fin = f"{name}_float", f"{name}_dq"
+            s = b.add_init(f"{name}_scale", np.array(qp["scale"], np.float32))
+            z = b.add_init(f"{name}_zero_point", np.array(qp["zero_point"], dtype))
+            after = next(i for i, n in enumerate(b.g.node) if name in n.output) + 1  # right after its producer
+            for node in [*b.g.node, *(n for _, n in b.new_nodes)]:
+                node.input[:] = [fin if x == name else x for x in node.input]
+                node.output[:] = [fout if x == name else x for x in node.output]
+            b.new_nodes.append((after, helper.make_node("QuantizeLinear", [fout, s, z], [name], name=f"{name}_state_Q")))
+            b.new_nodes.append((after, helper.make_node("DequantizeLinear", [name, s, z], [fin], name=f"{name}_state_DQ")))
+            outputs[name].type.tensor_type.elem_type = NP_TO_ONNX[dtype]
+            t += 1
 
 
 def _quantize_states(b: _Graph, qparams: dict[str, dict], entries: list[dict]) -> None:
@@ -290,6 +346,7 @@ def quantize_graph(proto: onnx.ModelProto, graph: str, scheme: QuantScheme, tabl
                     w_cache[key] = _int8_weight(b, site.initializer, table, 0)
                 node.input[i] = w_cache[key]
     _quantize_states(b, states, entries)
+    _quantize_position_states(b, states, entries)
     # rebuild the node list in order: new nodes go right before the node they feed
     out: list[onnx.NodeProto] = []
     inserts = sorted(b.new_nodes, key=lambda t: t[0])

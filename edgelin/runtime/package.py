@@ -26,6 +26,8 @@ MAX_MANIFEST_BYTES = 32 << 20
 MAX_FILE_BYTES = 16 << 30  # per package file; EDGELIN_MAX_FILE_BYTES overrides it
 MAX_VOCAB = 1 << 24
 MAX_TOKENS = 1 << 16  # of a prefill graph
+# the step graphs every back end runs; the verify graph (speculative decoding) runs on ONNX Runtime
+STEP_GRAPHS = ("decode", "prefill")
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,12 @@ class StateSpec:
     def np_dtype(self) -> np.dtype:
         """The state's dtype as a numpy dtype."""
         return np.dtype(self.dtype)
+
+
+def position_output(output: str, position: int) -> str:
+    """The verify graph's output for the state `output` ("present.{i}.{kind}") after `position`
+    (0-based) of its K tokens; after the last one it is `output` itself (docs/FORMAT.md)."""
+    return f"{output}.{position}"
 
 
 def state_spec(entry: dict[str, Any]) -> StateSpec:
@@ -118,6 +126,8 @@ class Manifest:
             raise EdgelinError(f"{where} lists no 'decode' graph")
         if graphs["decode"].tokens != 1:
             raise EdgelinError(f"{where}: the decode graph must have tokens=1, not {graphs['decode'].tokens}")
+        if "verify" in graphs and graphs["verify"].tokens < 2:
+            raise EdgelinError(f"{where}: the verify graph must have tokens >= 2, not {graphs['verify'].tokens}")
         states = [state_spec(s) for s in check_states(c, d["states"])]
         tokenizer = check_tokenizer_spec(c, d.get("tokenizer"), vocab, files)
         if d.get("generation") is not None:

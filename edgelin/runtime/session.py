@@ -1,4 +1,5 @@
-"""A loaded model package: decode + prefill step graphs, explicit state in and out."""
+"""A loaded model package: decode + prefill step graphs (+ the verify graph, loaded on first use),
+explicit state in and out."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import numpy as np
 
 from edgelin.errors import EdgelinError
 from edgelin.runtime.backends import get_backend
-from edgelin.runtime.package import Manifest, read_package, state_spec
+from edgelin.runtime.package import Manifest, position_output, read_package, state_spec
 from edgelin.runtime.schema import Checker, check_states
 from edgelin.runtime.state import all_finite, check_state
 from edgelin.runtime.weights import shared_initializers
@@ -130,7 +131,10 @@ class Session:
         files = (cls.graph_files(self.manifest) if hasattr(cls, "graph_files")
                  else {name: g.file for name, g in self.manifest.graphs.items()})
         files = {name: spec if isinstance(spec, dict) else {"file": spec} for name, spec in files.items()
-                 if name in ("decode", "prefill") and (graphs is None or name in graphs)}
+                 if name in ("decode", "prefill", "verify") and (graphs is None or name in graphs)}
+        # the verify graph is loaded on first use (`verify`): decode-only users pay nothing for it
+        self._verify_spec = files.pop("verify", None) if graphs is None and not getattr(cls, "stateful", False) else None
+        files.pop("verify", None)
         native = bool(getattr(cls, "native_code", False))
         if native and not trust_native_code:
             raise EdgelinError(
@@ -142,11 +146,11 @@ class Session:
         # one copy of the weights for both graphs where the back end can take arrays (docs/FORMAT.md)
         shared = shared_initializers(self.package_dir, self.manifest) \
             if getattr(cls, "shares_weights", False) and graphs is None else {}
-        self.graphs = {name: cls(graphs[name] if graphs is not None else self.package_dir / spec["file"], **options,
-                                 **{k: self.package_dir / v if k == "weights" else v
-                                    for k, v in spec.items() if k != "file"},
-                                 **({"initializers": shared[name]} if shared.get(name) else {}))
-                       for name, spec in files.items()}
+        self._load = lambda name, spec: cls(graphs[name] if graphs is not None else self.package_dir / spec["file"],
+                                            **options, **{k: self.package_dir / v if k == "weights" else v
+                                                          for k, v in spec.items() if k != "file"},
+                                            **({"initializers": shared[name]} if shared.get(name) else {}))
+        self.graphs = {name: self._load(name, spec) for name, spec in files.items()}
         self.stateful = bool(getattr(cls, "stateful", False))
         # the one batch the graphs accept, if fixed (compiled back ends, profile exports)
         self.batch = getattr(next(iter(self.graphs.values())), "batch", None) or (self.manifest.raw.get("profile") or {}).get("batch")
@@ -159,8 +163,11 @@ class Session:
     def _check_graph(self, name: str, graph, where: str) -> None:
         """The graph's inputs and outputs against the manifest: names, then element types and static dims."""
         m = self.manifest
+        tokens = m.graphs[name].tokens
         want_in = {"input_ids"} | {s.input for s in m.states}
         want_out = {"logits"} | {s.output for s in m.states}
+        if name == "verify":  # and the state after every position but the last
+            want_out |= {position_output(s.output, t) for t in range(tokens - 1) for s in m.states}
         checks = [("input", want_in, graph.input_names), ("output", want_out, graph.output_names)]
         if self.stateful:
             checks = [("input", {"input_ids"}, graph.input_names), ("output", {"logits"}, graph.output_names),
@@ -172,10 +179,11 @@ class Session:
             if missing or extra:
                 what = f"lacks {kind} {missing[0]}" if missing else f"has unexpected {kind} {extra[0]}"
                 raise EdgelinError(f"{where} {what} (see manifest.json)")
-        tokens = m.graphs[name].tokens
         expect = {"input_ids": (("int64",), (tokens,)), "logits": (FLOATS, (tokens, m.vocab_size))}
         for s in m.states:  # a stateful back end's variables: dtype None (integer states are held as f32)
             expect[s.input] = expect[s.output] = ((s.dtype,), tuple(s.shape[1:]))
+            if name == "verify":
+                expect.update({position_output(s.output, t): expect[s.output] for t in range(tokens - 1)})
         for tensor, (dtype, dims) in getattr(graph, "signature", {}).items():
             if tensor not in expect:
                 continue
@@ -196,6 +204,49 @@ class Session:
     def prefill_tokens(self) -> int:
         """Chunk length of the prefill graph (1 when the package has only a decode graph)."""
         return self.manifest.graphs["prefill"].tokens if "prefill" in self.graphs else 1
+
+    @property
+    def verify_tokens(self) -> int:
+        """K of the verify graph (`verify`), 0 when the package has none or the back end cannot run it."""
+        return self.manifest.graphs["verify"].tokens if self._verify_spec is not None else 0
+
+    def verify(self, ids: np.ndarray, state: State) -> tuple[np.ndarray, list[State]]:
+        """Feed `ids` [B, K] (K = `verify_tokens`) after `state` through the verify graph: K decode steps
+        in one run. Returns the logits [B, K, V] and the state after each position (K states): what
+        K `forward` calls of one token give, in float packages up to rounding and in quantized ones
+        with the decode graph's quantization (docs/FORMAT.md). The graph is loaded on the first call.
+
+        Raises:
+            EdgelinError: no verify graph, bad ids or state, NaN or Inf (see `check_finite`).
+        Example:
+            >>> logits, states = s.verify(np.array([[72, 105, 33, 10]]), state)  # doctest: +SKIP
+            >>> state = states[1]  # after "Hi"
+        """
+        K = self.verify_tokens
+        if not K:
+            raise EdgelinError(f"{self.package_dir} has no verify graph the {self.backend} back end can run "
+                               "(export it with --verify-tokens K, K >= 2)")
+        ids = self._check(ids, state, finite=self.check_finite)
+        if ids.shape[1] != K:
+            raise EdgelinError(f"the verify graph takes {K} tokens per run, not {ids.shape[1]}")
+        if "verify" not in self.graphs:
+            with self._lock:
+                if "verify" not in self.graphs:
+                    graph = self._load("verify", self._verify_spec)
+                    self._check_graph("verify", graph, f"{self._verify_spec['file']} in {self.package_dir}")
+                    self.graphs["verify"] = graph
+        out, last = self._run("verify", ids, state)
+        states = []
+        for t in range(K - 1):
+            states.append({})
+            for s in self.manifest.states:
+                a = out.get(position_output(s.output, t))
+                if a is None or a.shape != s.shape_for(ids.shape[0]) or a.dtype != s.np_dtype:
+                    got = "nothing" if a is None else f"{a.dtype}{list(a.shape)}"
+                    raise EdgelinError(f"the verify graph returned {got} for {position_output(s.output, t)}; "
+                                       f"manifest.json says {s.dtype}{list(s.shape_for(ids.shape[0]))}")
+                states[-1][s.input] = a
+        return self._check_logits("verify", out["logits"], ids), [*states, last]
 
     def new_state(self, batch: int = 1) -> State:
         """All-zero states for `batch` sequences, keyed by graph input name."""
@@ -237,12 +288,15 @@ class Session:
         else:
             out, state = self._run(name, ids, state)
             logits = out["logits"]
+        return self._check_logits(name, logits, ids), state
+
+    def _check_logits(self, name: str, logits: np.ndarray, ids: np.ndarray) -> np.ndarray:
         if logits.shape != (*ids.shape, self.vocab_size):
             raise EdgelinError(f"the {name} graph returned logits of shape {list(logits.shape)}, not "
                                f"{[*ids.shape, self.vocab_size]} (its vocabulary differs from manifest.json)")
         if self.check_finite and not all_finite(logits):
             raise EdgelinError(f"the {name} graph produced NaN or Inf logits (the weights or the state are broken)")
-        return logits, state
+        return logits
 
     def run_graph(self, name: str, ids: np.ndarray, state: State) -> tuple[dict[str, np.ndarray], State]:
         """One run of graph `name` ("decode" or "prefill", its exact token count): every output, and the new state.

@@ -1,12 +1,18 @@
-"""Speculative decoding: a drafter proposes tokens, the target verifies them in one prefill-graph pass.
+"""Speculative decoding: a drafter proposes tokens, the target verifies them in one pass.
 
-Design (docs/DESIGN.md, "The recurrent state as a product"): the package's prefill graph runs a
-fixed chunk of K tokens and returns the logits of every position but only the state after the last.
-A verify pass feeds `debt + [pending] + drafts`, padded to K, from the last state known exact; the
-logits of the real positions are exact (the graphs are causal), the final state only when the chunk
-holds K real tokens that were all accepted. So the state is never replayed on its own: accepted
-tokens that are not yet in the state (the debt) ride along at the front of the next pass, and the
-state moves on when a pass's K tokens are all accepted (or by decode steps when that is cheaper).
+Design (docs/DESIGN.md, "The verify graph"): a package's verify graph runs K decode steps in one
+run (the decode graph's arithmetic and quantization, the per-token products batched over the K
+positions) and returns the logits of every position and the state after every position. A pass
+feeds `[pending] + drafts` (padded to K) from the current state; the state of the accepted prefix is
+then one of the pass's outputs: nothing is replayed, and the output at temperature 0 is that of
+plain decoding, in quantized packages too.
+
+Packages without a verify graph (exported with `--verify-tokens 0`, or a back end that cannot run
+it) verify through the prefill graph instead: a fixed chunk of K tokens that returns the logits of
+every position but only the state after the last. A pass feeds `debt + [pending] + drafts`, padded
+to K, from the last state known exact; the logits of the real positions are exact (the graphs are
+causal), the final state only when the chunk holds K real tokens that were all accepted. Accepted
+tokens not yet in the state (the debt) ride along at the front of the next pass.
 """
 
 from __future__ import annotations
@@ -158,7 +164,7 @@ def verify(logits: np.ndarray, drafts: Sequence[int], q: np.ndarray | None, samp
 class SpeculationStats:
     """What a speculative generation did."""
 
-    passes: int = 0  # verify passes through the prefill graph
+    passes: int = 0  # verify passes (through the verify graph, or the prefill graph without one)
     drafted: int = 0  # draft tokens verified
     accepted: int = 0  # draft tokens kept
     decode_steps: int = 0  # plain decode steps (no draft worth verifying, or paying the debt)
@@ -227,9 +233,11 @@ class SpeculativeGeneration(Iterator[int]):
         self._done = max_new_tokens == 0
         self._policy = _Policy()
         self._always = always
-        # a float package's prefill graph computes what its decode graph does, up to rounding; a quantized
-        # one's carries other quantization noise, so only "always" verifies through it
-        self._exact = session.manifest.precision.get("scheme", "fp32") == "fp32"
+        self._verify_tokens = session.verify_tokens  # 0: verify through the prefill graph
+        # the verify graph computes what the decode graph does (quantization included); a float package's
+        # prefill graph does up to rounding; a quantized one's carries other quantization noise, so
+        # without a verify graph only "always" verifies there
+        self._exact = bool(self._verify_tokens) or session.manifest.precision.get("scheme", "fp32") == "fp32"
 
     @property
     def pending(self) -> list[int]:
@@ -284,19 +292,12 @@ class SpeculativeGeneration(Iterator[int]):
             self._pending = fed[-1]
             self._context.append(self._pending)
             return out
+        if self._verify_tokens:
+            return self._verify_round()
         K = self.session.prefill_tokens
         room = min(K - len(self._debt) - 1, self.max_draft if self.max_draft is not None else K)
-        if room < 1 or "prefill" not in self.session.graphs or not (self._always or self._exact):
-            n = 0
-        else:
-            n = room if self._always else self._policy.drafts(room)
-        drafts, q = [], None
-        if n:
-            start = time.perf_counter()
-            drafts, q = self.drafter.propose(np.array(self._context, np.int64), n, self.sampling, self._rng)
-            drafts = [int(t) for t in drafts[:n]]
-            if drafts:
-                self._policy.time("draft", (time.perf_counter() - start) / len(drafts))
+        can = room >= 1 and "prefill" in self.session.graphs and (self._always or self._exact)
+        drafts, q = self._propose(room) if can else ([], None)
         if not drafts:
             return self._decode_step()
         start = time.perf_counter()
@@ -315,6 +316,40 @@ class SpeculativeGeneration(Iterator[int]):
             self._state, self._debt = after, []
         else:
             self._debt = self._debt + [self._pending] + fed[:-1]
+        self._pending = fed[-1]
+        self._context.extend(fed)
+        return out
+
+    def _propose(self, room: int) -> tuple[list[int], np.ndarray | None]:
+        """At most `room` drafts (fewer, or none, when the policy says so), timed for the policy."""
+        n = room if self._always else self._policy.drafts(room)
+        if not n:
+            return [], None
+        start = time.perf_counter()
+        drafts, q = self.drafter.propose(np.array(self._context, np.int64), n, self.sampling, self._rng)
+        drafts = [int(t) for t in drafts[:n]]
+        if drafts:
+            self._policy.time("draft", (time.perf_counter() - start) / len(drafts))
+        return drafts, q
+
+    def _verify_round(self) -> list[int]:
+        """One pass of the verify graph: `[pending] + drafts` from the exact state; the accepted prefix's
+        state is the pass's state after its last token."""
+        K = self._verify_tokens
+        drafts, q = self._propose(max(0, min(K - 1, self.max_draft if self.max_draft is not None else K)))
+        if not drafts:
+            return self._decode_step()
+        start = time.perf_counter()
+        chunk = [self._pending, *drafts]
+        logits, states = self.session.verify(np.array([chunk + chunk[-1:] * (K - len(chunk))], np.int64), self._state)
+        self._policy.time("verify", time.perf_counter() - start)
+        kept, nxt = verify(logits[0, :len(chunk)], drafts, q, self.sampling, self._rng)
+        self._policy.passed(len(drafts), kept)
+        self.stats.passes += 1
+        self.stats.drafted += len(drafts)
+        self.stats.accepted += kept
+        out, fed = self._take(drafts[:kept] + [nxt])
+        self._state = states[len(fed) - 1]  # position i holds chunk[i]: pending and the first len(fed) - 1 drafts
         self._pending = fed[-1]
         self._context.extend(fed)
         return out
@@ -342,21 +377,24 @@ def speculative_generate(session: Session, drafter: Drafter, prompt_ids: Sequenc
                          context: Sequence[int] = ()) -> SpeculativeGeneration:
     """Stream up to `max_new_tokens` token ids after `prompt_ids`, drafted by `drafter`, verified by `session`.
 
-    At temperature 0 the tokens are those of `generate`, up to the difference between the prefill
-    graph (which verifies) and the decode graph (which `generate` runs): float rounding (~1e-6) in
-    float packages. Quantized packages put different quantization noise in the two graphs (gla-10m
-    INT8: up to 0.4 in a logit), so a near-tie can go the other way; there "auto" never verifies
-    (the output is that of `generate`) and "always" may differ. With sampling each token follows the
-    target's distribution (`verify`).
+    With the package's verify graph (`Session.verify`), at temperature 0 the tokens are those of
+    `generate`, in float and quantized packages alike: the verify graph computes what the decode graph
+    computes. Without one, verification runs through the prefill graph, which differs from the decode
+    graph by float rounding (~1e-6) in float packages and by other quantization noise in quantized
+    ones (gla-10m INT8: up to 0.4 in a logit), so a near-tie can go the other way; there "auto" never
+    verifies in a quantized package (the output is that of `generate`) and "always" may differ. With
+    sampling each token follows the target's distribution (`verify`).
 
     Args:
-        session: the target package; its prefill chunk is the verify pass (K - 1 drafts at most).
+        session: the target package; its verify graph's K (else its prefill chunk) bounds the drafts of
+            a pass to K - 1.
         drafter: `PromptLookupDrafter()` or `ModelDrafter(Session(draft_package))`.
         prompt_ids, max_new_tokens, sampling, seed, state, stop_ids: as for `generate`.
         max_draft: most drafts per pass (None: as many as the chunk holds).
-        speculate: "auto" verifies when the measured timings say it pays (otherwise it decodes plainly),
-            in float packages only; "always" verifies every round with as many drafts as fit (to
-            measure a drafter, or to speculate in a quantized package knowing greedy output may differ).
+        speculate: "auto" verifies when the measured timings say it pays (otherwise it decodes plainly;
+            without a verify graph, in float packages only); "always" verifies every round with as many
+            drafts as fit (to measure a drafter, or, without a verify graph, to speculate in a quantized
+            package knowing greedy output may differ).
         context: the tokens `state` already covers, shown to the drafter before the prompt (continuing
             from a saved or cached state).
     Example:

@@ -77,6 +77,18 @@ def _f16_state(out):
     return out
 
 
+def _no_position_state(out):
+    out.pop("present.0.recurrent_state.1", None)  # only the verify graph has it
+    return out
+
+
+def _f16_position_state(out):
+    if "present.0.conv_state.0" in out:
+        out["present.0.conv_state.0"] = out["present.0.conv_state.0"].astype(np.float16)
+    return out
+
+
 for _name, _fn in {"adv-nan": _nan_logits, "adv-wide": _wide_logits, "adv-nostate": _no_state,
-                   "adv-f16": _f16_state}.items():
+                   "adv-f16": _f16_state, "adv-noposition": _no_position_state,
+                   "adv-f16position": _f16_position_state}.items():
     _corrupting(_name, _fn)

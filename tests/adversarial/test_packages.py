@@ -527,3 +527,64 @@ def test_fuzz_state_arrays(session, data):
     except EdgelinError:
         return
     assert np.isfinite(logits).all() and logits.shape == (1, 2, 256)
+
+
+# the verify graph (speculative decoding) is loaded on first use: a bad one fails that call, in one line
+VERIFY_MUTATIONS = [("graphs>verify>tokens", 1, "must have tokens >= 2"), ("graphs>verify>tokens", 0, "graphs.verify.tokens"),
+                    ("graphs>verify>tokens", "8", "graphs.verify.tokens"), ("graphs>verify>file", "absent.onnx", "not listed"),
+                    ("graphs>verify>file", "../verify.onnx", "graphs.verify.file"), ("files>verify.onnx", DROP, "verify.onnx")]
+
+
+@pytest.mark.parametrize("path, value, msg", VERIFY_MUTATIONS)
+def test_bad_verify_graph_entry(copy_pkg, path, value, msg):
+    pkg = copy_pkg(lambda d: put(d, path, value))
+    assert msg in error_of(Session, pkg, threads=1)
+
+
+def test_verify_graph_file_missing(copy_pkg):
+    pkg = copy_pkg()
+    (pkg / "verify.onnx").unlink()
+    assert "missing verify.onnx" in error_of(Session, pkg, threads=1)
+
+
+@pytest.mark.parametrize("tokens, msg", [(7, "has unexpected output present.0.conv_state.6"),
+                                         (9, "lacks output present.0.conv_state.7")])
+def test_verify_graph_tokens_contradict_the_manifest(copy_pkg, tokens, msg):
+    s = Session(copy_pkg(lambda d: put(d, "graphs>verify>tokens", tokens)), threads=1)
+    assert "verify" not in s.graphs  # nothing loaded yet: decode-only use never sees it
+    assert msg in error_of(s.verify, np.zeros((1, tokens), np.int64), s.new_state())
+    assert s.forward(np.array([[1, 2]]), s.new_state())[0].shape == (1, 2, 256)  # the rest still runs
+
+
+@pytest.mark.parametrize("other, msg", [("decode.onnx", "lacks output present.0.conv_state.0"),
+                                        ("prefill.onnx", "lacks output present.0.conv_state.0")])
+def test_verify_graph_swapped_for_another_graph(pkg, tmp_path, other, msg):
+    """Checksums recomputed: the file is another step graph, with other inputs and outputs."""
+    swapped = rewrite_package(pkg, tmp_path / "swapped", files={"verify.onnx": pkg / other})
+    s = Session(swapped, threads=1)
+    assert msg in error_of(s.verify, np.zeros((1, 8), np.int64), s.new_state())
+
+
+def test_verify_call_checks_its_arguments(session):
+    assert "takes 8 tokens per run, not 3" in error_of(session.verify, np.zeros((1, 3), np.int64), session.new_state())
+    assert "outside the vocabulary" in error_of(session.verify, np.full((1, 8), 999), session.new_state())
+    assert "batch 2 but the state was made for batch 1" in error_of(session.verify, np.zeros((2, 8), np.int64),
+                                                                   session.new_state())
+
+
+def test_package_without_verify_graph(pkg, tmp_path):
+    """--verify-tokens 0 (or an older package): verify() says so; speculation falls back to the prefill graph."""
+    doc = read_package(pkg).raw
+    bare = rewrite_package(pkg, tmp_path / "bare", drop_files=("verify.onnx",),
+                           update={"graphs": {k: v for k, v in doc["graphs"].items() if k != "verify"}})
+    s = Session(bare, threads=1)
+    assert s.verify_tokens == 0
+    assert "has no verify graph" in error_of(s.verify, np.zeros((1, 8), np.int64), s.new_state())
+
+
+@pytest.mark.parametrize("backend, msg", [("adv-noposition", "returned nothing for present.0.recurrent_state.1"),
+                                          ("adv-f16position", "returned float16[1, 3, 128] for present.0.conv_state.0"),
+                                          ("adv-nan", "NaN or Inf logits")])
+def test_verify_graph_lying_at_run_time(pkg, backend, msg):
+    s = Session(pkg, backend=backend, threads=1)
+    assert msg in error_of(s.verify, np.zeros((1, 8), np.int64), s.new_state())

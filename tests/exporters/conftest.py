@@ -2,6 +2,7 @@
 import pytest
 
 from edgelin.exporters.package import export_package
+from quant_helpers import fp_package, table_of  # noqa: F401  (shared fixtures: the verify graph tests)
 
 PREFILL = 8
 IMPORTED = {  # tiny transformers models of the imported families

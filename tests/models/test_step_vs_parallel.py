@@ -4,7 +4,8 @@ import torch
 
 from edgelin.models import ZOO
 from edgelin.models.layers import MIXERS
-from registry_helpers import check_prefill_chunks_then_steps, check_step_equals_parallel, tiny_zoo_name, zoo_model
+from registry_helpers import (check_prefill_chunks_then_steps, check_step_equals_parallel, check_steps_equal_step,
+                              tiny_zoo_name, zoo_model)
 
 
 @pytest.mark.parametrize("mixer", list(MIXERS))
@@ -56,3 +57,11 @@ def test_checkpoint_round_trip_gives_identical_logits(tmp_path):
     ids = torch.randint(0, 256, (2, 20))
     with torch.no_grad():
         assert torch.equal(model(ids)[0], loaded(ids)[0])
+
+
+@pytest.mark.parametrize("K", [1, 2, 6], ids=lambda k: f"K{k}")
+@pytest.mark.parametrize("mixer", list(MIXERS))
+def test_steps_equal_k_steps(mixer, K):
+    """LM.steps (the verify graph's form: products batched over K, recurrences position by position)
+    equals K step calls, state after every position included."""
+    check_steps_equal_step(zoo_model(tiny_zoo_name(mixer)), K)

@@ -121,12 +121,33 @@ def zoo_package(tmp_path_factory):
     Weights use init_std 0.2 (registry_helpers.zoo_model) so logits are O(1) and a mismatch cannot hide."""
     made = {}
 
-    def get(name: str):
-        if name not in made:
+    def get(name: str, verify_tokens: int = 8):
+        """verify_tokens: K of the verify graph (0: none, as older packages)."""
+        if (name, verify_tokens) not in made:
             from edgelin.exporters.package import export_package
             from registry_helpers import zoo_model
 
-            made[name] = export_package(zoo_model(name), tmp_path_factory.mktemp("zoo") / name, prefill_tokens=ZOO_PREFILL)
+            made[name, verify_tokens] = export_package(zoo_model(name), tmp_path_factory.mktemp("zoo") / name,
+                                                       prefill_tokens=ZOO_PREFILL, verify_tokens=verify_tokens)
+        return made[name, verify_tokens]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def zoo_int8(tmp_path_factory, zoo_package):
+    """zoo_int8(name) -> the W8A8 package (INT16 states) of zoo_package(name), calibrated on 2 x 128 tokens."""
+    made = {}
+
+    def get(name: str):
+        if name not in made:
+            from edgelin.calibration import calibrate_package, default_text
+            from edgelin.quantize.package import quantize_package
+            from edgelin.quantize.schemes import W8A8
+
+            fp = zoo_package(name)
+            table = calibrate_package(fp, default_text(), streams=2, tokens=128)
+            made[name] = quantize_package(fp, tmp_path_factory.mktemp("zoo8") / name, W8A8(), table)
         return made[name]
 
     return get

@@ -29,9 +29,9 @@ def final_state(session, g):
     return state
 
 
-@pytest.mark.parametrize("name", TINY)
-def test_greedy_speculative_equals_plain_greedy_256_tokens(zoo_package, name):
-    session = Session(zoo_package(name), threads=1)
+def check_greedy_256(session):
+    """Speculative greedy output (the target drafting for itself, every third draft spoiled: kept and
+    rejected drafts in every pass) equals plain greedy output over 256 tokens, and leaves the same state."""
     prompt = np.random.default_rng(0).integers(0, 256, 13)
     plain = generate(session, prompt, 256)
     want = list(plain)
@@ -41,7 +41,42 @@ def test_greedy_speculative_equals_plain_greedy_256_tokens(zoo_package, name):
     assert spec.pending == plain.pending
     want_state, got_state = final_state(session, plain), final_state(session, spec)
     for k, a in got_state.items():
-        assert np.abs(a - want_state[k]).max() <= 1e-4 * max(1.0, np.abs(want_state[k]).max()), k
+        if np.issubdtype(a.dtype, np.integer):  # a quantized state: the same integers
+            assert np.array_equal(a, want_state[k]), k
+        else:
+            assert np.abs(a - want_state[k]).max() <= 1e-4 * max(1.0, np.abs(want_state[k]).max()), k
+    return spec
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_greedy_speculative_equals_plain_greedy_256_tokens(zoo_package, name):
+    """FP32, through the verify graph: per-position states, nothing replayed."""
+    spec = check_greedy_256(Session(zoo_package(name), threads=1))
+    assert spec.stats.decode_steps == 0  # every round a verify pass
+
+
+@pytest.mark.parametrize("name", ["gla-tiny", "hybrid-tiny", "mlstm-tiny", "mamba-tiny", "delta-net-tiny"])
+def test_greedy_speculative_equals_plain_greedy_256_tokens_int8(zoo_int8, name):
+    """W8A8 with INT16 states: the verify graph has the decode graph's quantization, so greedy output
+    is plain decoding's (through the prefill graph it was not: other quantization noise)."""
+    check_greedy_256(Session(zoo_int8(name), threads=1))
+
+
+@pytest.mark.parametrize("name", ["gla-tiny", "hybrid-tiny"])
+def test_greedy_speculative_without_a_verify_graph(zoo_package, name):
+    """Packages without a verify graph (--verify-tokens 0, older ones) verify through the prefill graph."""
+    session = Session(zoo_package(name, verify_tokens=0), threads=1)
+    assert session.verify_tokens == 0
+    check_greedy_256(session)
+
+
+def test_prompt_lookup_greedy_equals_plain_int8(zoo_int8):
+    session = Session(zoo_int8("hybrid-tiny"), threads=1)
+    prompt = np.tile(np.random.default_rng(1).integers(0, 256, 7), 4)
+    for speculate in ("always", "auto"):
+        spec = speculative_generate(session, PromptLookupDrafter(), prompt, 256, speculate=speculate)
+        assert list(spec) == list(generate(session, prompt, 256))
+        assert spec.stats.passes > 0, speculate
 
 
 @pytest.mark.parametrize("speculate", ["always", "auto"])
@@ -131,10 +166,10 @@ def test_bad_arguments(zoo_package, kw, msg):
         PromptLookupDrafter(max_ngram=0)
 
 
-def test_auto_does_not_verify_in_a_quantized_package(zoo_package):
-    """A quantized package's prefill graph carries other quantization noise than its decode graph:
-    "auto" decodes plainly there (identical output), "always" still verifies."""
-    session = Session(zoo_package("gla-tiny"), threads=1)
+def test_auto_does_not_verify_through_the_prefill_graph_of_a_quantized_package(zoo_package):
+    """Without a verify graph, a quantized package's prefill graph carries other quantization noise than
+    its decode graph: "auto" decodes plainly there (identical output), "always" still verifies."""
+    session = Session(zoo_package("gla-tiny", verify_tokens=0), threads=1)
     session.manifest.precision = {"scheme": "w8a8"}  # what the manifest of a --int8 package says
     prompt = [1, 2, 3, 1, 2, 3]
     auto = speculative_generate(session, ModelDrafter(session), prompt, 48)

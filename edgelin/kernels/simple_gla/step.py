@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from edgelin.kernels.gla.step import gla_step
+from edgelin.kernels.gla.step import Handoff, gla_step, gla_steps
 
 
 def simple_gla_step(
@@ -11,3 +11,11 @@ def simple_gla_step(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """GLA's step (q comes scaled) with the head's log-decay g [B, H] (or [H]) on every key channel."""
     return gla_step(q, k, v, g[..., None], state)
+
+
+def simple_gla_steps(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, state: torch.Tensor,
+    handoff: Handoff = lambda s: s,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """K positions of `simple_gla_step` (`gla_steps`), g [B, K, H] or [H] (the same at every position)."""
+    return gla_steps(q, k, v, g[..., None], state, handoff)

@@ -26,6 +26,32 @@ class TokenMixer(nn.Module):
     def step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         raise NotImplementedError
 
+    def steps(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, list[State]]:
+        """`step` over x [B, K, D], one position after another: y [B, K, D] and the state after each
+        position (the verify graph, docs/DESIGN.md). This default calls `step` K times; a family
+        overrides it to run its projections once over the K positions and only the recurrence per
+        position, with the step's arithmetic, so the results stay those of K `step` calls."""
+        ys, states = [], []
+        for t in range(x.shape[1]):
+            y, state = self.step(x[:, t:t + 1], state)
+            ys.append(y)
+            state = handoff(state)
+            states.append(state)
+        return torch.cat(ys, 1), states
+
+
+def handoff(state: State | torch.Tensor) -> State | torch.Tensor:
+    """The state (a State, or one of its tensors) one position of `steps` passes to the next and
+    returns as that position's state.
+
+    An identity, traced as its own node (a Cast to the same type; the exporter makes it an Identity):
+    the position's read-out uses the state it computed, the next position reads this copy. That is
+    where a quantized verify graph rounds the state to its integers, as the decode graph rounds the
+    state it outputs before the next step reads it (docs/DESIGN.md, "The verify graph")."""
+    if isinstance(state, torch.Tensor):
+        return state.to(state.dtype)
+    return {kind: s.to(s.dtype) for kind, s in state.items()}
+
 
 FEATURE_MAPS = {
     "relu": torch.relu,

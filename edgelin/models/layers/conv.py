@@ -37,8 +37,27 @@ class ShortConvolution(nn.Module):
         else:
             T = x.shape[1]
             y, new_state = sum(xs[:, i : i + T] * w[i] for i in range(self.kernel)), xs[:, T:]
+        return self._finish(y), new_state
+
+    def steps(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """x [B, K, C] as K single steps: y [B, K, C] and the state after each position (K tensors
+        [B, kernel-1, C]). Each position's window is the decode step's (the state the previous
+        position handed off, `base.handoff`, then its input); the windows of all positions go through
+        one Mul by the taps and one ReduceSum, which sum each window as the step does (same values),
+        so the results equal K calls with one token each."""
+        if state.dtype != x.dtype:
+            state = state.to(x.dtype)
+        w = self.weight[:, 0].t()
+        windows, states = [], []
+        for xt in x.split(1, dim=1):
+            windows.append(torch.cat([state, xt], dim=1))  # [B, kernel, C]
+            state = windows[-1][:, 1:].to(x.dtype)  # handed off (base.handoff)
+            states.append(state)
+        return self._finish((torch.stack(windows, 1) * w).sum(2)), states
+
+    def _finish(self, y: torch.Tensor) -> torch.Tensor:
         if self.bias is not None:
             y = y + self.bias
         if self.activation == "silu":
             y = F.silu(y)
-        return y, new_state
+        return y

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgelin.kernels.dispatch import chunk_gated_delta_rule
-from edgelin.kernels.gated_delta.step import delta_rule_step
+from edgelin.kernels.gated_delta.step import delta_rule_step, gated_delta_rule_steps
 from edgelin.models.config import LMConfig, mixer_options
-from edgelin.models.layers.base import State, TokenMixer, feature_map, l2norm, split_heads
+from edgelin.models.layers.base import State, TokenMixer, feature_map, handoff, l2norm, split_heads
 from edgelin.models.layers.conv import ShortConvolution
 from edgelin.models.layers.norm import GatedRMSNorm, gated_output
 
@@ -63,12 +63,13 @@ class DeltaNet(TokenMixer):
             shapes["conv_state"] = self.conv.state_shape(batch)
         return shapes
 
-    def _project(self, x: torch.Tensor, state: State) -> tuple:
+    def _project(self, x: torch.Tensor, state: State, steps: bool = False) -> tuple:
         o = self.options
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         new_state = {}
         if self.conv is not None:
-            qkv, new_state["conv_state"] = self.conv(torch.cat([q, k, v], -1), state["conv_state"])
+            conv = self.conv.steps if steps else self.conv  # steps: a conv state per position
+            qkv, new_state["conv_state"] = conv(torch.cat([q, k, v], -1), state["conv_state"])
             q, k, v = qkv.split([self.key_dim, self.key_dim, self.value_dim], -1)
         if o.qk_activation == "silu":
             q, k = F.silu(q), F.silu(k)
@@ -98,3 +99,9 @@ class DeltaNet(TokenMixer):
         q, k, v, beta = q[:, 0], k[:, 0], v[:, 0], beta[:, 0]
         o, new_state["recurrent_state"] = delta_rule_step(q * self.head_k**-0.5, k, v, beta, state["recurrent_state"])
         return gated_output(o[:, None], x, self.heads, self.g_proj, self.o_norm, self.o_proj), new_state
+
+    def steps(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, list[State]]:
+        q, k, v, beta, conv = self._project(x, state, steps=True)
+        o, S = gated_delta_rule_steps(q * self.head_k**-0.5, k, v, None, beta, state["recurrent_state"], handoff)
+        states = [{"recurrent_state": s, **{kind: c[t] for kind, c in conv.items()}} for t, s in enumerate(S)]
+        return gated_output(o, x, self.heads, self.g_proj, self.o_norm, self.o_proj), states

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgelin.kernels.dispatch import chunk_gated_delta_rule
-from edgelin.kernels.gated_delta.step import gated_delta_rule_step
+from edgelin.kernels.gated_delta.step import gated_delta_rule_step, gated_delta_rule_steps
 from edgelin.models.config import LMConfig, mixer_options
-from edgelin.models.layers.base import State, TokenMixer, l2norm, split_heads
+from edgelin.models.layers.base import State, TokenMixer, handoff, l2norm, split_heads
 from edgelin.models.layers.conv import ShortConvolution
 from edgelin.models.layers.norm import GatedRMSNorm, gated_output
 
@@ -61,11 +61,12 @@ class GatedDelta(TokenMixer):
             shapes["conv_state"] = self.conv.state_shape(batch)
         return shapes
 
-    def _project(self, x: torch.Tensor, state: State) -> tuple:
+    def _project(self, x: torch.Tensor, state: State, steps: bool = False) -> tuple:
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         new_state = {}
         if self.conv is not None:
-            qkv, new_state["conv_state"] = self.conv(torch.cat([q, k, v], -1), state["conv_state"])
+            conv = self.conv.steps if steps else self.conv  # steps: a conv state per position
+            qkv, new_state["conv_state"] = conv(torch.cat([q, k, v], -1), state["conv_state"])
             q, k, v = qkv.split([self.key_dim, self.key_dim, self.value_dim], -1)
         else:
             q, k, v = F.silu(q), F.silu(k), F.silu(v)
@@ -94,3 +95,9 @@ class GatedDelta(TokenMixer):
             q * self.head_k**-0.5, k, v, g, beta, state["recurrent_state"]
         )
         return gated_output(o[:, None], x, self.heads, self.g_proj, self.o_norm, self.o_proj), new_state
+
+    def steps(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, list[State]]:
+        q, k, v, g, beta, conv = self._project(x, state, steps=True)
+        o, S = gated_delta_rule_steps(q * self.head_k**-0.5, k, v, g, beta, state["recurrent_state"], handoff)
+        states = [{"recurrent_state": s, **{kind: c[t] for kind, c in conv.items()}} for t, s in enumerate(S)]
+        return gated_output(o, x, self.heads, self.g_proj, self.o_norm, self.o_proj), states

@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgelin.kernels.dispatch import chunk_gla
-from edgelin.kernels.gla.step import gla_step
+from edgelin.kernels.gla.step import gla_step, gla_steps
 from edgelin.models.config import LMConfig, mixer_options
-from edgelin.models.layers.base import State, TokenMixer, feature_map, split_heads
+from edgelin.models.layers.base import State, TokenMixer, feature_map, handoff, split_heads
 from edgelin.models.layers.conv import ShortConvolution
 from edgelin.models.layers.norm import GatedRMSNorm, gated_output
 
@@ -54,11 +54,12 @@ class GLA(TokenMixer):
             shapes["conv_state"] = self.conv.state_shape(batch)
         return shapes
 
-    def _project(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, ...]:
+    def _project(self, x: torch.Tensor, state: State, steps: bool = False) -> tuple[torch.Tensor, ...]:
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         new_state = {}
         if self.conv is not None:
-            qkv, new_state["conv_state"] = self.conv(torch.cat([q, k, v], -1), state["conv_state"])
+            conv = self.conv.steps if steps else self.conv  # steps: a conv state per position
+            qkv, new_state["conv_state"] = conv(torch.cat([q, k, v], -1), state["conv_state"])
             q, k, v = qkv.split([self.key_dim, self.key_dim, self.value_dim], -1)
         # log decay = logsigmoid(z) / normalizer, always <= 0; -softplus(-z) is logsigmoid without a Log op.
         g = -F.softplus(-self.gk_proj(x)) / self.options.gate_logit_normalizer
@@ -78,3 +79,9 @@ class GLA(TokenMixer):
         q, k, v, g = q[:, 0], k[:, 0], v[:, 0], g[:, 0]  # [B, H, D]
         o, new_state["recurrent_state"] = gla_step(q * q.shape[-1] ** -0.5, k, v, g, state["recurrent_state"])
         return gated_output(o[:, None], x, self.heads, self.g_proj, self.o_norm, self.o_proj), new_state
+
+    def steps(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, list[State]]:
+        q, k, v, g, conv = self._project(x, state, steps=True)
+        o, S = gla_steps(q * q.shape[-1] ** -0.5, k, v, g, state["recurrent_state"], handoff)
+        states = [{"recurrent_state": s, **{kind: c[t] for kind, c in conv.items()}} for t, s in enumerate(S)]
+        return gated_output(o, x, self.heads, self.g_proj, self.o_norm, self.o_proj), states

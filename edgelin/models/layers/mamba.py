@@ -18,7 +18,7 @@ from torch import nn
 
 from edgelin.kernels.dispatch import chunk_gla
 from edgelin.models.config import LMConfig, mixer_options
-from edgelin.models.layers.base import State, TokenMixer
+from edgelin.models.layers.base import State, TokenMixer, handoff
 from edgelin.models.layers.conv import ShortConvolution
 
 
@@ -53,9 +53,9 @@ class Mamba(TokenMixer):
     def state_shapes(self, batch: int) -> dict[str, tuple[int, ...]]:
         return {"recurrent_state": (batch, self.inner, self.state_size), "conv_state": self.conv.state_shape(batch)}
 
-    def _project(self, x: torch.Tensor, state: State) -> tuple:
+    def _project(self, x: torch.Tensor, state: State, steps: bool = False) -> tuple:
         xs, z = self.in_proj(x).chunk(2, dim=-1)
-        xs, conv_state = self.conv(xs, state["conv_state"])
+        xs, conv_state = (self.conv.steps if steps else self.conv)(xs, state["conv_state"])  # steps: one per position
         dt, b, c = self.x_proj(xs).split([self.dt_rank, self.state_size, self.state_size], -1)
         dt = F.softplus(self.dt_proj(dt))  # [B, T, inner]
         g = -self.A_log.float().exp() * dt[..., None]  # log decay [B, T, inner, state]
@@ -78,3 +78,15 @@ class Mamba(TokenMixer):
         S = state["recurrent_state"] * g[:, 0].exp() + (xs[:, 0] * dt[:, 0])[..., None] * b[:, 0, None, :]
         y = (S * c[:, 0, None, :]).sum(-1)
         return self._output(y[:, None], xs, z), {"recurrent_state": S, "conv_state": conv_state}
+
+    def steps(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, list[State]]:
+        xs, z, dt, b, c, g, conv = self._project(x, state, steps=True)
+        # the step's arithmetic per position; decays and inputs of every position computed at once
+        decay, inp, c = g.exp(), (xs * dt)[..., None] * b[:, :, None, :], c[:, :, None, :]
+        S, ys, states = state["recurrent_state"], [], []
+        for t in range(x.shape[1]):
+            S = S * decay[:, t] + inp[:, t]
+            ys.append((S * c[:, t]).sum(-1)[:, None])
+            S = handoff(S)
+            states.append({"recurrent_state": S, "conv_state": conv[t]})
+        return self._output(torch.cat(ys, 1), xs, z), states

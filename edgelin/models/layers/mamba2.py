@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgelin.kernels.dispatch import chunk_simple_gla
-from edgelin.kernels.simple_gla.step import simple_gla_step
+from edgelin.kernels.simple_gla.step import simple_gla_step, simple_gla_steps
 from edgelin.models.config import LMConfig, mixer_options
-from edgelin.models.layers.base import State, TokenMixer
+from edgelin.models.layers.base import State, TokenMixer, handoff
 from edgelin.models.layers.conv import ShortConvolution
 from edgelin.models.layers.norm import GroupRMSNormAfterGate
 
@@ -57,10 +57,10 @@ class Mamba2(TokenMixer):
         o = self.options
         return {"recurrent_state": (batch, self.heads, o.state_size, o.head_dim), "conv_state": self.conv.state_shape(batch)}
 
-    def _project(self, x: torch.Tensor, state: State) -> tuple:
+    def _project(self, x: torch.Tensor, state: State, steps: bool = False) -> tuple:
         o = self.options
         z, xbc, dt = self.in_proj(x).split([self.inner, self.conv_dim, self.heads], -1)
-        xbc, conv_state = self.conv(xbc, state["conv_state"])
+        xbc, conv_state = (self.conv.steps if steps else self.conv)(xbc, state["conv_state"])  # steps: one per position
         xs, b, c = xbc.split([self.inner, o.n_groups * o.state_size, o.n_groups * o.state_size], -1)
         B, T = x.shape[:2]
         xs = xs.reshape(B, T, self.heads, o.head_dim)
@@ -87,3 +87,8 @@ class Mamba2(TokenMixer):
         xs0, b, c, dt, g = xs[:, 0], b[:, 0], c[:, 0], dt[:, 0], g[:, 0]
         y, S = simple_gla_step(c, b, xs0 * dt[..., None], g, state["recurrent_state"])
         return self._output(y[:, None], xs, z), {"recurrent_state": S, "conv_state": conv_state}
+
+    def steps(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, list[State]]:
+        z, xs, b, c, dt, g, conv = self._project(x, state, steps=True)
+        y, S = simple_gla_steps(c, b, xs * dt[..., None], g, state["recurrent_state"], handoff)
+        return self._output(y, xs, z), [{"recurrent_state": s, "conv_state": conv[t]} for t, s in enumerate(S)]

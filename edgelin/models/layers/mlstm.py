@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgelin.kernels.dispatch import chunk_mlstm
-from edgelin.kernels.mlstm.step import mlstm_step
+from edgelin.kernels.mlstm.step import mlstm_step, mlstm_steps
 from edgelin.models.config import LMConfig, mixer_options
-from edgelin.models.layers.base import State, TokenMixer, split_heads
+from edgelin.models.layers.base import State, TokenMixer, handoff, split_heads
 
 
 @dataclass
@@ -100,3 +100,13 @@ class MLSTM(TokenMixer):
             self.options.eps,
         )
         return self._output(h[:, None], x), {"cell_state": C, "normalizer_state": n, "max_state": m}
+
+    def steps(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, list[State]]:
+        q, k, v = (split_heads(p(x), self.heads) for p in (self.q_proj, self.k_proj, self.v_proj))  # [B, K, H, D]
+        q = q * q.shape[-1] ** -0.5
+        # the gates position by position on [B, D], as `step` computes them: ONNX Runtime fuses such a 2-D
+        # product and its bias into a Gemm, whose rounding depends on its row count
+        i, f = (torch.stack(g, 1) for g in zip(*(self._gates(x[:, t]) for t in range(x.shape[1]))))
+        h, S = mlstm_steps(q, k, v, i, f, (state["cell_state"], state["normalizer_state"], state["max_state"]),
+                           self.options.eps, handoff)
+        return self._output(h, x), [{"cell_state": C, "normalizer_state": n, "max_state": m} for C, n, m in S]

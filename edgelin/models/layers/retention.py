@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from edgelin.kernels.dispatch import chunk_simple_gla
-from edgelin.kernels.simple_gla.step import simple_gla_step
+from edgelin.kernels.simple_gla.step import simple_gla_step, simple_gla_steps
 from edgelin.models.config import LMConfig, mixer_options
-from edgelin.models.layers.base import State, TokenMixer, feature_map, split_heads
+from edgelin.models.layers.base import State, TokenMixer, feature_map, handoff, split_heads
 from edgelin.models.layers.norm import GatedRMSNorm, gated_output
 from edgelin.models.layers.swa import rotate
 
@@ -87,3 +87,17 @@ class Retention(TokenMixer):
             S = rotate_state(S, 1, self.options.rope_theta)
         o, S = simple_gla_step(q * q.shape[-1] ** -0.5, k, v, self.log_decay, S)
         return gated_output(o[:, None], x, self.heads, self.g_proj, self.o_norm, self.o_proj), {"recurrent_state": S}
+
+    def steps(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, list[State]]:
+        q, k, v = self._project(x)
+        q = q * q.shape[-1] ** -0.5
+        if not self.options.rotary:
+            o, S = simple_gla_steps(q, k, v, self.log_decay, state["recurrent_state"], handoff)
+            return gated_output(o, x, self.heads, self.g_proj, self.o_norm, self.o_proj), [{"recurrent_state": s} for s in S]
+        S, outs, states = state["recurrent_state"], [], []
+        for t in range(x.shape[1]):  # the state turns by one position before each step
+            o, S = simple_gla_step(q[:, t], k[:, t], v[:, t], self.log_decay, rotate_state(S, 1, self.options.rope_theta))
+            S = handoff(S)
+            outs.append(o[:, None])
+            states.append({"recurrent_state": S})
+        return gated_output(torch.cat(outs, 1), x, self.heads, self.g_proj, self.o_norm, self.o_proj), states

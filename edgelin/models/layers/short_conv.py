@@ -36,3 +36,8 @@ class GatedShortConv(TokenMixer):
 
     # The conv is its own recurrence: one token through the parallel form is the step.
     step = forward
+
+    def steps(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, list[State]]:
+        b, c, h = self.in_proj(x).chunk(3, dim=-1)
+        y, conv = self.conv.steps(b * h, state["conv_state"])
+        return self.out_proj(c * y), [{"conv_state": s} for s in conv]

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgelin.models.config import LMConfig, mixer_options
-from edgelin.models.layers.base import State, TokenMixer, split_heads
+from edgelin.models.layers.base import State, TokenMixer, handoff, split_heads
 from edgelin.models.layers.norm import RMSNorm
 
 
@@ -119,3 +119,14 @@ class SlidingWindowAttention(TokenMixer):
         return self.o_proj(o), new_state
 
     step = forward
+
+    def steps(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, list[State]]:
+        """The projections over the K positions at once, attention one position at a time (the step's)."""
+        q, k, v = self.project(x)
+        outs, states = [], []
+        for t in range(x.shape[1]):
+            o, state = self.attend(q[:, :, t:t + 1], k[:, t:t + 1], v[:, t:t + 1], state)
+            state = handoff(state)
+            outs.append(o)
+            states.append(state)
+        return self.o_proj(torch.cat(outs, 1)), states

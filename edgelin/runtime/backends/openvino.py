@@ -14,7 +14,7 @@ import numpy as np
 
 from edgelin.errors import EdgelinError
 from edgelin.runtime.backends import first_line, register_backend
-from edgelin.runtime.backends._variants import backend_variant
+from edgelin.runtime.backends._variants import backend_variant, compiled_graphs
 from edgelin.runtime.package import Manifest
 
 DEFAULT_THREADS = 2
@@ -60,7 +60,7 @@ class OpenVinoBackend:
     def graph_files(cls, manifest: Manifest) -> dict[str, dict]:
         entry = backend_variant(manifest, "openvino", cls.variant, hint="edgelin compile PKG --backend openvino")
         weights = {"weights": entry["weights"]} if "weights" in entry else {}
-        return {name: {"file": entry[name], **weights} for name in manifest.graphs}
+        return {name: {"file": entry[name], **weights} for name in compiled_graphs(manifest)}
 
     def __init__(self, graph_path: Path, *, threads: int | None = None, device: str | None = None,
                  weights: Path | None = None) -> None:

@@ -1,8 +1,8 @@
 """ONNX Runtime back end (CPU execution provider, sequential execution).
 
 With a package's shared weights (`initializers`), both sessions use the same arrays. ORT packs the
-weights of MatMul-type nodes into a private copy per session (prepacking); the decode graph keeps
-that (it is faster at one token), the prefill graph reads the shared copy unpacked.
+weights of MatMul-type nodes into a private copy per session (prepacking); the decode and verify
+graphs keep that (faster at a few tokens), the prefill graph reads the shared copy unpacked.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class OrtBackend:
 
     @classmethod
     def graph_files(cls, manifest: Manifest) -> dict[str, dict]:
-        return {name: {"file": g.file, "prepack": name == "decode"} for name, g in manifest.graphs.items()}
+        return {name: {"file": g.file, "prepack": name in ("decode", "verify")} for name, g in manifest.graphs.items()}
 
     def __init__(self, graph_path: Path | bytes, *, threads: int | None = None,
                  initializers: dict[str, np.ndarray] | None = None, prepack: bool = True) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 
 from edgelin.errors import EdgelinError
 from edgelin.runtime.backends import first_line, register_backend
-from edgelin.runtime.backends._variants import backend_variant
+from edgelin.runtime.backends._variants import backend_variant, compiled_graphs
 from edgelin.runtime.package import Manifest
 
 DEFAULT_THREADS = 2
@@ -67,7 +67,7 @@ class TvmBackend:
     def graph_files(cls, manifest: Manifest) -> dict[str, dict]:
         arch = platform.machine()
         entry = backend_variant(manifest, "tvm", arch, hint=f"edgelin compile PKG --backend tvm --target {arch}")
-        return {name: entry[name] for name in manifest.graphs}
+        return {name: entry[name] for name in compiled_graphs(manifest)}
 
     def __init__(self, graph_path: Path, *, threads: int | None = None, inputs: list[str], outputs: list[str],
                  function: str = "main", trust_native_code: bool = False) -> None:
