@@ -3,8 +3,8 @@
 This is what every exporter traces. `tokens == 1` traces the recurrent step form (decode graph);
 `tokens > 1` traces the chunked form over a fixed chunk (prefill graph). Both take and return the
 same states, named as ONNX Runtime GenAI names them. `verify` traces `tokens` steps of the step form
-(`LM.steps`, the verify graph): the state after the last position as `present.*`, and after each
-earlier position t as `present.*.{t}`. With `block_outputs`, the tensor that leaves
+(`LM.steps`, the verify graph): the state after each position t as an output `present.*.{t}`, which
+the exporter stacks into one output per state (`exporters/onnx.py`, `stack_handoffs`). With `block_outputs`, the tensor that leaves
 each block is an extra output `hidden.<layer>`; the exporter records those tensors as sites and then
 drops the extra outputs.
 """
@@ -70,11 +70,9 @@ class StepGraph(nn.Module):
         finally:
             for h in hooks:
                 h.remove()
-        earlier: list[torch.Tensor] = []
         if self.verify:  # new_state: one state per position
-            earlier = [new_state[t][e.layer][e.kind] for t in range(self.tokens - 1) for e in self.entries]
-            new_state = new_state[-1]
-        return (logits, *(new_state[e.layer][e.kind] for e in self.entries), *earlier, *hidden)
+            return (logits, *(new_state[t][e.layer][e.kind] for t in range(self.tokens) for e in self.entries), *hidden)
+        return (logits, *(new_state[e.layer][e.kind] for e in self.entries), *hidden)
 
     def example_inputs(self, batch: int = 1) -> tuple[torch.Tensor, ...]:
         ids = torch.zeros(batch, self.tokens, dtype=torch.long)
@@ -87,5 +85,6 @@ class StepGraph(nn.Module):
     @property
     def output_names(self) -> list[str]:
         hidden = [hidden_name(i) for i in range(len(self.model.blocks))] if self.block_outputs else []
-        earlier = [position_output(e.output, t) for t in range(self.tokens - 1) for e in self.entries] if self.verify else []
-        return ["logits", *(e.output for e in self.entries), *earlier, *hidden]
+        if self.verify:
+            return ["logits", *(position_output(e.output, t) for t in range(self.tokens) for e in self.entries), *hidden]
+        return ["logits", *(e.output for e in self.entries), *hidden]

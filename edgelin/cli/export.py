@@ -18,7 +18,7 @@ def export(
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Package directory (default: out/MODEL)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing package."),
     prefill_tokens: int = typer.Option(64, help="Token count of the prefill graph (a fixed chunk)."),
-    verify_tokens: int = typer.Option(8, help="Token count K of the verify graph: K decode steps in one run, which "
+    verify_tokens: int = typer.Option(4, help="Token count K of the verify graph: K decode steps in one run, which "
                                       "speculative decoding verifies drafts with (0: no verify graph)."),
     int8: bool = typer.Option(False, "--int8", help="Quantize: W8A8 (INT16 states), then validate against FP32."),
     int16: bool = typer.Option(False, "--int16", help="Quantize: W8A16 (16-bit activations, NPU layout)."),

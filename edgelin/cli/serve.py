@@ -29,8 +29,8 @@ def serve(
     checkpoint_every: int = typer.Option(512, help="Checkpoint long prompts every N tokens (0: only message ends)."),
     draft: Optional[str] = typer.Option(None, help="Speculative decoding of a request that runs alone: 'lookup' "
                                         "(prompt lookup) or a draft package sharing the tokenizer."),
-    speculate: str = typer.Option("auto", help="With --draft: 'auto' (verify when it pays; float packages only) "
-                                  "or 'always'."),
+    speculate: str = typer.Option("auto", help="With --draft: 'auto' (verify when it pays; a quantized package "
+                                  "needs its verify graph) or 'always'."),
     max_body_kb: int = typer.Option(1024, help="Largest request body in KiB."),
 ) -> None:
     """Serve PACKAGE over HTTP with the OpenAI API (/v1/completions, /v1/chat/completions, /v1/models, /health)."""
@@ -43,10 +43,13 @@ def serve(
                           checkpoint_every=checkpoint_every, request_timeout=timeout,
                           max_prompt_tokens=max_prompt_tokens, max_tokens=max_tokens,
                           drafter=drafter_for(draft, backend, threads), speculate=speculate)
-    if draft and speculate == "auto" and read_package(package).precision.get("scheme", "fp32") != "fp32":
-        console.print("note: --speculate auto does not verify drafts in a quantized package (its prefill graph "
-                      "differs from its decode graph by quantization noise, so greedy output could change); "
-                      "--speculate always does", highlight=False)
+    manifest = read_package(package)
+    if draft and speculate == "auto" and manifest.precision.get("scheme", "fp32") != "fp32" \
+            and "verify" not in manifest.graphs:
+        console.print("note: --speculate auto does not verify drafts in a quantized package without a verify graph "
+                      "(its prefill graph differs from its decode graph by quantization noise, so greedy output "
+                      "could change); export it again (edgelin export --int8 adds one) or use --speculate always",
+                      highlight=False)
     run_server(package, host=host, port=port, backend=backend, threads=threads, model_name=model_name, config=config,
                max_body_bytes=max_body_kb << 10,
                ready=lambda url: console.print(f"serving {package} on {url} (Ctrl-C to stop)", highlight=False))

@@ -13,12 +13,13 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 
 from edgelin.errors import EdgelinError
 from edgelin.models.lm import LM
-from edgelin.runtime.package import position_output
+from edgelin.runtime.package import position_output, steps_output
 from edgelin.trace import StepGraph
 
 OPSET = 17
@@ -120,7 +121,7 @@ def export_step_graph(model: LM, tokens: int, path: str | Path, *, opset: int = 
                   output_names=graph.output_names, opset=opset)
     proto = onnx.load(str(path))
     if verify:
-        mark_handoffs(proto, [e.output for e in graph.entries], tokens)
+        stack_handoffs(proto, [(e.output, e.shape) for e in graph.entries], tokens)
         per_position(proto, tokens)
     # The tracer names the logits' token axis after a node; pin it to the graph's fixed size.
     logits = next(o for o in proto.graph.output if o.name == "logits")
@@ -132,23 +133,40 @@ def export_step_graph(model: LM, tokens: int, path: str | Path, *, opset: int = 
     return proto
 
 
-def mark_handoffs(proto: onnx.ModelProto, outputs: list[str], tokens: int) -> None:
-    """Make each state output of a verify graph an Identity of the state its position computed.
+def stack_handoffs(proto: onnx.ModelProto, states: list[tuple[str, tuple[int, ...]]], tokens: int) -> None:
+    """Give a traced verify graph its contract (docs/FORMAT.md): the state after each position t,
+    `present.{i}.{kind}.{t}`, made by an Identity named `<tensor>_handoff`, and one output per state,
+    `present.{i}.{kind}.steps` [batch, tokens, ...]: the positions' states stacked (Unsqueeze, Concat).
 
     `models.layers.base.handoff` traces as a Cast to the same type; the position's own read-out uses
-    the Cast's input, the next position its output. As Identity nodes named `<output>_handoff`, that
-    split is part of the graph contract (docs/FORMAT.md), and a quantizer rounds the state there.
+    the Cast's input, the next position its output. With that split named, a quantizer rounds the
+    state there, as the decode graph rounds the state it outputs; one stacked output per state (not
+    one per position) keeps the run's outputs few.
     """
     by_output = {o: n for n in proto.graph.node for o in n.output}
-    for base in outputs:
-        for name in [position_output(base, t) for t in range(tokens - 1)] + [base]:
+    g = proto.graph
+    per_position = {o.name for o in g.output}
+    kept = [o for o in g.output if not any(o.name == position_output(base, t) for base, _ in states for t in range(tokens))]
+    axes = f"{states[0][0]}_stack_axes" if states else ""
+    if states:
+        g.initializer.append(onnx.numpy_helper.from_array(np.array([1], np.int64), axes))
+    for base, shape in states:
+        names = [position_output(base, t) for t in range(tokens)]
+        for name in names:
             node = by_output.get(name)
-            if node is None or node.op_type not in ("Cast", "Identity") or \
+            if name not in per_position or node is None or node.op_type not in ("Cast", "Identity") or \
                     node.op_type == "Cast" and next(a.i for a in node.attribute if a.name == "to") != onnx.TensorProto.FLOAT:
                 raise EdgelinError(f"the verify graph computes {name} without a hand-off node (a mixer's steps() "
                                    "must pass its state on through models.layers.base.handoff)")
             node.op_type, node.name = "Identity", f"{name}_handoff"
             del node.attribute[:]
+            g.node.append(onnx.helper.make_node("Unsqueeze", [name, axes], [f"{name}_stacked"], name=f"{name}_stack"))
+        out = steps_output(base)
+        g.node.append(onnx.helper.make_node("Concat", [f"{n}_stacked" for n in names], [out], name=f"{out}_concat", axis=1))
+        kept.append(onnx.helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, [BATCH, tokens, *shape]))
+    hidden = [o for o in kept if not o.name.endswith(".steps") and o.name != "logits"]
+    del g.output[:]
+    g.output.extend([o for o in kept if o.name == "logits"] + [o for o in kept if o.name.endswith(".steps")] + hidden)
 
 
 # ONNX Runtime's CPU kernels for these round an element differently in a vector body and a scalar

@@ -22,7 +22,7 @@ from edgelin.sites import GraphSites
 from edgelin.trace import StepGraph, hidden_name, state_entries
 
 DEFAULT_PREFILL_TOKENS = 64
-DEFAULT_VERIFY_TOKENS = 8
+DEFAULT_VERIFY_TOKENS = 4
 
 
 def step_graphs(prefill_tokens: int, verify_tokens: int) -> dict[str, int]:

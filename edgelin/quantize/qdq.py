@@ -14,9 +14,10 @@ What it writes (opset 21, standard ONNX except MatMulNBits):
     (Gather -> Cast -> Mul by the gathered row scales), so a step dequantizes only its tokens' rows.
   * states: graph inputs and outputs become int16 (symmetric, per tensor, scale shared by every
     graph) with a DequantizeLinear after each input and a QuantizeLinear before each output;
-    states whose policy is "float" (attention's `window_mask`) stay float. The verify graph's state
-    after each earlier position (`present.*.{t}`) is an int16 output too, and the next position
-    reads it back through a DequantizeLinear: what the decode graph's next step would read.
+    states whose policy is "float" (attention's `window_mask`) stay float. In the verify graph the
+    state after each position (`present.*.{t}`) is rounded to int16 there, the next position reads it
+    back through a DequantizeLinear (what the decode graph's next step would read), and the stacked
+    output `present.*.steps` is int16.
 Which initializers are weights, and what each one is, comes from the graph's declared sites
 (edgelin/sites.py); the pass never guesses from node names or op patterns. A weight may be read by
 MatMul, Gemm or Einsum along any declared output axis; MatMulNBits needs a MatMul's [K, N].
@@ -32,7 +33,7 @@ from edgelin.calibration.table import CalibrationTable
 from edgelin.errors import EdgelinError
 from edgelin.quantize.primitives import ActQuant, WeightQuant, activation_qparams, quantize_weight_np
 from edgelin.quantize.schemes import Int4Format, LayerPrecision, QuantScheme
-from edgelin.runtime.package import position_output
+from edgelin.runtime.package import position_output, steps_output
 from edgelin.sites import GraphSites, WeightSite, activation_inputs, weight_readers
 
 OPSET = 21
@@ -222,28 +223,35 @@ def state_qparams(entries: list[dict], table: CalibrationTable, scheme: QuantSch
 
 
 def _quantize_position_states(b: _Graph, qparams: dict[str, dict], entries: list[dict]) -> None:
-    """The verify graph's `present.*.{t}`: Q to the state's integers (the output), and the position
-    after it reads DQ of those integers, as a decode step reads the state the previous one wrote."""
+    """The verify graph: the state after each position (`present.*.{t}`, its hand-off node's output)
+    becomes the state's integers; the next position reads their DequantizeLinear, as a decode step
+    reads the state the previous one wrote, and the stacked output `present.*.steps` gathers the
+    integers (docs/FORMAT.md)."""
     outputs = {o.name: o for o in b.g.output}
     for entry in entries:
-        if entry["input"] not in qparams:
+        stacked = steps_output(entry["output"])
+        if entry["input"] not in qparams or stacked not in outputs:
             continue
         qp = qparams[entry["input"]]
         dtype = np.dtype(qp["dtype"])
+        s = b.add_init(f"{stacked}_scale", np.array(qp["scale"], np.float32))
+        z = b.add_init(f"{stacked}_zero_point", np.array(qp["zero_point"], dtype))
         t = 0
-        while position_output(entry["output"], t) in outputs:
+        while (after := next((i for i, n in enumerate(b.g.node) if position_output(entry["output"], t) in n.output),
+                             None)) is not None:
             name = position_output(entry["output"], t)
             fout, fin = f"{name}_float", f"{name}_dq"
-            s = b.add_init(f"{name}_scale", np.array(qp["scale"], np.float32))
-            z = b.add_init(f"{name}_zero_point", np.array(qp["zero_point"], dtype))
-            after = next(i for i, n in enumerate(b.g.node) if name in n.output) + 1  # right after its producer
             for node in [*b.g.node, *(n for _, n in b.new_nodes)]:
-                node.input[:] = [fin if x == name else x for x in node.input]
+                if node.output != [f"{name}_stacked"]:  # the stack gathers the integers
+                    node.input[:] = [fin if x == name else x for x in node.input]
                 node.output[:] = [fout if x == name else x for x in node.output]
-            b.new_nodes.append((after, helper.make_node("QuantizeLinear", [fout, s, z], [name], name=f"{name}_state_Q")))
-            b.new_nodes.append((after, helper.make_node("DequantizeLinear", [name, s, z], [fin], name=f"{name}_state_DQ")))
-            outputs[name].type.tensor_type.elem_type = NP_TO_ONNX[dtype]
+            b.new_nodes.append((after + 1, helper.make_node("QuantizeLinear", [fout, s, z], [name], name=f"{name}_state_Q")))
+            b.new_nodes.append((after + 1, helper.make_node("DequantizeLinear", [name, s, z], [fin], name=f"{name}_state_DQ")))
+            stale = [v for v in b.g.value_info if v.name in (name, f"{name}_stacked")]  # float until now
+            for v in stale:
+                b.g.value_info.remove(v)
             t += 1
+        outputs[stacked].type.tensor_type.elem_type = NP_TO_ONNX[dtype]
 
 
 def _quantize_states(b: _Graph, qparams: dict[str, dict], entries: list[dict]) -> None:
@@ -263,7 +271,9 @@ def _quantize_states(b: _Graph, qparams: dict[str, dict], entries: list[dict]) -
         for node in [*b.g.node, *added]:  # consumers of the renamed output inside the graph
             node.input[:] = [fout if x == out_name else x for x in node.input]
         b.new_nodes.append((0, helper.make_node("DequantizeLinear", [inp.name, s, z], [fin], name=f"{inp.name}_state_DQ")))
-        b.new_nodes.append((10 ** 9, helper.make_node("QuantizeLinear", [fout, s, z], [out_name], name=f"{out_name}_state_Q")))
+        if any(o.name == out_name for o in b.g.output):  # the verify graph outputs its states stacked instead
+            b.new_nodes.append((10 ** 9, helper.make_node("QuantizeLinear", [fout, s, z], [out_name],
+                                                          name=f"{out_name}_state_Q")))
         inp.type.tensor_type.elem_type = NP_TO_ONNX[dtype]
         for o in b.g.output:
             if o.name == out_name:

@@ -51,9 +51,15 @@ class StateSpec:
         return np.dtype(self.dtype)
 
 
+def steps_output(output: str) -> str:
+    """The verify graph's output for the state `output` ("present.{i}.{kind}"): its value after each of
+    the graph's K tokens, stacked on axis 1, [batch, K, ...] (docs/FORMAT.md)."""
+    return f"{output}.steps"
+
+
 def position_output(output: str, position: int) -> str:
-    """The verify graph's output for the state `output` ("present.{i}.{kind}") after `position`
-    (0-based) of its K tokens; after the last one it is `output` itself (docs/FORMAT.md)."""
+    """Inside the verify graph: the state `output` after `position` (0-based), which the next position
+    reads; the output of its hand-off node, stacked into `steps_output` (docs/FORMAT.md)."""
     return f"{output}.{position}"
 
 

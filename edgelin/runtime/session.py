@@ -15,7 +15,7 @@ import numpy as np
 
 from edgelin.errors import EdgelinError
 from edgelin.runtime.backends import get_backend
-from edgelin.runtime.package import Manifest, position_output, read_package, state_spec
+from edgelin.runtime.package import Manifest, read_package, state_spec, steps_output
 from edgelin.runtime.schema import Checker, check_states
 from edgelin.runtime.state import all_finite, check_state
 from edgelin.runtime.weights import shared_initializers
@@ -165,9 +165,7 @@ class Session:
         m = self.manifest
         tokens = m.graphs[name].tokens
         want_in = {"input_ids"} | {s.input for s in m.states}
-        want_out = {"logits"} | {s.output for s in m.states}
-        if name == "verify":  # and the state after every position but the last
-            want_out |= {position_output(s.output, t) for t in range(tokens - 1) for s in m.states}
+        want_out = {"logits"} | {s.output if name != "verify" else steps_output(s.output) for s in m.states}
         checks = [("input", want_in, graph.input_names), ("output", want_out, graph.output_names)]
         if self.stateful:
             checks = [("input", {"input_ids"}, graph.input_names), ("output", {"logits"}, graph.output_names),
@@ -182,8 +180,7 @@ class Session:
         expect = {"input_ids": (("int64",), (tokens,)), "logits": (FLOATS, (tokens, m.vocab_size))}
         for s in m.states:  # a stateful back end's variables: dtype None (integer states are held as f32)
             expect[s.input] = expect[s.output] = ((s.dtype,), tuple(s.shape[1:]))
-            if name == "verify":
-                expect.update({position_output(s.output, t): expect[s.output] for t in range(tokens - 1)})
+            expect[steps_output(s.output)] = ((s.dtype,), (tokens, *s.shape[1:]))
         for tensor, (dtype, dims) in getattr(graph, "signature", {}).items():
             if tensor not in expect:
                 continue
@@ -235,18 +232,18 @@ class Session:
                     graph = self._load("verify", self._verify_spec)
                     self._check_graph("verify", graph, f"{self._verify_spec['file']} in {self.package_dir}")
                     self.graphs["verify"] = graph
-        out, last = self._run("verify", ids, state)
-        states = []
-        for t in range(K - 1):
-            states.append({})
-            for s in self.manifest.states:
-                a = out.get(position_output(s.output, t))
-                if a is None or a.shape != s.shape_for(ids.shape[0]) or a.dtype != s.np_dtype:
-                    got = "nothing" if a is None else f"{a.dtype}{list(a.shape)}"
-                    raise EdgelinError(f"the verify graph returned {got} for {position_output(s.output, t)}; "
-                                       f"manifest.json says {s.dtype}{list(s.shape_for(ids.shape[0]))}")
-                states[-1][s.input] = a
-        return self._check_logits("verify", out["logits"], ids), [*states, last]
+        out = self.graphs["verify"].run({"input_ids": ids, **state})
+        steps = {}
+        for s in self.manifest.states:
+            a, want = out.get(steps_output(s.output)), (ids.shape[0], K, *s.shape_for(1)[1:])
+            if a is None or a.shape != want or a.dtype != s.np_dtype:
+                got = "nothing" if a is None else f"{a.dtype}{list(a.shape)}"
+                raise EdgelinError(f"the verify graph returned {got} for {steps_output(s.output)}; manifest.json "
+                                   f"says {s.dtype}{list(want)}")
+            steps[s.input] = a
+        logits = self._check_logits("verify", out.get("logits"), ids)
+        # views of the stacked outputs (contiguous for one sequence): nothing is copied
+        return logits, [{name: np.ascontiguousarray(a[:, t]) for name, a in steps.items()} for t in range(K)]
 
     def new_state(self, batch: int = 1) -> State:
         """All-zero states for `batch` sequences, keyed by graph input name."""
@@ -290,7 +287,9 @@ class Session:
             logits = out["logits"]
         return self._check_logits(name, logits, ids), state
 
-    def _check_logits(self, name: str, logits: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    def _check_logits(self, name: str, logits: np.ndarray | None, ids: np.ndarray) -> np.ndarray:
+        if logits is None:
+            raise EdgelinError(f"the {name} graph returned no logits")
         if logits.shape != (*ids.shape, self.vocab_size):
             raise EdgelinError(f"the {name} graph returned logits of shape {list(logits.shape)}, not "
                                f"{[*ids.shape, self.vocab_size]} (its vocabulary differs from manifest.json)")

@@ -32,7 +32,13 @@ from edgelin.runtime.session import Session, State
 
 
 class Drafter(Protocol):
-    """Proposes tokens to follow a context; the target decides which to keep."""
+    """Proposes tokens to follow a context; the target decides which to keep.
+
+    Optional attributes the "auto" policy reads: `free` (True: proposing costs next to nothing, so the
+    policy looks at a proposal before deciding whether to verify it) and `level` (set by `propose`: a
+    small int saying how sure the proposal is, e.g. the length of the n-gram prompt lookup matched;
+    the policy learns how often drafts of each level are kept).
+    """
 
     def propose(self, context: np.ndarray, k: int, sampling: SamplingConfig,
                 rng: np.random.Generator) -> tuple[list[int], np.ndarray | None]:
@@ -52,6 +58,9 @@ class PromptLookupDrafter:
         [7, 1, 5]
     """
 
+    free = True  # a proposal costs a few array operations
+    level = 0  # the n of the n-gram the last proposal matched (0: none)
+
     def __init__(self, max_ngram: int = 3, min_ngram: int = 1) -> None:
         if any(isinstance(n, bool) or not isinstance(n, int) for n in (max_ngram, min_ngram)) \
                 or not 1 <= min_ngram <= max_ngram <= 64:
@@ -67,7 +76,9 @@ class PromptLookupDrafter:
             starts = np.flatnonzero((windows == ctx[-n:]).all(axis=1))
             if starts.size:
                 after = int(starts[-1]) + n
+                self.level = n
                 return ctx[after:after + k].tolist(), None
+        self.level = 0
         return [], None
 
 
@@ -177,26 +188,32 @@ class _Policy:
     kept, drafts taken as independent) for t_verify + n * t_draft seconds; a decode step gives one token
     for t_decode. Verify with the best n when it beats decoding. Otherwise try a pass now and then (a
     drafter may start to match, as in a loop), spending at most about `explore` of the time on it.
+    `a` is learned per `level` of the drafter's proposals (prompt lookup: a 3-gram match is kept far
+    more often than a 1-gram one).
     """
 
     PROBE = 8  # drafts of a pass made to measure
 
     def __init__(self, explore: float = 0.05) -> None:
-        self.kept, self.rejected = 1.0, 1.0  # a = kept / (kept + rejected), a prior of 1/2
+        self.counts: dict[object, list[float]] = {}  # level -> [kept, rejected]; a = kept / (kept + rejected)
         self.t: dict[str, float] = {}  # EMA of seconds: "decode", "verify", "draft" (per draft token)
         self.explore, self.since_pass = explore, 0
 
     def time(self, what: str, seconds: float) -> None:
         self.t[what] = seconds if what not in self.t else 0.8 * self.t[what] + 0.2 * seconds
 
-    def drafts(self, room: int) -> int:
+    def acceptance(self, level: object = None) -> float:
+        kept, rejected = self.counts.get(level, (1.0, 1.0))  # a prior of 1/2
+        return kept / (kept + rejected)
+
+    def drafts(self, room: int, level: object = None) -> int:
         if room < 1:
             return 0
         if "verify" not in self.t:
             return min(room, self.PROBE)
         if "decode" not in self.t:
             return 0
-        a = self.kept / (self.kept + self.rejected)
+        a = self.acceptance(level)
         rate, n = max((sum(a ** i for i in range(n + 1)) / (self.t["verify"] + n * self.t.get("draft", 0.0)), n)
                       for n in range(1, room + 1))
         if rate * self.t["decode"] > 1.0:
@@ -205,8 +222,9 @@ class _Policy:
             return min(room, self.PROBE)
         return 0
 
-    def passed(self, drafted: int, kept: int) -> None:
-        self.kept, self.rejected = 0.9 * self.kept + kept, 0.9 * self.rejected + (kept < drafted)
+    def passed(self, drafted: int, kept: int, level: object = None) -> None:
+        k, r = self.counts.get(level, (1.0, 1.0))
+        self.counts[level] = [0.9 * k + kept, 0.9 * r + (kept < drafted)]
         self.since_pass = 0
 
 
@@ -232,6 +250,7 @@ class SpeculativeGeneration(Iterator[int]):
         self._ready: list[int] = []
         self._done = max_new_tokens == 0
         self._policy = _Policy()
+        self._free, self._level = bool(getattr(drafter, "free", False)), None
         self._always = always
         self._verify_tokens = session.verify_tokens  # 0: verify through the prefill graph
         # the verify graph computes what the decode graph does (quantization included); a float package's
@@ -307,7 +326,7 @@ class SpeculativeGeneration(Iterator[int]):
         self._policy.time("verify", time.perf_counter() - start)
         j = len(self._debt)
         kept, nxt = verify(logits[0, j:j + len(drafts) + 1], drafts, q, self.sampling, self._rng)
-        self._policy.passed(len(drafts), kept)
+        self._policy.passed(len(drafts), kept, self._level)
         self.stats.passes += 1
         self.stats.drafted += len(drafts)
         self.stats.accepted += kept
@@ -321,15 +340,22 @@ class SpeculativeGeneration(Iterator[int]):
         return out
 
     def _propose(self, room: int) -> tuple[list[int], np.ndarray | None]:
-        """At most `room` drafts (fewer, or none, when the policy says so), timed for the policy."""
-        n = room if self._always else self._policy.drafts(room)
+        """At most `room` drafts (fewer, or none, when the policy says so), timed for the policy. A free
+        drafter proposes first and the policy judges the proposal by its level; another drafter drafts
+        only as many as the policy asks for."""
+        free = self._free and not self._always
+        n = room if self._always or free else self._policy.drafts(room)
         if not n:
             return [], None
         start = time.perf_counter()
         drafts, q = self.drafter.propose(np.array(self._context, np.int64), n, self.sampling, self._rng)
         drafts = [int(t) for t in drafts[:n]]
+        self._level = getattr(self.drafter, "level", None)
         if drafts:
             self._policy.time("draft", (time.perf_counter() - start) / len(drafts))
+        if free and drafts:
+            keep = self._policy.drafts(len(drafts), self._level)
+            drafts, q = drafts[:keep], (q[:keep] if q is not None else None)
         return drafts, q
 
     def _verify_round(self) -> list[int]:
@@ -344,7 +370,7 @@ class SpeculativeGeneration(Iterator[int]):
         logits, states = self.session.verify(np.array([chunk + chunk[-1:] * (K - len(chunk))], np.int64), self._state)
         self._policy.time("verify", time.perf_counter() - start)
         kept, nxt = verify(logits[0, :len(chunk)], drafts, q, self.sampling, self._rng)
-        self._policy.passed(len(drafts), kept)
+        self._policy.passed(len(drafts), kept, self._level)
         self.stats.passes += 1
         self.stats.drafted += len(drafts)
         self.stats.accepted += kept

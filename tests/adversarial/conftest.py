@@ -78,13 +78,13 @@ def _f16_state(out):
 
 
 def _no_position_state(out):
-    out.pop("present.0.recurrent_state.1", None)  # only the verify graph has it
+    out.pop("present.0.recurrent_state.steps", None)  # only the verify graph has it
     return out
 
 
 def _f16_position_state(out):
-    if "present.0.conv_state.0" in out:
-        out["present.0.conv_state.0"] = out["present.0.conv_state.0"].astype(np.float16)
+    if "present.0.conv_state.steps" in out:
+        out["present.0.conv_state.steps"] = out["present.0.conv_state.steps"].astype(np.float16)
     return out
 
 

@@ -531,7 +531,7 @@ def test_fuzz_state_arrays(session, data):
 
 # the verify graph (speculative decoding) is loaded on first use: a bad one fails that call, in one line
 VERIFY_MUTATIONS = [("graphs>verify>tokens", 1, "must have tokens >= 2"), ("graphs>verify>tokens", 0, "graphs.verify.tokens"),
-                    ("graphs>verify>tokens", "8", "graphs.verify.tokens"), ("graphs>verify>file", "absent.onnx", "not listed"),
+                    ("graphs>verify>tokens", "4", "graphs.verify.tokens"), ("graphs>verify>file", "absent.onnx", "not listed"),
                     ("graphs>verify>file", "../verify.onnx", "graphs.verify.file"), ("files>verify.onnx", DROP, "verify.onnx")]
 
 
@@ -547,8 +547,8 @@ def test_verify_graph_file_missing(copy_pkg):
     assert "missing verify.onnx" in error_of(Session, pkg, threads=1)
 
 
-@pytest.mark.parametrize("tokens, msg", [(7, "has unexpected output present.0.conv_state.6"),
-                                         (9, "lacks output present.0.conv_state.7")])
+@pytest.mark.parametrize("tokens, msg", [(3, "input_ids has shape [?, 4]; manifest.json says [?, 3]"),
+                                         (5, "input_ids has shape [?, 4]; manifest.json says [?, 5]")])
 def test_verify_graph_tokens_contradict_the_manifest(copy_pkg, tokens, msg):
     s = Session(copy_pkg(lambda d: put(d, "graphs>verify>tokens", tokens)), threads=1)
     assert "verify" not in s.graphs  # nothing loaded yet: decode-only use never sees it
@@ -556,19 +556,19 @@ def test_verify_graph_tokens_contradict_the_manifest(copy_pkg, tokens, msg):
     assert s.forward(np.array([[1, 2]]), s.new_state())[0].shape == (1, 2, 256)  # the rest still runs
 
 
-@pytest.mark.parametrize("other, msg", [("decode.onnx", "lacks output present.0.conv_state.0"),
-                                        ("prefill.onnx", "lacks output present.0.conv_state.0")])
+@pytest.mark.parametrize("other, msg", [("decode.onnx", "lacks output present.0.conv_state.steps"),
+                                        ("prefill.onnx", "lacks output present.0.conv_state.steps")])
 def test_verify_graph_swapped_for_another_graph(pkg, tmp_path, other, msg):
     """Checksums recomputed: the file is another step graph, with other inputs and outputs."""
     swapped = rewrite_package(pkg, tmp_path / "swapped", files={"verify.onnx": pkg / other})
     s = Session(swapped, threads=1)
-    assert msg in error_of(s.verify, np.zeros((1, 8), np.int64), s.new_state())
+    assert msg in error_of(s.verify, np.zeros((1, 4), np.int64), s.new_state())
 
 
 def test_verify_call_checks_its_arguments(session):
-    assert "takes 8 tokens per run, not 3" in error_of(session.verify, np.zeros((1, 3), np.int64), session.new_state())
-    assert "outside the vocabulary" in error_of(session.verify, np.full((1, 8), 999), session.new_state())
-    assert "batch 2 but the state was made for batch 1" in error_of(session.verify, np.zeros((2, 8), np.int64),
+    assert "takes 4 tokens per run, not 3" in error_of(session.verify, np.zeros((1, 3), np.int64), session.new_state())
+    assert "outside the vocabulary" in error_of(session.verify, np.full((1, 4), 999), session.new_state())
+    assert "batch 2 but the state was made for batch 1" in error_of(session.verify, np.zeros((2, 4), np.int64),
                                                                    session.new_state())
 
 
@@ -579,12 +579,12 @@ def test_package_without_verify_graph(pkg, tmp_path):
                            update={"graphs": {k: v for k, v in doc["graphs"].items() if k != "verify"}})
     s = Session(bare, threads=1)
     assert s.verify_tokens == 0
-    assert "has no verify graph" in error_of(s.verify, np.zeros((1, 8), np.int64), s.new_state())
+    assert "has no verify graph" in error_of(s.verify, np.zeros((1, 4), np.int64), s.new_state())
 
 
-@pytest.mark.parametrize("backend, msg", [("adv-noposition", "returned nothing for present.0.recurrent_state.1"),
-                                          ("adv-f16position", "returned float16[1, 3, 128] for present.0.conv_state.0"),
+@pytest.mark.parametrize("backend, msg", [("adv-noposition", "returned nothing for present.0.recurrent_state.steps"),
+                                          ("adv-f16position", "returned float16[1, 4, 3, 128] for present.0.conv_state.steps"),
                                           ("adv-nan", "NaN or Inf logits")])
 def test_verify_graph_lying_at_run_time(pkg, backend, msg):
     s = Session(pkg, backend=backend, threads=1)
-    assert msg in error_of(s.verify, np.zeros((1, 8), np.int64), s.new_state())
+    assert msg in error_of(s.verify, np.zeros((1, 4), np.int64), s.new_state())

@@ -16,7 +16,7 @@ from edgelin.models import ZOO
 from edgelin.quantize.package import quantize_package
 from edgelin.quantize.schemes import W4A8, W8A8
 from edgelin.runtime import Session, read_package
-from edgelin.runtime.package import position_output
+from edgelin.runtime.package import position_output, steps_output
 from edgelin.sites import activation_inputs, graph_sites
 from registry_helpers import check_verify_equals_decode, zoo_model
 
@@ -42,17 +42,20 @@ def test_verify_graph_contract(fp_package):
     root = fp_package("hybrid-tiny")
     m = read_package(root)
     K = m.graphs["verify"].tokens
-    assert K == 8 and m.graphs["decode"].tokens == 1
+    assert K == 4 and m.graphs["decode"].tokens == 1  # DEFAULT_VERIFY_TOKENS
     decode = onnx.load(str(root / "decode.onnx"), load_external_data=False)
     verify = onnx.load(str(root / "verify.onnx"), load_external_data=False)
     assert not {"Loop", "Scan", "If"} & {n.op_type for n in verify.graph.node}
     assert [i.name for i in verify.graph.input] == [i.name for i in decode.graph.input]
-    outputs = [o.name for o in verify.graph.output]
-    want = ["logits", *(s.output for s in m.states), *(position_output(s.output, t) for t in range(K - 1) for s in m.states)]
-    assert outputs == want
+    outputs = {o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] for o in verify.graph.output}
+    assert outputs == {"logits": ["batch", K, m.vocab_size],
+                       **{steps_output(s.output): ["batch", K, *s.shape[1:]] for s in m.states}}
     producer = {o: n for n in verify.graph.node for o in n.output}
-    for name in outputs[1:]:  # every state leaves its position through its own hand-off node
-        assert producer[name].op_type == "Identity" and producer[name].name == f"{name}_handoff", name
+    for s in m.states:  # every state leaves each position through its own hand-off node, then the stack
+        for t in range(K):
+            name = position_output(s.output, t)
+            assert producer[name].op_type == "Identity" and producer[name].name == f"{name}_handoff", name
+        assert producer[steps_output(s.output)].op_type == "Concat"
     # the weights are the decode graph's, read once: one product per linear layer, batched over K
     sites = graph_sites(m.raw, "verify")
     for site in sites.linears():
@@ -79,7 +82,7 @@ def test_quantized_verify_graph_has_the_decode_graphs_scales(fp_package, table_o
     proto = onnx.load(str(root / "verify.onnx"), load_external_data=False)
     types = {o.name: o.type.tensor_type.elem_type for o in proto.graph.output}
     for s in m.states:  # every position's state is stored as the state's integers
-        assert types[position_output(s.output, 0)] == types[s.output] == onnx.TensorProto.INT16
+        assert types[steps_output(s.output)] == onnx.TensorProto.INT16
 
 
 def test_verify_tokens_option(tmp_path):
@@ -87,8 +90,9 @@ def test_verify_tokens_option(tmp_path):
     bare = export_package(model, tmp_path / "none", prefill_tokens=8, verify_tokens=0)
     assert "verify" not in read_package(bare).graphs and not (bare / "verify.onnx").exists()
     assert Session(bare).verify_tokens == 0
-    four = export_package(model, tmp_path / "four", prefill_tokens=8, verify_tokens=4)
-    assert Session(four).verify_tokens == 4
+    six = export_package(model, tmp_path / "six", prefill_tokens=8, verify_tokens=6)
+    assert Session(six).verify_tokens == 6
+    check_verify_equals_decode(six, rounds=2)
     for bad in (1, -2):
         with pytest.raises(EdgelinError, match="verify_tokens"):
             export_package(model, tmp_path / f"bad{bad}", verify_tokens=bad)
@@ -97,8 +101,8 @@ def test_verify_tokens_option(tmp_path):
 def test_verify_graph_is_loaded_on_first_use(fp_package):
     s = Session(fp_package("gla-tiny"), threads=1)
     assert set(s.graphs) == {"decode", "prefill"}
-    logits, states = s.verify(np.arange(8)[None], s.new_state())
-    assert set(s.graphs) == {"decode", "prefill", "verify"} and logits.shape == (1, 8, 256) and len(states) == 8
+    logits, states = s.verify(np.arange(4)[None], s.new_state())
+    assert set(s.graphs) == {"decode", "prefill", "verify"} and logits.shape == (1, 4, 256) and len(states) == 4
 
 
 def test_calibration_reads_the_decode_and_prefill_graphs_only(table_of):

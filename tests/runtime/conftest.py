@@ -121,7 +121,7 @@ def zoo_package(tmp_path_factory):
     Weights use init_std 0.2 (registry_helpers.zoo_model) so logits are O(1) and a mismatch cannot hide."""
     made = {}
 
-    def get(name: str, verify_tokens: int = 8):
+    def get(name: str, verify_tokens: int = 4):
         """verify_tokens: K of the verify graph (0: none, as older packages)."""
         if (name, verify_tokens) not in made:
             from edgelin.exporters.package import export_package
