@@ -10,10 +10,13 @@ Each ratio is measured interleaved (A B A B ...) in one process; every figure is
   ttft     time to the first token of a 2,048-token prefix + a --question-token question, the prefix
            cached (PrefixCache) vs prefilled; a new question each time, so only the prefix can be reused
   batch    aggregate greedy decode tokens/s of BatchDecoder with 4 streams vs 1 (--steps steps each)
+  verify   the cost of one verify pass (the package's verify graph: K decode steps in one run) against
+           one decode step, and against one decode step of K sequences (the batch-K bound), interleaved
   spec     tokens/s of speculative vs plain greedy decoding of --spec-tokens tokens after 256-token
            held-out prompts (the prompt's prefill is not timed), prompt lookup and gla-1m drafting,
-           "auto" (the default policy) and "always" (verify every round, model drafts capped at 8 per
-           pass); is the output identical?
+           "auto" (the default policy) and "always" (verify every round with K - 1 drafts); "lookup
+           3-gram" drafts only from matches of 3 or more tokens (PromptLookupDrafter(6, 3)); is the
+           output identical?
   server   edgelin's server on 127.0.0.1 (uvicorn, in this process): request latency p50/p99 and
            generated tokens/s with 1, 4 and 8 concurrent clients, --server-tokens tokens per request
 """
@@ -94,14 +97,36 @@ def bench_batch(session: Session, text: np.ndarray, reps: int, steps: int) -> di
             "speedup": median(rates[4]) / median(rates[1]), "all_tok_s": rates}
 
 
+def bench_verify(session: Session, reps: int) -> dict[str, Any]:
+    """Seconds per run of the decode graph (1 and K sequences) and of the verify graph (K tokens), interleaved."""
+    K = session.verify_tokens
+    if not K:
+        return {"verify_tokens": 0}
+    one, many = session.new_state(1), session.new_state(K)
+    runs = {"decode": lambda: session.run_graph("decode", np.zeros((1, 1), np.int64), one),
+            f"decode_batch_{K}": lambda: session.run_graph("decode", np.zeros((K, 1), np.int64), many),
+            "verify": lambda: session.verify(np.zeros((1, K), np.int64), one)}
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for r in range(max(20, 10 * reps)):
+        for name, run in (runs.items() if r % 2 == 0 else reversed(list(runs.items()))):
+            start = time.perf_counter()
+            for _ in range(5):
+                run()
+            times[name].append((time.perf_counter() - start) / 5)
+    t = {name: median(v) for name, v in times.items()}
+    return {"verify_tokens": K, "decode_s": t["decode"], "decode_batch_s": t[f"decode_batch_{K}"], "verify_s": t["verify"],
+            "verify_in_decode_steps": t["verify"] / t["decode"], "batch_in_decode_steps": t[f"decode_batch_{K}"] / t["decode"]}
+
+
 def bench_spec(session: Session, draft: tuple[str, Session] | None, text: np.ndarray, prompts: int,
                tokens: int) -> dict[str, Any]:
-    # (drafter, policy, most drafts per pass): a model's drafts cost a step each, so "always" caps them at 8
-    variants = {"lookup auto": (PromptLookupDrafter, "auto", None), "lookup always": (PromptLookupDrafter, "always", None)}
+    # (drafter, policy, most drafts per pass (None: K - 1))
+    variants = {"lookup auto": (PromptLookupDrafter, "auto", None), "lookup always": (PromptLookupDrafter, "always", None),
+                "lookup 3-gram always": (lambda: PromptLookupDrafter(6, 3), "always", None)}
     if draft is not None:
         name, drafter = draft
         variants |= {f"{name} auto": (lambda: ModelDrafter(drafter), "auto", None),
-                     f"{name} always": (lambda: ModelDrafter(drafter), "always", 8)}
+                     f"{name} always": (lambda: ModelDrafter(drafter), "always", None)}
     order = ["plain", *variants]
     rates: dict[str, list[float]] = {name: [] for name in order}
     same: dict[str, list[bool]] = {name: [] for name in variants}
@@ -197,21 +222,29 @@ def table(model: str, r: dict[str, Any]):
     t.add_column("B", justify="right")
     t.add_column("B / A", justify="right")
     t.add_column("notes")
-    tt = r["ttft"]
-    t.add_row(f"TTFT, {tt['prefix_tokens']}-token prefix + {tt['question_tokens']}-token question: prefilled / cached",
-              f"{tt['prefill_s'] * 1e3:.0f} ms", f"{tt['cached_s'] * 1e3:.1f} ms", f"{tt['speedup']:.1f}x faster",
-              f"same first token: {tt['same_first_token']}")
-    b = r["batch"]
-    t.add_row("decode tok/s: 1 stream / 4 streams (aggregate)", f"{b['tok_s_1']:.0f}", f"{b['tok_s_4']:.0f}",
-              f"{b['speedup']:.2f}x", f"{b['steps']} steps")
-    s = r["spec"]
+    if "ttft" in r:
+        tt = r["ttft"]
+        t.add_row(f"TTFT, {tt['prefix_tokens']}-token prefix + {tt['question_tokens']}-token question: prefilled / "
+                  "cached", f"{tt['prefill_s'] * 1e3:.0f} ms", f"{tt['cached_s'] * 1e3:.1f} ms",
+                  f"{tt['speedup']:.1f}x faster", f"same first token: {tt['same_first_token']}")
+    if "batch" in r:
+        b = r["batch"]
+        t.add_row("decode tok/s: 1 stream / 4 streams (aggregate)", f"{b['tok_s_1']:.0f}", f"{b['tok_s_4']:.0f}",
+                  f"{b['speedup']:.2f}x", f"{b['steps']} steps")
+    v = r.get("verify") or {}
+    if v.get("verify_tokens"):
+        t.add_row(f"one pass, K = {v['verify_tokens']}: decode step / verify pass", f"{v['decode_s'] * 1e3:.2f} ms",
+                  f"{v['verify_s'] * 1e3:.2f} ms", f"{v['verify_in_decode_steps']:.2f}x",
+                  f"a decode step of {v['verify_tokens']} sequences: {v['decode_batch_s'] * 1e3:.2f} ms "
+                  f"({v['batch_in_decode_steps']:.2f}x)")
+    s = r.get("spec") or {}
     for name in [k for k in s if isinstance(s[k], dict)]:
         v = s[name]
         t.add_row(f"greedy tok/s: plain / speculative {name}", f"{s['plain_tok_s']:.0f}", f"{v['tok_s']:.0f}",
                   f"{v['speedup']:.2f}x", f"identical {v['identical']}, {v['passes']:.0f} passes / {s['tokens']} "
                   f"tokens, {v['kept_per_pass']:.1f} drafts kept per pass")
-    sv = r["server"]
-    for c in (1, 4, 8):
+    sv = r.get("server")
+    for c in (1, 4, 8) if sv else ():
         v = sv[f"clients_{c}"]
         t.add_row(f"server, {c} client{'s' if c > 1 else ''}: latency p50 / p99", f"{v['p50_s'] * 1e3:.0f} ms",
                   f"{v['p99_s'] * 1e3:.0f} ms", "", f"{v['tok_s']:.0f} tok/s generated, {v['requests']} requests of "
@@ -233,6 +266,8 @@ def main() -> None:
     ap.add_argument("--text", type=Path, default=ROOT.parent / "shared" / "data" / "tinyshakespeare.txt")
     ap.add_argument("--out", type=Path, default=ROOT / "out" / "state-bench")
     ap.add_argument("--json", type=Path, default=None, help="Default: OUT/results.json.")
+    ap.add_argument("--parts", nargs="+", default=["ttft", "batch", "verify", "spec", "server"],
+                    choices=["ttft", "batch", "verify", "spec", "server"], help="What to measure.")
     args = ap.parse_args()
     from rich.console import Console
 
@@ -248,14 +283,21 @@ def main() -> None:
         session = Session(pkg, threads=args.threads, check_finite=False)
         draft = (args.draft, Session(draft_pkg, threads=args.threads, check_finite=False)) if draft_pkg else None
         r = {"package": str(pkg), "threads": args.threads, "load_before": os.getloadavg()[0]}
-        console.print(f"{model}: TTFT ...")
-        r["ttft"] = bench_ttft(session, text, args.reps, args.question)
-        console.print(f"{model}: batched decoding ...")
-        r["batch"] = bench_batch(session, text, args.reps, args.steps)
-        console.print(f"{model}: speculative decoding ...")
-        r["spec"] = bench_spec(session, draft, text, max(2, args.reps // 2), args.spec_tokens)
-        console.print(f"{model}: server ...")
-        r["server"] = bench_server(pkg, args.threads, held, args.server_requests, args.server_tokens)
+        if "ttft" in args.parts:
+            console.print(f"{model}: TTFT ...")
+            r["ttft"] = bench_ttft(session, text, args.reps, args.question)
+        if "batch" in args.parts:
+            console.print(f"{model}: batched decoding ...")
+            r["batch"] = bench_batch(session, text, args.reps, args.steps)
+        if "verify" in args.parts:
+            console.print(f"{model}: verify pass ...")
+            r["verify"] = bench_verify(session, args.reps)
+        if "spec" in args.parts:
+            console.print(f"{model}: speculative decoding ...")
+            r["spec"] = bench_spec(session, draft, text, max(2, args.reps // 2), args.spec_tokens)
+        if "server" in args.parts:
+            console.print(f"{model}: server ...")
+            r["server"] = bench_server(pkg, args.threads, held, args.server_requests, args.server_tokens)
         r["load_after"] = os.getloadavg()[0]
         results["models"][model] = r
         console.print(table(model, r))

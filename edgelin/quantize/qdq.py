@@ -139,13 +139,14 @@ def _layer_spec(b: _Graph, site: WeightSite, scheme: QuantScheme) -> tuple[Layer
     return prec, spec, w
 
 
-def _nbits_ok(node: onnx.NodeProto, site: WeightSite) -> bool:
-    """MatMulNBits replaces a MatMul whose second input is the [K, N] weight itself."""
-    return node.op_type == "MatMul" and site.axis == 1 and node.input[1] == site.initializer
+def _nbits_ok(node: onnx.NodeProto, site: WeightSite, names: set[str]) -> bool:
+    """MatMulNBits replaces a MatMul whose second input is the [K, N] weight itself (`names`: the
+    initializer and its Identity aliases; the verify graph may read a layer once per position)."""
+    return node.op_type == "MatMul" and site.axis == 1 and node.input[1] in names
 
 
 def _matmul_nbits(b: _Graph, node: onnx.NodeProto, ints: tuple, spec: WeightQuant, a_input: str,
-                  int8_compute: bool = False) -> onnx.NodeProto:
+                  int8_compute: bool = False, base: str | None = None) -> onnx.NodeProto:
     q, scale, zero = ints  # [N, K] 0..15, [N, K/G], [N, K/G]
     N, K = q.shape
     G = spec.group_size
@@ -156,9 +157,12 @@ def _matmul_nbits(b: _Graph, node: onnx.NodeProto, ints: tuple, spec: WeightQuan
     if nb % 2:
         zp = np.concatenate([zp, np.zeros((N, 1), np.uint8)], 1)
     zp_packed = (zp[:, 0::2] | (zp[:, 1::2] << 4)).astype(np.uint8)
-    base = node.input[1]
-    ins = [a_input, b.add_init(f"{base}_nbits", packed), b.add_init(f"{base}_nbits_scale", scale.astype(np.float32).reshape(-1)),
-           b.add_init(f"{base}_nbits_zero_point", zp_packed.reshape(-1))]
+    base = base or node.input[1]
+    if f"{base}_nbits" in b.inits:  # a layer read by several products (once per position in the verify graph)
+        ins = [a_input, f"{base}_nbits", f"{base}_nbits_scale", f"{base}_nbits_zero_point"]
+    else:
+        ins = [a_input, b.add_init(f"{base}_nbits", packed), b.add_init(f"{base}_nbits_scale", scale.astype(np.float32).reshape(-1)),
+               b.add_init(f"{base}_nbits_zero_point", zp_packed.reshape(-1))]
     return helper.make_node("MatMulNBits", ins, list(node.output), name=node.name + "NBits", domain="com.microsoft",
                             K=K, N=N, bits=4, block_size=G, **({"accuracy_level": 4} if int8_compute else {}))
 
@@ -321,8 +325,10 @@ def quantize_graph(proto: onnx.ModelProto, graph: str, scheme: QuantScheme, tabl
             ints = _int4_ints(site.name, w if site.axis == 0 else w.T, spec, scheme, hessians,
                               cache if cache is not None else {})
         nbits = spec.bits == 4 and scheme.int4_format == Int4Format.MATMUL_NBITS
+        names = {site.initializer} | {n.output[0] for n in b.g.node if n.op_type == "Identity"
+                                      and n.input[0] == site.initializer}
         for node, act in activation_inputs(b.proto, site):
-            fused = nbits and _nbits_ok(node, site)
+            fused = nbits and _nbits_ok(node, site, names)
             # 8-bit activations into MatMulNBits: its int8 kernel quantizes them per block as it runs
             # (accuracy level 4), finer than one calibrated range and 2-3x faster than float compute
             a = act
@@ -331,7 +337,8 @@ def quantize_graph(proto: onnx.ModelProto, graph: str, scheme: QuantScheme, tabl
                 scale, zero = activation_qparams(lo, hi, scheme.activations)
                 a = _qdq_activation(b, act, scale, zero, scheme.activations, act_cache, first_use[act])
             if fused:
-                replace[position[id(node)]] = _matmul_nbits(b, node, ints, spec, a, int8_compute=scheme.act_bits == 8)
+                replace[position[id(node)]] = _matmul_nbits(b, node, ints, spec, a, int8_compute=scheme.act_bits == 8,
+                                                            base=site.initializer)
             else:
                 node.input[list(node.input).index(act)] = a
         remaining = [(n, i) for n, i in weight_readers(b.proto, site.initializer) if position[id(n)] not in replace]
