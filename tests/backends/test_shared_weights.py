@@ -33,21 +33,23 @@ def test_weights_stored_once(fp_packages, name):
     pkg = fp_packages[name]
     decode, prefill = big_initializers(pkg / "decode.onnx"), big_initializers(pkg / "prefill.onnx")
     weights = (pkg / "weights.bin").stat().st_size
-    # both graphs hold the model's weights; the file holds them once (plus 64-byte alignment)
+    # every graph (decode, prefill, verify) holds the model's weights; the file holds them once (plus 64-byte alignment)
     assert weights < sum(decode.values()) + 64 * len(decode) + sum(prefill.values()) / 4
     assert weights >= max(sum(decode.values()), sum(prefill.values()))
     assert (pkg / "decode.onnx").stat().st_size < weights / 4
     index = read_package(pkg).raw["weights"]
-    assert index["file"] == "weights.bin" and set(index["graphs"]) == {"decode", "prefill"}
+    assert index["file"] == "weights.bin" and set(index["graphs"]) == {"decode", "prefill", "verify"}
 
 
 def test_one_array_per_tensor_for_both_graphs(fp_packages):
     pkg = fp_packages["gla-tiny"]
     shared = shared_initializers(pkg, read_package(pkg))
-    both = [t["names"] for t in read_package(pkg).raw["weights"]["tensors"] if len(t["names"]) == 2]
+    both = [t["names"] for t in read_package(pkg).raw["weights"]["tensors"] if {"decode", "prefill"} <= set(t["names"])]
     assert both, "decode and prefill share no tensor"
     for names in both:
         assert shared["decode"][names["decode"]] is shared["prefill"][names["prefill"]]
+        if "verify" in names:
+            assert shared["verify"][names["verify"]] is shared["decode"][names["decode"]]
     assert not shared["decode"][both[0]["decode"]].flags.writeable
 
 

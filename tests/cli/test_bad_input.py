@@ -142,7 +142,7 @@ def test_generate_and_inspect_work(package):
     result = run("inspect", package, "--json")
     info = json.loads(result.output)
     assert info["states"][0]["name"] == "past_key_values.0.recurrent_state"
-    assert set(info["graphs"]) == {"decode", "prefill"}
+    assert set(info["graphs"]) == {"decode", "prefill", "verify"}
 
 
 def test_runtime_generates_a_real_package_without_torch(package):

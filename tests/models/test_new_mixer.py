@@ -20,7 +20,7 @@ from edgelin.quantize.pipeline import run_pipeline
 from edgelin.quantize.schemes import W8A8
 from edgelin.runtime import Session, generate
 from registry_helpers import (check_onnx_equals_torch, check_prefill_chunks_then_steps, check_step_equals_parallel,
-                              tiny_zoo_name, zoo_model)
+                              check_steps_equal_step, check_verify_equals_decode, tiny_zoo_name, zoo_model)
 
 
 @dataclass
@@ -91,6 +91,12 @@ def test_new_mixer_prefill_chunks_then_steps(ema):
     check_prefill_chunks_then_steps(zoo_model(ema))
 
 
+@pytest.mark.parametrize("K", [1, 5], ids=lambda k: f"K{k}")
+def test_new_mixer_steps_equal_k_steps(ema, K):
+    """A mixer without its own `steps` gets TokenMixer's, which calls `step` per position."""
+    check_steps_equal_step(zoo_model(ema), K)
+
+
 def test_new_mixer_onnx_equals_torch(ema, tmp_path):
     model = zoo_model(ema, 0.1)
     check_onnx_equals_torch(model, export_package(model, tmp_path / "pkg", prefill_tokens=16), batch=2, steps=32)
@@ -101,3 +107,5 @@ def test_new_mixer_int8_quantize_and_validate(ema, tmp_path):
     result = run_pipeline(fp, tmp_path / "int8", W8A8(), default_text(), streams=2, tokens=256, horizon=512, eval_streams=2)
     assert abs(result["loss_increase_pct"]) < 1.0
     assert len(list(generate(Session(tmp_path / "int8"), [72, 105], max_new_tokens=8, seed=0))) == 8
+    check_verify_equals_decode(fp)  # the verify graph, through the default `steps`
+    check_verify_equals_decode(tmp_path / "int8")
