@@ -194,7 +194,8 @@ class _Policy:
 
     PROBE = 8  # drafts of a pass made to measure
 
-    def __init__(self, explore: float = 0.05) -> None:
+    def __init__(self, explore: float = 0.05, free: bool = False) -> None:
+        self.free = free  # the drafter's proposals cost nothing (prompt lookup): nothing to catch up
         self.counts: dict[object, list[float]] = {}  # level -> [kept, rejected]; a = kept / (kept + rejected)
         self.t: dict[str, float] = {}  # EMA of seconds: "decode", "verify", "draft" (per draft token)
         self.explore, self.since_pass = explore, 0
@@ -218,7 +219,10 @@ class _Policy:
                       for n in range(1, room + 1))
         if rate * self.t["decode"] > 1.0:
             return n
-        if self.since_pass * self.t["decode"] * self.explore >= self.t["verify"]:
+        # a pass to look again costs the pass and bringing the drafter's state up to date (a model drafter
+        # feeds it every token since it last drafted): spend at most `explore` of the time on it
+        catch_up = 0.0 if self.free else self.since_pass * self.t.get("draft", 0.0)
+        if self.since_pass * self.t["decode"] * self.explore >= self.t["verify"] + catch_up:
             return min(room, self.PROBE)
         return 0
 
@@ -249,8 +253,8 @@ class SpeculativeGeneration(Iterator[int]):
         self._state, self._debt, self._pending = state, list(prompt.tolist()), None  # pending None: prompt unfed
         self._ready: list[int] = []
         self._done = max_new_tokens == 0
-        self._policy = _Policy()
         self._free, self._level = bool(getattr(drafter, "free", False)), None
+        self._policy = _Policy(free=self._free)
         self._always = always
         self._verify_tokens = session.verify_tokens  # 0: verify through the prefill graph
         # the verify graph computes what the decode graph does (quantization included); a float package's
