@@ -49,9 +49,9 @@ def rotate(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tens
 class SlidingWindowAttention(TokenMixer):
     float_state_kinds = ("window_mask",)  # 0/1 flags: an integer grid would only round them
 
-    def __init__(self, config: LMConfig, layer: int):
+    def __init__(self, config: LMConfig, layer: int, options: SWAOptions | None = None):
         super().__init__()
-        o = self.options = mixer_options(SWAOptions, config, "swa")
+        o = self.options = options or mixer_options(SWAOptions, config, "swa")
         d, self.heads = config.d_model, config.n_heads
         self.kv_heads = o.n_kv_heads or self.heads
         self.head_dim = o.head_dim or d // self.heads

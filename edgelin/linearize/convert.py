@@ -1,0 +1,59 @@
+"""The student of a linearization: the teacher with each softmax attention layer made `lin_attn`."""
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+
+import torch
+
+from edgelin.errors import EdgelinError
+from edgelin.models.config import LMConfig
+from edgelin.models.lm import LM
+
+INTO = ("gla", "gla+swa")
+DROPPED_OPTIONS = ("window", "full_attention")  # the teacher's KV length means nothing to the student
+
+
+def converted_layers(config: LMConfig) -> list[int]:
+    """Indexes of the attention layers a linearization replaces (every `swa` layer)."""
+    return [i for i in range(config.n_layers) if config.mixer(i) == "swa"]
+
+
+def student_config(teacher: LMConfig, into: str, *, window: int = 64, feature_map: str = "hedgehog") -> LMConfig:
+    """`teacher` with "swa" -> "lin_attn" in its pattern; lin_attn takes the attention options
+    (heads, rotary, norms, biases) and adds the branch window (0 for `gla`) and the feature map."""
+    if into not in INTO:
+        raise EdgelinError(f"--into must be one of {', '.join(INTO)}, got {into!r}")
+    if not converted_layers(teacher):
+        raise EdgelinError(f"the model has no softmax attention layer to linearize (its layers: {', '.join(sorted(set(teacher.pattern)))})")
+    if into == "gla+swa" and window < 1:
+        raise EdgelinError(f"--window must be >= 1 for gla+swa, got {window}")
+    attention = {k: v for k, v in teacher.mixers.get("swa", {}).items() if k not in DROPPED_OPTIONS}
+    options = {**attention, "window": window if into == "gla+swa" else 0, "feature_map": feature_map}
+    mixers = {k: v for k, v in teacher.mixers.items() if k != "swa"}
+    return replace(teacher, pattern=["lin_attn" if p == "swa" else p for p in teacher.pattern],
+                   mixers={**mixers, "lin_attn": options})
+
+
+def to_student(teacher: LM, config: LMConfig) -> LM:
+    """A new LM of `config` holding every teacher weight (attention projections and norms included);
+    only the linear branches' own parameters (decay gate, feature map, norm, mix) start fresh."""
+    student = LM(config)
+    for block in student.blocks:
+        if hasattr(block.mixer, "reset_linear_branch"):
+            block.mixer.reset_linear_branch()
+    missing, unexpected = student.load_state_dict(copy.deepcopy(teacher.state_dict()), strict=False)
+    new = {name for name, _ in student.named_parameters() if ".mixer." in name and _is_linear_branch(name)}
+    if unexpected or set(missing) - new:
+        raise EdgelinError(f"linearize: teacher and student weights do not line up (missing {sorted(set(missing) - new)[:3]}, "
+                           f"unexpected {sorted(unexpected)[:3]})")
+    return student.to(next(teacher.parameters()).dtype)
+
+
+def _is_linear_branch(name: str) -> bool:
+    return any(part in name for part in (".gk_proj.", ".hedgehog", ".lin_norm.", ".mix"))
+
+
+def linear_branch_parameters(student: LM) -> list[torch.nn.Parameter]:
+    """The parameters attention transfer trains: those of the linear branches alone."""
+    return [p for name, p in student.named_parameters() if _is_linear_branch(name)]
