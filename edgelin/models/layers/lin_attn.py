@@ -87,7 +87,7 @@ class LinearizedAttention(SlidingWindowAttention):
         if self.hedgehog is None:
             return x
         z = torch.einsum("bthd,hde->bthe", x, self.hedgehog)
-        return torch.cat([F.softmax(z, -1), F.softmax(-z, -1)], -1)
+        return torch.cat([F.softmax(z, -1), F.softmax(-z, -1)], -1).to(x.dtype)  # autocast runs softmax in float32
 
     def _linear_inputs(self, x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         """phi(q), phi(k), v over all heads and the log decay, each [B, T, H, .]."""
