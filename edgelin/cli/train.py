@@ -282,6 +282,7 @@ def linearize_cmd(
 
     from edgelin.linearize import TransferConfig, attention_transfer, student_config, to_student
     from edgelin.models.checkpoint import load_checkpoint, save_checkpoint
+    from edgelin.models.config import check_fits
     from edgelin.models.loading import load_model
     from edgelin.runtime.tokenizer import HFTokenizer
     from edgelin.train.data import ByteData
@@ -297,6 +298,7 @@ def linearize_cmd(
         raise EdgelinError(f"{model} has no trained weights to linearize")
     teacher = loaded.model.float()
     student_cfg = student_config(teacher.config, into, window=window, feature_map=feature_map)
+    check_fits(student_cfg)  # the student's options, checked before anything is written
     check_destination(output, what="run directory", force=force, folder=True)
     if resume is not None and not resume.is_dir():
         raise EdgelinError(f"--resume {resume}: no such run directory")
@@ -306,40 +308,42 @@ def linearize_cmd(
     data = ByteData.from_file(text, max(seq_len, transfer.seq_len), encode)
     main = _rank() == 0
     output.parent.mkdir(parents=True, exist_ok=True)
-    work = resume or (Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent)) if main
-                      else output.parent / f".{output.name}.rank{_rank()}")
-    transferred = work / "transfer"
+    work = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent)) if main else output.parent / f".{output.name}.rank{_rank()}"
+    kept = resume / "transfer" if resume is not None and (resume / "transfer" / "model.safetensors").is_file() else None
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        if main and resume is None:
+        if main:
             (work / "command.txt").write_text(shlex.join(["edgelin", *sys.argv[1:]]) + "\n")
         teacher_loss = evaluate(teacher.to("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu"), data, cfg)
-        if (transferred / "model.safetensors").is_file():
-            student = load_checkpoint(transferred).float()
-            note(f"attention transfer: kept from {transferred}")
+        if kept is not None:
+            student = load_checkpoint(kept).float()
+            if main:
+                shutil.copytree(kept, work / "transfer")
+                shutil.copy(resume / "transfer_log.json", work / "transfer_log.json")
+            note(f"attention transfer: kept from {kept}")
         else:
             student = to_student(teacher, student_cfg)
-            console.print(f"linearizing {loaded.name} into {into}: layer pattern "
-                          f"{student_cfg.pattern}, teacher held-out loss {teacher_loss:.4f}, run dir {work}")
+            console.print(f"linearizing {loaded.name} into {into}: layer pattern {student_cfg.pattern}, "
+                          f"teacher held-out loss {teacher_loss:.4f}, run dir {work}")
             with _progress(transfer.steps) as report:
                 log = attention_transfer(teacher, student, data, transfer, device=device,
                                          progress=(lambda e: report({"step": e["step"], "train_loss": e["loss"]})) if main else None)
             if main:
-                save_checkpoint(student.float(), transferred)
+                save_checkpoint(student.float(), work / "transfer")
                 (work / "transfer_log.json").write_text(json.dumps(log, indent=1) + "\n")
         after_transfer = evaluate(student, data, cfg)
         console.print(f"after attention transfer: held-out loss {after_transfer:.4f} (teacher {teacher_loss:.4f})")
-        if resume is not None and (work / "last").is_dir():
-            read_resume_state(work)
+        continued = resume if resume is not None and (resume / "last").is_dir() else None
+        if continued is not None:
+            read_resume_state(continued)
         with _progress(cfg.steps) as report:
-            result = train(student, data, cfg, work, resume=work if resume is not None and (work / "last").is_dir() else None,
-                           device=device, title=f"{loaded.name} linearized ({into})",
+            result = train(student, data, cfg, work, resume=continued, device=device, title=f"{loaded.name} linearized ({into})",
                            progress=report if main else None, teacher=teacher if cfg.distill else None)
     except BaseException:
         if main:
-            if transferred.is_dir() or (work / "last").is_dir():
+            if (work / "transfer").is_dir():
                 note(f"interrupted; the partial run is kept at {work} (continue with --resume {work})")
-            elif resume is None:
+            else:
                 shutil.rmtree(work, ignore_errors=True)
         raise
     finally:
