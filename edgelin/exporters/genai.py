@@ -49,9 +49,8 @@ def genai_support(manifest: dict[str, Any]) -> str | None:
         return f"onnxruntime-genai reads {TOKENIZER}, and the package's tokenizer is {spec.get('file', spec.get('type'))}"
     states = manifest["states"]
     attention = {s["layer"] for s in states if s["kind"] in ATTENTION_KINDS}
-    odd = sorted({s["kind"] for s in states if s["layer"] in attention} - set(ATTENTION_KINDS))
-    if odd or any({"key", "value"} - {s["kind"] for s in states if s["layer"] == layer} for layer in attention):
-        return f"an attention layer holds {', '.join(odd) or 'no key / value'}: not a KV cache onnxruntime-genai carries"
+    if any({"key", "value"} - {s["kind"] for s in states if s["layer"] == layer} for layer in attention):
+        return "an attention layer holds no key / value: not a KV cache onnxruntime-genai carries"
     caches = {(tuple(s["shape"][1:]), s.get("dtype", "float32")) for s in states if s["kind"] in ("key", "value")}
     if len(caches) > 1:
         return "its attention layers' key / value shapes differ; onnxruntime-genai takes one KV cache shape"
@@ -245,8 +244,9 @@ def _state_io(model: onnx.ModelProto, states: list[dict[str, Any]]) -> None:
                           helper.make_node("Cast", [p + "is_filled"], [p + "mask"], to=_ONNX_TYPES[s.get("dtype", "float32")]),
                           helper.make_node("Concat", ["io/batch", p + "window"], [p + "mask_shape"], axis=0),
                           helper.make_node("Expand", [p + "mask", p + "mask_shape"], [inner_in[s["input"]]])]
-            continue
-        for slot in STATE_KINDS:
+            if not any(packed[slot][layer] for slot in STATE_KINDS):
+                continue
+        for slot in STATE_KINDS:  # and an attention layer's other states (lin_attn: its linear branch)
             outer_in, outer_out = f"past_key_values.{layer}.{slot}", f"present.{layer}.{slot}"
             elem, q = _ONNX_TYPES[dtypes[slot]], f"{p}{slot}/"
             g.input.append(helper.make_tensor_value_info(outer_in, elem, ["batch", flat[slot]]))

@@ -71,7 +71,8 @@ def as_step_state(outer: dict[str, np.ndarray], manifest) -> dict[str, np.ndarra
         else:  # packed one after another into conv_state / recurrent_state, in manifest order
             slot = "conv_state" if s.kind == "conv_state" else "recurrent_state"
             start = sum(int(np.prod(o.shape[1:])) for o in manifest.states[:manifest.states.index(s)]
-                        if o.layer == s.layer and (o.kind == "conv_state") == (slot == "conv_state"))
+                        if o.layer == s.layer and o.kind not in ("key", "value", "window_mask")
+                        and (o.kind == "conv_state") == (slot == "conv_state"))
             n = int(np.prod(s.shape[1:]))
             state[s.input] = outer[f"present.{s.layer}.{slot}"][:, start:start + n].reshape(s.shape_for(batch))
     return state
