@@ -41,7 +41,7 @@ LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_po
 
 
 def rope_frequencies(dim: int, theta: float, scaling: dict[str, Any] | None) -> torch.Tensor | None:
-    """The inverse frequencies [dim / 2] of a rope scaling, on the CPU in float32; None for plain rotary
+    """The inverse frequencies [dim / 2] of a rope scaling, in float32; None for plain rotary
     (`rotate` computes those itself). "llama3" is transformers' `_compute_llama3_parameters`, step by
     step. Raises ValueError for a scaling it does not know or values out of range."""
     if scaling is None:
@@ -56,7 +56,8 @@ def rope_frequencies(dim: int, theta: float, scaling: dict[str, Any] | None) -> 
     factor, low, high, old_context = (float(scaling[k]) for k in LLAMA3_KEYS)
     if high <= low:
         raise ValueError(f"swa: rope_scaling high_freq_factor ({high}) must be above low_freq_factor ({low})")
-    inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.int64, device="cpu").to(dtype=torch.float) / dim))
+    # on the default device: the meta device while check_fits sizes a config, so a hostile head_dim allocates nothing
+    inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.int64).to(dtype=torch.float) / dim))
     low_freq_wavelen = old_context / low
     high_freq_wavelen = old_context / high
     wavelen = 2 * math.pi / inv_freq
