@@ -95,7 +95,8 @@ class LM(nn.Module):
             position = state[0][POSITION]  # [B, 1]
             state = [{k: v for k, v in state[0].items() if k != POSITION}, *state[1:]]
             T, P = input_ids.shape[1], self.config.max_positions
-            at = position + torch.arange(T, device=position.device, dtype=position.dtype)  # [B, T]
+            # [B, T]; one token adds nothing (no Add of zero, which OpenVINO removes, renaming the state input)
+            at = position if T == 1 else position + torch.arange(T, device=position.device, dtype=position.dtype)
             x = x + self.pos_embed(at.clamp(0, P - 1).long())
         new_state = []
         for block, s in zip(self.blocks, state):

@@ -1,7 +1,8 @@
 """Transformers softmax-attention checkpoints (Llama, Qwen2, Qwen3, GPT-2) made here with transformers' own
 classes and save_pretrained(safe_serialization=True), imported: the chunked form's and the step form's logits
 equal transformers' forward. `edgelin export` of a Llama and a GPT-2: ONNX Runtime's logits over a prefill and
-decode steps equal transformers', and GPT-2's position counter runs in the ONNX Runtime GenAI layout."""
+decode steps equal transformers', and the package (GPT-2's position counter included) runs as it is in ONNX
+Runtime GenAI, and after `edgelin compile --backend openvino` in OpenVINO and OpenVINO GenAI."""
 import json
 
 import numpy as np
@@ -12,7 +13,7 @@ transformers = pytest.importorskip("transformers")
 
 from cli_helpers import run  # noqa: E402
 from edgelin.models.loading import load_model  # noqa: E402
-from edgelin.runtime import Session  # noqa: E402
+from edgelin.runtime import Session, generate  # noqa: E402
 
 VOCAB, SEQ, TOL = 128, 48, 1e-4
 MAX_CONTEXT = 64  # the KV cache of full attention; every sequence here stays below it, so everything is exact
@@ -194,3 +195,38 @@ def test_exported_package_runs_in_onnxruntime_genai(exported):
         want, state = session.forward(ids[:, t : t + 1], state)
         worst = max(worst, np.abs(generator.get_logits().reshape(-1) - want.reshape(-1)).max())
     assert worst <= 1e-5, f"{family}: max |onnxruntime-genai - edgelin| = {worst:.2e}"
+
+
+def test_exported_package_runs_in_openvino(exported, tmp_path):
+    """`edgelin compile --backend openvino` of GPT-2: the stateless and stateful IR give ONNX Runtime's logits
+    over a prompt and decode steps (the position input survives OpenVINO's simplifications), and OpenVINO
+    GenAI's LLMPipeline gives edgelin's greedy tokens."""
+    ov_genai = pytest.importorskip("openvino_genai")
+    ov = pytest.importorskip("openvino")
+    import shutil
+
+    family, _, pkg = exported
+    if family != "gpt2":
+        pytest.skip("GPT-2's position state is the new kind of state; Llama's graphs hold only known ops (15 s saved)")
+    pkg = shutil.copytree(pkg, tmp_path / "pkg")  # the fixture's package stays as exported
+    result = run("compile", pkg, "--backend", "openvino")
+    assert result.exit_code == 0, result.output
+    ids = np.random.default_rng(5).integers(3, VOCAB, (1, PROMPT + STEPS))
+    runs = [ids[:, :PROMPT], *(ids[:, t : t + 1] for t in range(PROMPT, PROMPT + STEPS))]
+    logits = {}
+    for backend in ("ort", "openvino", "openvino-stateful"):
+        session = Session(pkg, backend=backend, threads=2)
+        state, out = session.new_state(1), []
+        for chunk in runs:
+            step, state = session.forward(chunk, state)
+            out.append(step)
+        logits[backend] = np.concatenate(out, 1)
+    for backend in ("openvino", "openvino-stateful"):
+        worst = np.abs(logits[backend] - logits["ort"]).max()
+        assert worst <= TOL, f"{family} {backend}: max |OpenVINO - ONNX Runtime| = {worst:.2e}"
+    pipe = ov_genai.LLMPipeline(str(pkg / "openvino"), "CPU", INFERENCE_PRECISION_HINT="f32", INFERENCE_NUM_THREADS=2)
+    config = pipe.get_generation_config()
+    config.max_new_tokens, config.do_sample = STEPS, False
+    got = list(pipe.generate(ov.Tensor(ids[:, :PROMPT].astype(np.int64)), config).tokens[0])
+    want = list(generate(Session(pkg, threads=2), ids[0, :PROMPT].tolist(), STEPS, stop_ids={IDS["eos_token_id"]}))
+    assert len(want) > 4 and got[: len(want)] == want, (got, want)
