@@ -210,6 +210,12 @@ def gla(**options):
     return {"mixers": {"gla": {"use_short_conv": True, **options}, "swa": {"window": 8}}}
 
 
+def swa(**options):
+    return {"mixers": {"gla": {"use_short_conv": True}, "swa": {"window": 8, **options}}}
+
+
+SWA_LLAMA3 = {"type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+              "original_max_position_embeddings": 64}
 HUGE = "needs at least"
 CONFIG_VALUES = [
     ({"d_model": 10**9}, HUGE), ({"d_model": 10**12}, HUGE), ({"n_layers": 10**9}, HUGE), ({"n_layers": 10**12}, HUGE),
@@ -248,6 +254,17 @@ CONFIG_VALUES = [
     ({"pattern": ["mlstm"], "mixers": {"mlstm": {"eps": "small"}}}, "option 'eps'"),
     ({"colour": "blue"}, "unknown field(s) 'colour'"), ({"a\nb": 1}, "unknown field(s) 'a\\nb'"),
     ({"d_model": DROP, "n_heads": DROP, "pattern": DROP}, "does not match config.json"),
+    ({"norm": "batch"}, "norm must be one of rms, layer"), ({"norm": None}, "norm must be one of"),
+    ({"mlp": "relu"}, "mlp must be one of swiglu, gelu, gelu_tanh"), ({"mlp": ["gelu"]}, "mlp must be one of"),
+    ({"mlp_bias": "yes"}, "mlp_bias must be true or false"), ({"mlp_bias": 1}, "mlp_bias"),
+    ({"max_positions": -1}, "max_positions must be an integer >= 0"), ({"max_positions": 2.5}, "max_positions"),
+    ({"max_positions": True}, "max_positions"), ({"max_positions": 10**12}, HUGE), ({"max_positions": 2**70}, "below 2**63"),
+    (swa(o_bias="no"), "option 'o_bias'"), (swa(rope_scaling={"type": "yarn", "factor": 4}), "rope_scaling must be null or"),
+    (swa(rope_scaling=[8.0]), "rope_scaling must be null or"), (swa(rope_scaling={**SWA_LLAMA3, "factor": -1}), "factor must be a positive"),
+    (swa(rope_scaling={**SWA_LLAMA3, "high_freq_factor": 0.5}), "must be above low_freq_factor"),
+    (swa(rope_scaling={**SWA_LLAMA3, "low_freq_factor": math.nan}), "low_freq_factor"),
+    (swa(rope_scaling={**SWA_LLAMA3, "original_max_position_embeddings": "8192"}), "original_max_position_embeddings"),
+    (swa(rope_scaling=SWA_LLAMA3, rope_theta=0), "needs rotary embeddings"),
     # sizes that each pass their own check but do not fit together: caught by a dry run on the meta device
     (gla(expand_k=0.3), "do not fit together"), (gla(expand_v=0.3), "do not fit together"),
     (gla(expand_v=0.01), "no elements"), (gla(expand_k=0.01), "no elements"),
@@ -255,8 +272,9 @@ CONFIG_VALUES = [
 
 
 def case_id(changes):
-    """The changes without gla()'s fixed part, at most 60 characters."""
-    return repr(changes).replace("'use_short_conv': True, ", "").replace(", 'swa': {'window': 8}", "")[:60]
+    """The changes without gla()'s and swa()'s fixed parts, at most 60 characters."""
+    text = repr(changes).replace("'gla': {'use_short_conv': True}, ", "").replace("'window': 8, ", "")
+    return text.replace("'use_short_conv': True, ", "").replace(", 'swa': {'window': 8}", "")[:60]
 
 
 @pytest.mark.parametrize("changes, fragment", CONFIG_VALUES, ids=[case_id(c) for c, _ in CONFIG_VALUES])
