@@ -126,7 +126,8 @@ def export(model: str | LM | None = None, out: str | os.PathLike | None = None, 
         max_loss_increase: mixed precision: keep sensitive layers higher until the loss increase (%)
             is at most this.
         prefill_tokens: token count of the prefill graph (a fixed chunk).
-        max_context: KV slots of imported full-attention layers (LFM2).
+        max_context: KV slots of imported full-attention layers (LFM2, Llama, Qwen2, Qwen3; GPT-2 at most
+            its n_positions).
         revision: branch, tag or commit of a hub id `model` (ORG/NAME) in the local Hugging Face cache.
         streams, tokens: calibration streams and tokens per stream.
         horizon: validation stream length in tokens.
