@@ -14,9 +14,9 @@ INTO = ("gla", "gla+swa")
 DROPPED_OPTIONS = ("window", "full_attention")  # the teacher's KV length means nothing to the student
 
 
-def converted_layers(config: LMConfig) -> list[int]:
-    """Indexes of the attention layers a linearization replaces (every `swa` layer)."""
-    return [i for i in range(config.n_layers) if config.mixer(i) == "swa"]
+def converted_layers(config: LMConfig, mixer: str = "swa") -> list[int]:
+    """Indexes of the attention layers a linearization replaces (every `swa` layer; of the student: `lin_attn`)."""
+    return [i for i in range(config.n_layers) if config.mixer(i) == mixer]
 
 
 def student_config(teacher: LMConfig, into: str, *, window: int = 64, feature_map: str = "hedgehog") -> LMConfig:
@@ -51,9 +51,10 @@ def to_student(teacher: LM, config: LMConfig) -> LM:
 
 
 def _is_linear_branch(name: str) -> bool:
-    return any(part in name for part in (".gk_proj.", ".hedgehog", ".lin_norm.", ".mix"))
+    return any(part in name for part in (".mixer.gk_proj.", ".mixer.hedgehog", ".mixer.lin_norm.")) or name.endswith(".mixer.mix")
 
 
-def linear_branch_parameters(student: LM) -> list[torch.nn.Parameter]:
-    """The parameters attention transfer trains: those of the linear branches alone."""
-    return [p for name, p in student.named_parameters() if _is_linear_branch(name)]
+def transfer_parameters(student: LM) -> list[torch.nn.Parameter]:
+    """What attention transfer trains: every parameter of the linearized layers (projections, decay
+    gates, feature maps, norms, mix); the rest of the model stays the teacher's."""
+    return [p for i in converted_layers(student.config, "lin_attn") for p in student.blocks[i].mixer.parameters()]

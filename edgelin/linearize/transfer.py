@@ -2,8 +2,8 @@
 
 Every step runs the teacher on a batch, records what enters and leaves each of its attention layers,
 runs the student's layer on the same input and minimises the squared error relative to the teacher
-output's power, summed over layers. Only the linear branches' parameters train (decay gates, feature
-maps, norms, mix): the projections stay the teacher's, so the whole fit takes a few hundred steps.
+output's power, summed over layers. Only the linearized layers train (their projections, decay gates,
+feature maps, norms, mix), each against its own teacher layer, so the fit takes a few hundred steps.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 
 from edgelin.errors import EdgelinError
-from edgelin.linearize.convert import converted_layers, linear_branch_parameters
+from edgelin.linearize.convert import converted_layers, transfer_parameters
 from edgelin.models.lm import LM
 from edgelin.train.data import ByteData
 from edgelin.train.loop import _autocast, _setup_dist
@@ -58,7 +58,7 @@ def attention_transfer(teacher: LM, student: LM, data: ByteData, cfg: TransferCo
     layers = converted_layers(teacher.config)
     teacher.to(dd.device).eval().requires_grad_(False)
     student.to(dd.device).train().requires_grad_(False)
-    params = linear_branch_parameters(student)
+    params = transfer_parameters(student)
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0, fused=dd.device.type == "cuda")
@@ -85,8 +85,9 @@ def attention_transfer(teacher: LM, student: LM, data: ByteData, cfg: TransferCo
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if dd.world > 1:
-                for p in params:
-                    dist.all_reduce(p.grad, op=dist.ReduceOp.AVG)
+                for p in params:  # gloo has no AVG
+                    dist.all_reduce(p.grad)
+                    p.grad /= dd.world
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             if step % cfg.log_every == 0 or step == cfg.steps:

@@ -73,7 +73,7 @@ def test_attention_transfer_fits_the_teacher():
     log = attention_transfer(teacher, student, data, TransferConfig(steps=40, batch_size=2, seq_len=32, log_every=5), device="cpu")
     assert log["loss"][-1] < 0.5 * log["loss"][0], log["loss"]
     changed = {n for n, p in student.named_parameters() if not torch.equal(p, before[n])}
-    assert changed and all(any(k in n for k in ("gk_proj", "hedgehog", "lin_norm", "mix")) for n in changed), changed
+    assert changed and all(n.startswith("blocks.1.mixer.") for n in changed), changed  # the linearized layer alone
 
 
 def test_distillation_loss_is_zero_against_itself():

@@ -1,5 +1,10 @@
 """`edgelin linearize` end to end on a tiny teacher: a checkpoint that exports, resumes, and refuses bad input."""
 import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -79,3 +84,16 @@ def test_pure_gla(teacher, text, tmp_path):
     result = run("linearize", teacher, "--text", text, "-o", tmp_path / "gla", "--into", "gla", "--feature-map", "identity", *TINY)
     assert result.exit_code == 0, result.output
     assert load_checkpoint(tmp_path / "gla").config.mixers["lin_attn"]["window"] == 0
+
+
+def test_torchrun_two_processes(teacher, text, tmp_path):
+    """Attention transfer and fine-tuning over two CPU processes (gloo): one run directory from rank 0."""
+    edgelin = Path(sys.executable).with_name("edgelin")
+    if not edgelin.exists() or shutil.which("torchrun", path=str(edgelin.parent)) is None:
+        pytest.skip("needs the installed edgelin and torchrun commands")
+    cmd = [str(edgelin.with_name("torchrun")), "--nproc_per_node", "2", "--master_port", "29532", "--no-python", str(edgelin),
+           "linearize", str(teacher), "--text", str(text), "-o", str(tmp_path / "ddp"), "--into", "gla", *TINY]
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads((tmp_path / "ddp" / "train_log.json").read_text())["world_size"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp"]
