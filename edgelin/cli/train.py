@@ -286,7 +286,7 @@ def linearize_cmd(
     from edgelin.models.loading import load_model
     from edgelin.runtime.tokenizer import HFTokenizer
     from edgelin.train.data import ByteData
-    from edgelin.train.loop import evaluate, read_resume_state, train
+    from edgelin.train.loop import evaluate, train
 
     cfg_kwargs = {k: v for k, v in locals().items() if k in TRAIN_OPTIONS or k == "distill"}
     cfg = _train_config(**dict(cfg_kwargs), qat=None, qat_group_size=32, qat_head=True)
@@ -334,8 +334,6 @@ def linearize_cmd(
         after_transfer = evaluate(student, data, cfg)
         console.print(f"after attention transfer: held-out loss {after_transfer:.4f} (teacher {teacher_loss:.4f})")
         continued = resume if resume is not None and (resume / "last").is_dir() else None
-        if continued is not None:
-            read_resume_state(continued)
         with _progress(cfg.steps) as report:
             result = train(student, data, cfg, work, resume=continued, device=device, title=f"{loaded.name} linearized ({into})",
                            progress=report if main else None, teacher=teacher if cfg.distill else None)

@@ -1,7 +1,6 @@
 """The student of a linearization: the teacher with each softmax attention layer made `lin_attn`."""
 from __future__ import annotations
 
-import copy
 from dataclasses import replace
 
 import torch
@@ -38,11 +37,8 @@ def student_config(teacher: LMConfig, into: str, *, window: int = 64, feature_ma
 def to_student(teacher: LM, config: LMConfig) -> LM:
     """A new LM of `config` holding every teacher weight (attention projections and norms included);
     only the linear branches' own parameters (decay gate, feature map, norm, mix) start fresh."""
-    student = LM(config)
-    for block in student.blocks:
-        if hasattr(block.mixer, "reset_linear_branch"):
-            block.mixer.reset_linear_branch()
-    missing, unexpected = student.load_state_dict(copy.deepcopy(teacher.state_dict()), strict=False)
+    student = LM(config)  # lin_attn layers start their linear branches at reset_linear_branch's point
+    missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)  # copies into the student's own tensors
     new = {name for name, _ in student.named_parameters() if ".mixer." in name and _is_linear_branch(name)}
     if unexpected or set(missing) - new:
         raise EdgelinError(f"linearize: teacher and student weights do not line up (missing {sorted(set(missing) - new)[:3]}, "
