@@ -128,7 +128,8 @@ def export(model: str | LM | None = None, out: str | os.PathLike | None = None, 
         prefill_tokens: token count of the prefill graph (a fixed chunk).
         verify_tokens: token count K of the verify graph (K decode steps in one run, for speculative
             decoding; 0: none).
-        max_context: KV slots of imported full-attention layers (LFM2).
+        max_context: KV slots of imported full-attention layers (LFM2, Llama, Qwen2, Qwen3; GPT-2 at most
+            its n_positions).
         revision: branch, tag or commit of a hub id `model` (ORG/NAME) in the local Hugging Face cache.
         streams, tokens: calibration streams and tokens per stream.
         horizon: validation stream length in tokens.

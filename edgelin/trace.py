@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from edgelin.models.lm import LM
+from edgelin.models.lm import LM, POSITION
 from edgelin.runtime.package import position_output
 
 
@@ -40,8 +40,13 @@ class StateEntry:
 
 
 def state_entries(model: LM) -> list[StateEntry]:
-    """Every state of `model`; a mixer names the kinds that must stay float in `float_state_kinds`."""
-    return [StateEntry(i, kind, shape[1:], "float" if kind in getattr(block.mixer, "float_state_kinds", ()) else "int")
+    """Every state of `model`; a mixer names the kinds that must stay float in `float_state_kinds`. The
+    model's own `position` counter (learned positions, layer 0) is always float: an integer grid would
+    have to span every position and round them."""
+    def policy(block: nn.Module, kind: str) -> str:
+        return "float" if kind == POSITION or kind in getattr(block.mixer, "float_state_kinds", ()) else "int"
+
+    return [StateEntry(i, kind, shape[1:], policy(block, kind))
             for i, (block, shapes) in enumerate(zip(model.blocks, model.state_shapes(1))) for kind, shape in shapes.items()]
 
 

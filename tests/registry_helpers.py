@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from edgelin.models import LM, ZOO
+from edgelin.models.lm import POSITION
 from edgelin.runtime import Session
 
 TOL = 1e-4
@@ -31,8 +32,14 @@ def zoo_model(name: str, init_std: float = 0.2) -> LM:
 
 
 def random_state(model: LM, batch: int) -> list[dict[str, torch.Tensor]]:
-    return [{k: torch.rand_like(v).round() if k == "window_mask" else torch.randn_like(v) * 0.5 for k, v in layer.items()}
-            for layer in model.init_state(batch)]
+    """Random values of each kind's range: 0/1 window slots, whole token counts for learned positions."""
+    def fill(kind: str, v: torch.Tensor) -> torch.Tensor:
+        if kind == "window_mask":
+            return torch.rand_like(v).round()
+        if kind == POSITION:
+            return torch.randint_like(v, 0, model.config.max_positions + 1)
+        return torch.randn_like(v) * 0.5
+    return [{k: fill(k, v) for k, v in layer.items()} for layer in model.init_state(batch)]
 
 
 def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:

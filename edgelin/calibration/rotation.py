@@ -66,6 +66,9 @@ def _trace(block: nn.Module, x: torch.Tensor, state) -> tuple[list[nn.Linear], l
 @torch.no_grad()
 def rotate_model(model: LM, seed: int = 0) -> LM:
     """A rotated copy of `model` with the same function (checked); `model` is not modified."""
+    if model.config.norm != "rms":
+        raise EdgelinError(f"--rotate needs RMSNorm blocks; this model's are {model.config.norm!r} norms, "
+                           "which do not commute with a rotation of the residual stream")
     rot = copy.deepcopy(model).eval()
     d = rot.config.d_model
     Q = rotation_matrix(d, seed)
@@ -95,6 +98,8 @@ def rotate_model(model: LM, seed: int = 0) -> LM:
     rot.lm_head.weight.copy_((rot.lm_head.weight.double() * rot.norm.weight.double()) @ Q)
     rot.norm.weight.fill_(1.0)
     rot.embed.weight.copy_(rot.embed.weight.double() @ Q)
+    if rot.pos_embed is not None:  # learned positions enter the residual stream beside the embedding
+        rot.pos_embed.weight.copy_(rot.pos_embed.weight.double() @ Q)
     rot.config = copy.deepcopy(rot.config)
     rot.config.tie_embeddings = False
     ref, _ = model.eval()(ids)

@@ -36,7 +36,8 @@ def export(
     max_loss_increase: Optional[float] = typer.Option(None, "--max-loss-increase", help="Mixed precision: loss budget in %."),
     profile: Optional[str] = typer.Option(None, "--profile", help="Target: ort-cpu, qnn-htp or openvino-npu (static shapes, "
                                           "batch 1); qnn-htp also quantizes, QDQ everywhere (W8A16 unless a scheme flag says otherwise)."),
-    max_context: int = typer.Option(2048, "--max-context", help="KV slots of imported full-attention layers (LFM2); past it they slide."),
+    max_context: int = typer.Option(2048, "--max-context", help="KV slots of imported full-attention layers (LFM2, Llama, "
+                                    "Qwen, GPT-2 up to its n_positions); past it they slide."),
     revision: Optional[str] = typer.Option(None, "--revision", help="Branch, tag or commit of a hub id in the local "
                                            "Hugging Face cache (default: main)."),
 ) -> None:

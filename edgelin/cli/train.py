@@ -1,6 +1,6 @@
-"""`edgelin train` and `edgelin finetune`: byte-level language-model training on a text file.
+"""`edgelin train`, `edgelin finetune` and `edgelin linearize`: language-model training on a text file.
 
-Both write a run directory that is also a checkpoint: config.json + model.safetensors (the best
+Each writes a run directory that is also a checkpoint: config.json + model.safetensors (the best
 held-out loss), train_log.json, loss.png, command.txt and last/ (what --resume needs). The run is
 built in a hidden temporary directory beside -o and renamed into place when it ends. Under torchrun
 every process runs the same command and rank 0 writes.
@@ -233,3 +233,126 @@ def finetune_cmd(
     if not loaded.trained:
         raise EdgelinError(f"{checkpoint} has no trained weights to fine-tune; use `edgelin train --config {checkpoint}`")
     _run(loaded.model.float(), text, output, force, resume, device, f"{loaded.name} finetune", cfg_kwargs)
+
+
+INTO_HELP = "gla: gated linear attention alone; gla+swa: plus softmax attention over the last --window tokens."
+
+
+@app.command("linearize")
+@user_errors
+def linearize_cmd(
+    model: str = typer.Argument(..., help="Trained checkpoint (edgelin's, or Llama/Qwen/GPT-2/LFM2 layouts) with softmax attention."),
+    text: Path = TEXT,
+    output: Path = OUT,
+    into: str = typer.Option("gla+swa", "--into", help=INTO_HELP),
+    window: int = typer.Option(64, "--window", help="Tokens of the softmax branch of gla+swa."),
+    feature_map: str = typer.Option("hedgehog", "--feature-map", help="hedgehog (learned softmax features, normalised like attention) or identity."),
+    transfer_steps: int = typer.Option(200, "--transfer-steps", help="Steps of attention transfer (layer outputs fitted to the teacher's)."),
+    transfer_lr: float = typer.Option(3e-3, "--transfer-lr", help="Peak learning rate of attention transfer."),
+    transfer_batch_size: int = typer.Option(32, "--transfer-batch-size", help="Sequences per attention-transfer step."),
+    distill: float = typer.Option(0.5, "--distill", help="Weight of the teacher's next-token distribution in fine-tuning (0 = plain loss)."),
+    steps: Steps = 500,
+    batch_size: BatchSize = 64,
+    seq_len: SeqLen = 256,
+    lr: Lr = 3e-4,
+    min_lr: MinLr = -1.0,
+    warmup: Warmup = 50,
+    weight_decay: WeightDecay = 0.1,
+    grad_clip: GradClip = 1.0,
+    dropout: Dropout = 0.0,
+    ema: Ema = 0.0,
+    eval_every: EvalEvery = 100,
+    eval_windows: EvalWindows = 0,
+    seed: Seed = 0,
+    time_budget: TimeBudget = 0.0,
+    save_dtype: SaveDtype = "float32",
+    resume: Resume = None,
+    device: Device = "auto",
+    force: Force = False,
+) -> None:
+    """Turn a pretrained softmax-attention model into a constant-memory recurrence: attention transfer, then fine-tuning.
+
+    Every attention layer becomes gated linear attention built from its own q/k/v/o projections
+    (optionally beside a sliding-window softmax branch); the result is an ordinary checkpoint for
+    export, quantize, validate and bench.
+    """
+    import json
+
+    import torch
+
+    from edgelin.linearize import TransferConfig, attention_transfer, student_config, to_student
+    from edgelin.models.checkpoint import load_checkpoint, save_checkpoint
+    from edgelin.models.config import check_fits
+    from edgelin.models.loading import load_model
+    from edgelin.runtime.tokenizer import HFTokenizer
+    from edgelin.train.data import ByteData
+    from edgelin.train.loop import evaluate, train
+
+    cfg_kwargs = {k: v for k, v in locals().items() if k in TRAIN_OPTIONS or k == "distill"}
+    cfg = _train_config(**dict(cfg_kwargs), qat=None, qat_group_size=32, qat_head=True)
+    transfer = TransferConfig(steps=transfer_steps, batch_size=transfer_batch_size, seq_len=seq_len, lr=transfer_lr, seed=seed)
+    if device not in ("auto", "cpu", "cuda"):
+        raise EdgelinError(f"--device must be auto, cpu or cuda, got {device!r}")
+    loaded = load_model(model)
+    if not loaded.trained:
+        raise EdgelinError(f"{model} has no trained weights to linearize")
+    teacher = loaded.model.float()
+    student_cfg = student_config(teacher.config, into, window=window, feature_map=feature_map)
+    check_fits(student_cfg)  # the student's options, checked before anything is written
+    check_destination(output, what="run directory", force=force, folder=True)
+    if resume is not None and not resume.is_dir():
+        raise EdgelinError(f"--resume {resume}: no such run directory")
+    encode = HFTokenizer(loaded.tokenizer_json).encode if loaded.tokenizer_json else None
+    if encode is None and teacher.config.vocab_size != 256:
+        raise EdgelinError(f"{model} has a vocabulary of {teacher.config.vocab_size} and no tokenizer.json to read the text with")
+    data = ByteData.from_file(text, max(seq_len, transfer.seq_len), encode)
+    main = _rank() == 0
+    output.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent)) if main else output.parent / f".{output.name}.rank{_rank()}"
+    kept = resume / "transfer" if resume is not None and (resume / "transfer" / "model.safetensors").is_file() else None
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        if main:
+            (work / "command.txt").write_text(shlex.join(["edgelin", *sys.argv[1:]]) + "\n")
+        teacher_loss = evaluate(teacher.to("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu"), data, cfg)
+        if kept is not None:
+            student = load_checkpoint(kept).float()
+            if main:
+                shutil.copytree(kept, work / "transfer")
+                shutil.copy(resume / "transfer_log.json", work / "transfer_log.json")
+            note(f"attention transfer: kept from {kept}")
+        else:
+            student = to_student(teacher, student_cfg)
+            console.print(f"linearizing {loaded.name} into {into}: layer pattern {student_cfg.pattern}, "
+                          f"teacher held-out loss {teacher_loss:.4f}, run dir {work}")
+            with _progress(transfer.steps) as report:
+                log = attention_transfer(teacher, student, data, transfer, device=device,
+                                         progress=(lambda e: report({"step": e["step"], "train_loss": e["loss"]})) if main else None)
+            if main:
+                save_checkpoint(student.float(), work / "transfer")
+                (work / "transfer_log.json").write_text(json.dumps(log, indent=1) + "\n")
+        after_transfer = evaluate(student, data, cfg)
+        console.print(f"after attention transfer: held-out loss {after_transfer:.4f} (teacher {teacher_loss:.4f})")
+        continued = resume if resume is not None and (resume / "last").is_dir() else None
+        with _progress(cfg.steps) as report:
+            result = train(student, data, cfg, work, resume=continued, device=device, title=f"{loaded.name} linearized ({into})",
+                           progress=report if main else None, teacher=teacher if cfg.distill else None)
+    except BaseException:
+        if main:
+            if (work / "transfer").is_dir():
+                note(f"interrupted; the partial run is kept at {work} (continue with --resume {work})")
+            else:
+                shutil.rmtree(work, ignore_errors=True)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if main:
+        tokens = transfer.steps * transfer.batch_size * transfer.seq_len + result.steps_done * cfg.batch_size * cfg.seq_len
+        summary = {"teacher": loaded.name, "into": into, "window": window if into == "gla+swa" else 0, "feature_map": feature_map,
+                   "teacher_val_loss": teacher_loss, "after_transfer_val_loss": after_transfer,
+                   "after_finetune_val_loss": result.best_val, "gap": result.best_val / teacher_loss - 1, "tokens": tokens}
+        (work / "linearize.json").write_text(json.dumps(summary, indent=1) + "\n")
+        _finish(work, output)
+        console.print(f"held-out loss: teacher {teacher_loss:.4f}, after transfer {after_transfer:.4f}, "
+                      f"after fine-tuning {result.best_val:.4f} ({100 * summary['gap']:+.2f}% of the teacher's) "
+                      f"on {tokens:,} tokens; wrote [bold]{output}[/]")

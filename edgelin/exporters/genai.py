@@ -12,8 +12,9 @@ onnxruntime-genai's `decoder` model type carries two kinds of state: a KV cache 
 layer, grown by the tokens of each run, and a `conv_state` and a `recurrent_state` per other layer,
 of one shape across layers. `_state_io` maps the step graphs' states onto those: attention layers'
 shift buffers are cut from the KV cache's last entries (their `window_mask` follows from its
-length), other layers' states are flattened and padded to one shape. Every zoo family, the hybrids
-and imported Mamba, Mamba2 and LFM2 get the layout. See docs/FORMAT.md.
+length, as does learned positions' `position`), other layers' states are flattened and padded to one
+shape. Every zoo family, the hybrids and imported Mamba, Mamba2, LFM2, Llama, Qwen and GPT-2 get the
+layout. See docs/FORMAT.md.
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ GRAPH, CONFIG = "genai.onnx", "genai_config.json"
 TOKENIZER, TOKENIZER_CONFIG = "tokenizer.json", "tokenizer_config.json"
 STATE_KINDS = ("conv_state", "recurrent_state")  # carried for every layer without attention
 ATTENTION_KINDS = ("key", "value", "window_mask")
+POSITION = "position"  # learned positions' token count (GPT-2): in an attention layer, the KV cache's length
 _ONNX_TYPES = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16, "int16": TensorProto.INT16,
                "int8": TensorProto.INT8, "float64": TensorProto.DOUBLE}
 CONTEXT_LENGTH = 1 << 20  # constant-memory states: this bounds only onnxruntime-genai's token buffer
@@ -49,9 +51,8 @@ def genai_support(manifest: dict[str, Any]) -> str | None:
         return f"onnxruntime-genai reads {TOKENIZER}, and the package's tokenizer is {spec.get('file', spec.get('type'))}"
     states = manifest["states"]
     attention = {s["layer"] for s in states if s["kind"] in ATTENTION_KINDS}
-    odd = sorted({s["kind"] for s in states if s["layer"] in attention} - set(ATTENTION_KINDS))
-    if odd or any({"key", "value"} - {s["kind"] for s in states if s["layer"] == layer} for layer in attention):
-        return f"an attention layer holds {', '.join(odd) or 'no key / value'}: not a KV cache onnxruntime-genai carries"
+    if any({"key", "value"} - {s["kind"] for s in states if s["layer"] == layer} for layer in attention):
+        return "an attention layer holds no key / value: not a KV cache onnxruntime-genai carries"
     caches = {(tuple(s["shape"][1:]), s.get("dtype", "float32")) for s in states if s["kind"] in ("key", "value")}
     if len(caches) > 1:
         return "its attention layers' key / value shapes differ; onnxruntime-genai takes one KV cache shape"
@@ -179,8 +180,9 @@ def _state_io(model: onnx.ModelProto, states: list[dict[str, Any]]) -> None:
 
     - attention layers: `key` / `value` as a growing KV cache [batch, kv_heads, past, head_dim] in
       float32 (unrotated keys). The graph takes the last `window` entries as the step graphs' shift
-      buffer, derives `window_mask` from the cache length, and returns the cache grown by the
-      prompt's tokens (left-padded with zeros where a prompt longer than the window pushed some out);
+      buffer, derives `window_mask` (and learned positions' `position`, the tokens seen) from the cache
+      length, and returns the cache grown by the prompt's tokens (left-padded with zeros where a prompt
+      longer than the window pushed some out);
     - every other layer: a `conv_state` and a `recurrent_state` of shape [batch, n], n the largest
       layer's size (onnxruntime-genai allocates one shape for all layers): the layer's conv_state
       flattened, and its other states flattened one after another (mLSTM: cell, normalizer, max),
@@ -190,7 +192,9 @@ def _state_io(model: onnx.ModelProto, states: list[dict[str, Any]]) -> None:
     by_layer: dict[int, dict[str, dict]] = {}
     for s in states:
         by_layer.setdefault(s["layer"], {})[s["kind"]] = s
-    packed = {slot: {layer: [s for s in kinds.values() if s["kind"] not in ATTENTION_KINDS and _slot(s["kind"]) == slot]
+    derived = {*ATTENTION_KINDS, POSITION}  # an attention layer's position is its cache's length, not a packed state
+    packed = {slot: {layer: [s for s in kinds.values()
+                             if s["kind"] not in (derived if "key" in kinds else ATTENTION_KINDS) and _slot(s["kind"]) == slot]
                      for layer, kinds in by_layer.items()} for slot in STATE_KINDS}
     flat = {slot: max([sum(int(np.prod(s["shape"][1:])) for s in group) for group in packed[slot].values()] + [1])
             for slot in STATE_KINDS}
@@ -245,8 +249,16 @@ def _state_io(model: onnx.ModelProto, states: list[dict[str, Any]]) -> None:
                           helper.make_node("Cast", [p + "is_filled"], [p + "mask"], to=_ONNX_TYPES[s.get("dtype", "float32")]),
                           helper.make_node("Concat", ["io/batch", p + "window"], [p + "mask_shape"], axis=0),
                           helper.make_node("Expand", [p + "mask", p + "mask_shape"], [inner_in[s["input"]]])]
-            continue
-        for slot in STATE_KINDS:
+            if POSITION in kinds:  # tokens seen: the cache's length (the step graphs cap the count; it reads the same)
+                s, q = kinds[POSITION], p + "position/"
+                entry += [helper.make_node("Shape", [f"past_key_values.{layer}.key"], [q + "cache_shape"]),
+                          helper.make_node("Gather", [q + "cache_shape", "io/ax2"], [q + "past"], axis=0),
+                          helper.make_node("Cast", [q + "past"], [q + "count"], to=_ONNX_TYPES[s.get("dtype", "float32")]),
+                          helper.make_node("Concat", ["io/batch", "io/ax1"], [q + "shape"], axis=0),
+                          helper.make_node("Expand", [q + "count", q + "shape"], [inner_in[s["input"]]])]
+            if not any(packed[slot][layer] for slot in STATE_KINDS):
+                continue
+        for slot in STATE_KINDS:  # and an attention layer's other states (lin_attn: its linear branch)
             outer_in, outer_out = f"past_key_values.{layer}.{slot}", f"present.{layer}.{slot}"
             elem, q = _ONNX_TYPES[dtypes[slot]], f"{p}{slot}/"
             g.input.append(helper.make_tensor_value_info(outer_in, elem, ["batch", flat[slot]]))

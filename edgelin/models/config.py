@@ -21,15 +21,22 @@ MAX_CONFIG_BYTES = 4 << 20
 MAX_LAYERS = 4096
 MAX_PARAMETER_BYTES = 64 << 30  # FP32 parameters; lowered to this machine's memory where that is smaller
 LIMIT_WHY = "(the smaller of 64 GiB and this machine's memory)"
+NORMS = ("rms", "layer")
+MLPS = ("swiglu", "gelu", "gelu_tanh")
 
 
 @dataclass
 class LMConfig:
-    """Embedding -> blocks (norm, token mixer, norm, SwiGLU MLP) -> norm -> head.
+    """Embedding (+ learned positions) -> blocks (norm, token mixer, norm, MLP) -> norm -> head.
 
     `pattern` names the token mixer of each layer and repeats when shorter than `n_layers`:
     ["short_conv", "gla", "short_conv", "swa"] is a hybrid. `mixers` holds per-family options
     ({"gla": {"expand_k": 0.5}}), checked by that family's options dataclass.
+
+    `norm`: "rms" (RMSNorm) or "layer" (LayerNorm with a bias, GPT-2). `mlp`: "swiglu", or "gelu" /
+    "gelu_tanh" (up, GELU exact or its tanh approximation, down: GPT-2). `max_positions` > 0 adds a
+    learned absolute position embedding of that many positions (GPT-2's wpe); the position it is at
+    is a state of layer 0 (`position`, lm.py). Configs written before these fields mean the defaults.
     """
 
     vocab_size: int = 256
@@ -44,6 +51,10 @@ class LMConfig:
     mixers: dict[str, dict[str, Any]] = field(default_factory=dict)
     init_std: float = 0.02
     seed: int = 0
+    norm: str = "rms"
+    mlp: str = "swiglu"
+    mlp_bias: bool = False
+    max_positions: int = 0  # learned absolute position embeddings; 0 = none
 
     def __post_init__(self) -> None:
         from edgelin.models.layers import MIXERS
@@ -63,8 +74,14 @@ class LMConfig:
         for key in ("norm_eps", "init_std"):
             if not is_number(getattr(self, key)) or getattr(self, key) <= 0:
                 raise EdgelinError(f"config: {key} must be a positive number, got {short(getattr(self, key))}")
-        if not isinstance(self.tie_embeddings, bool):
-            raise EdgelinError(f"config: tie_embeddings must be true or false, got {short(self.tie_embeddings)}")
+        for key in ("tie_embeddings", "mlp_bias"):
+            if not isinstance(getattr(self, key), bool):
+                raise EdgelinError(f"config: {key} must be true or false, got {short(getattr(self, key))}")
+        for key, known in (("norm", NORMS), ("mlp", MLPS)):
+            if not isinstance(getattr(self, key), str) or getattr(self, key) not in known:
+                raise EdgelinError(f"config: {key} must be one of {', '.join(known)}, got {short(getattr(self, key))}")
+        if need := size_needed(self.max_positions, 0):
+            raise EdgelinError(f"config: max_positions must be {need} (0 = no position embeddings), got {short(self.max_positions)}")
         if self.logit_soft_cap is not None and (not is_number(self.logit_soft_cap) or self.logit_soft_cap <= 0):
             raise EdgelinError(f"config: logit_soft_cap must be a positive number or null, got {short(self.logit_soft_cap)}")
         if not is_int(self.seed) or not 0 <= self.seed < 2**32:
@@ -124,10 +141,13 @@ def check_fits(config: LMConfig) -> None:
     """
     limit = parameter_limit()
     d, L = config.d_model, config.n_layers
-    outer = config.vocab_size * d * (1 if config.tie_embeddings else 2) + d  # embeddings, head, final norm
+    norm = d * (2 if config.norm == "layer" else 1)
+    # embeddings, head, positions, final norm
+    outer = config.vocab_size * d * (1 if config.tie_embeddings else 2) + config.max_positions * d + norm
     least = outer
     if 4 * outer <= limit:  # d_model is small enough now for ffn_dim's float arithmetic
-        least += L * (d + (3 * d * config.ffn_dim + d if config.ffn_dim else 0))  # norms and MLPs
+        mats = 3 if config.mlp == "swiglu" else 2
+        least += L * (norm + (mats * d * config.ffn_dim + norm if config.ffn_dim else 0))  # norms and MLPs
     if 4 * least > limit:
         raise EdgelinError(f"config: the model needs at least {_gib(4 * least)} for its FP32 parameters "
                            f"({least:.3g} parameters), over the limit of {_gib(limit)} {LIMIT_WHY}")

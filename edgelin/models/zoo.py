@@ -15,6 +15,10 @@ ZOO: dict[str, LMConfig] = {
     "mamba-tiny": LMConfig(d_model=64, n_layers=2, n_heads=2, d_ff=-1, pattern=["mamba"], mixers={"mamba": {"state_size": 8}}),
     "delta-net-tiny": LMConfig(d_model=64, n_layers=2, n_heads=2, pattern=["delta_net"]),
     "mlstm-tiny": LMConfig(d_model=64, n_layers=2, n_heads=2, pattern=["mlstm"], logit_soft_cap=30.0),
+    "lin-attn-tiny": LMConfig(  # what `edgelin linearize --into gla+swa` makes of an attention layer
+        d_model=64, n_layers=2, n_heads=2, pattern=["short_conv", "lin_attn"],
+        mixers={"lin_attn": {"window": 8, "feature_map": "hedgehog", "n_kv_heads": 1}},
+    ),
     "hybrid-tiny": LMConfig(
         d_model=64, n_layers=4, n_heads=2, pattern=["short_conv", "gla", "short_conv", "swa"], mixers={"swa": {"window": 16}}
     ),

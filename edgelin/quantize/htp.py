@@ -116,7 +116,9 @@ def state_overrides(entries: list[dict], table: CalibrationTable, headroom: floa
 
     out: dict[str, list[dict]] = {}
     for s in entries:
-        if s.get("policy") == "float":  # 0/1 flags
+        if s["kind"] == "position":  # learned positions' token count: whole numbers, exact on this grid of step 1
+            lo, hi = 0.0, 65535.0
+        elif s.get("policy") == "float":  # 0/1 flags
             lo, hi = 0.0, 1.0
         else:
             a = table.state_absmax(s["input"], s["output"]) * headroom

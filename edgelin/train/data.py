@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -19,17 +20,25 @@ TRAIN_FRACTION = 0.9
 class ByteData:
     """Train and validation bytes of one text file, as uint8 tensors."""
 
-    train: torch.Tensor  # [N_train] uint8
-    val: torch.Tensor  # [N_val] uint8
+    train: torch.Tensor  # [N_train] uint8 bytes (or int32 token ids)
+    val: torch.Tensor  # [N_val]
     source: str
 
     @classmethod
-    def from_file(cls, path: str | Path, seq_len: int) -> "ByteData":
-        """Read `path` as bytes and split it 90/10 (nanoGPT's shakespeare_char split, in bytes)."""
+    def from_file(cls, path: str | Path, seq_len: int, encode: Callable[[str], list[int]] | None = None) -> "ByteData":
+        """Read `path` as bytes and split it 90/10 (nanoGPT's shakespeare_char split, in bytes).
+        With `encode` (a tokenizer's), the text is decoded as UTF-8 and split as token ids instead."""
         path = Path(path)
         if not path.is_file():
             raise EdgelinError(f"no such text file: {path}")
-        data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+        if encode is None:
+            data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+        else:
+            try:
+                text = path.read_bytes().decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise EdgelinError(f"{path} is not UTF-8 text (byte {e.start}); a tokenizer reads text") from None
+            data = torch.tensor(encode(text), dtype=torch.int32)
         split = int(len(data) * TRAIN_FRACTION)
         train, val = data[:split], data[split:]
         if len(val) < seq_len + 1:

@@ -63,6 +63,7 @@ class TrainConfig:
     time_budget: float = 0.0  # seconds; 0 = none. The run ends itself in time for a last eval and save.
     save_dtype: str = "float32"
     keep_state: bool = True  # write last/ (weights + optimizer) at every evaluation, for --resume
+    distill: float = 0.0  # weight of KL(teacher || model) beside next-token loss; needs a teacher
     qat: QATScheme | None = None
 
     def __post_init__(self) -> None:
@@ -88,6 +89,8 @@ class TrainConfig:
             raise EdgelinError(f"--dropout must be in [0, 1), got {self.dropout}")
         if not 0 <= self.ema < 1:
             raise EdgelinError(f"--ema must be in [0, 1), got {self.ema}")
+        if not 0 <= self.distill <= 1:
+            raise EdgelinError(f"--distill must be in [0, 1], got {self.distill}")
         if self.save_dtype not in SAVE_DTYPES:
             raise EdgelinError(f"--save-dtype must be one of {', '.join(SAVE_DTYPES)}, got {self.save_dtype!r}")
 
@@ -333,6 +336,7 @@ def train(
     device: str = "auto",
     title: str = "",
     progress: Callable[[dict], None] | None = None,
+    teacher: LM | None = None,
 ) -> TrainResult:
     """Train `model` on `data` and write best/, last/, the log and the plot into `run_dir`.
 
@@ -346,6 +350,8 @@ def train(
         device: "auto" (CUDA when present), "cuda" or "cpu".
         title: shown on the plot and stored in the log.
         progress: called with a dict after every logged step and evaluation (for a progress bar).
+        teacher: a model of the same vocabulary whose next-token distribution the model also learns,
+            with weight `cfg.distill` (knowledge distillation; `edgelin linearize` uses it).
 
     Returns:
         TrainResult with the best held-out loss and the step it was reached at.
@@ -358,6 +364,8 @@ def train(
     run_dir = Path(run_dir)
     if cfg.batch_size % dd.world:
         raise EdgelinError(f"--batch-size {cfg.batch_size} does not split evenly over {dd.world} processes")
+    if cfg.distill and teacher is None:
+        raise EdgelinError("--distill needs a teacher model")
     if len(data.train) < cfg.seq_len + 1:
         raise EdgelinError(f"{data.source}: {len(data.train)} training bytes are fewer than --seq-len {cfg.seq_len} + 1")
     local_batch = cfg.batch_size // dd.world
@@ -365,6 +373,8 @@ def train(
     if cfg.qat is not None:
         prepare_qat(model, cfg.qat)
     model.to(dd.device).train()
+    if cfg.distill:
+        teacher = teacher.to(dd.device).eval().requires_grad_(False)
     hooks = add_dropout(model, cfg.dropout)
     opt = torch.optim.AdamW(
         _param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, fused=dd.device.type == "cuda"
@@ -453,6 +463,8 @@ def train(
         with _autocast(dd.device):
             logits, _ = net(x)
         loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        if cfg.distill:
+            loss = (1 - cfg.distill) * loss + cfg.distill * distillation_loss(logits, teacher, x, dd.device)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
@@ -486,6 +498,14 @@ def train(
         dist.barrier()
         dist.destroy_process_group()
     return TrainResult(run_dir, step, best_val, best_step, stopped_by, log)
+
+
+def distillation_loss(logits: torch.Tensor, teacher: LM, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Mean over positions of KL(teacher || model) of the next-token distributions."""
+    with torch.no_grad(), _autocast(device):
+        target, _ = teacher(x)
+    return F.kl_div(F.log_softmax(logits.float(), -1).flatten(0, 1), F.log_softmax(target.float(), -1).flatten(0, 1),
+                    log_target=True, reduction="batchmean")
 
 
 def _out_of_time(cfg: TrainConfig, dd: _Dist, t_start: float, step_times: list[float], eval_time: float) -> bool:

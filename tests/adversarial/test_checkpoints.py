@@ -29,6 +29,7 @@ class _Drop:
 
 
 DROP = _Drop()  # a config field to delete (a repr, so that test ids are the same in every process)
+LL3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 64}  # hf-llama's rope_scaling
 BASE = LMConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=2, pattern=["gla", "swa"],
                 mixers={"gla": {"use_short_conv": True}, "swa": {"window": 8}})
 FLOAT_DTYPES = [torch.float16, torch.bfloat16, torch.float64]
@@ -47,6 +48,11 @@ def error_of(fn, *args, **kw):
 
 # --- source layouts (transformers / fla), written from an edgelin model by each importer's own config map
 
+LLAMA_NAMES = [(r"^blocks\.(\d+)\.mixer_norm\.", r"model.layers.\1.input_layernorm."),
+               (r"^blocks\.(\d+)\.mlp_norm\.", r"model.layers.\1.post_attention_layernorm."),
+               (r"^blocks\.(\d+)\.mlp\.", r"model.layers.\1.mlp."),
+               (r"^blocks\.(\d+)\.mixer\.", r"model.layers.\1.self_attn."),
+               (r"^embed\.", "model.embed_tokens."), (r"^norm\.", "model.norm.")]
 SOURCES = {
     "hf-mamba2": ({"model_type": "mamba2", "architectures": ["Mamba2ForCausalLM"], "vocab_size": 64, "hidden_size": 32,
                    "num_hidden_layers": 2, "num_heads": 4, "head_dim": 16, "expand": 2, "state_size": 8, "n_groups": 1,
@@ -86,6 +92,30 @@ SOURCES = {
                   (r"^blocks\.(\d+)\.mixer\.o_norm\.", r"backbone.blocks.\1.mlstm_layer.multihead_norm."),
                   (r"^blocks\.(\d+)\.mixer\.o_proj\.", r"backbone.blocks.\1.mlstm_layer.out_proj."),
                   (r"^embed\.", "backbone.embeddings."), (r"^norm\.", "backbone.out_norm.")]),
+    # older transformers' fields: rope_theta at the top, rope_scaling with llama3's rescale
+    "hf-llama": ({"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 64, "hidden_size": 32,
+                  "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                  "hidden_act": "silu", "rms_norm_eps": 1e-6, "attention_bias": True, "mlp_bias": False, "rope_theta": 500000.0,
+                  "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                   "original_max_position_embeddings": 64},
+                  "max_position_embeddings": 256, "tie_word_embeddings": False},
+                 LLAMA_NAMES),
+    "hf-qwen2": ({"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "vocab_size": 64, "hidden_size": 32,
+                  "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                  "hidden_act": "silu", "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "use_sliding_window": False,
+                  "sliding_window": 4096, "max_window_layers": 28, "tie_word_embeddings": True},
+                 LLAMA_NAMES),
+    "hf-qwen3": ({"model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"], "vocab_size": 64, "hidden_size": 32,
+                  "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                  "head_dim": 24, "hidden_act": "silu", "rms_norm_eps": 1e-6, "attention_bias": False,
+                  "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0},
+                  "layer_types": ["full_attention", "full_attention"], "tie_word_embeddings": True},
+                 LLAMA_NAMES),
+    "hf-gpt2": ({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": 64, "n_embd": 32, "n_layer": 2,
+                 "n_head": 2, "n_positions": 48, "n_inner": None, "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5,
+                 "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
+                 "add_cross_attention": False, "tie_word_embeddings": True},
+                []),  # written by gpt2_tensors
     "fla-gla": ({"model_type": "gla", "architectures": ["GLAForCausalLM"], "vocab_size": 64, "hidden_size": 32,
                  "num_hidden_layers": 2, "num_heads": 2, "intermediate_size": 64, "expand_k": 0.5, "expand_v": 1.0,
                  "use_short_conv": False, "hidden_act": "swish", "norm_eps": 1e-6, "tie_word_embeddings": False,
@@ -96,6 +126,25 @@ SOURCES = {
                  (r"^blocks\.(\d+)\.mixer\.", r"model.layers.\1.attn."),
                  (r"^embed\.", "model.embeddings."), (r"^norm\.", "model.norm.")]),
 }
+
+
+def gpt2_tensors(state):
+    """An edgelin state dict as GPT-2 stores it: Conv1D weights [in, out], q, k and v side by side in c_attn."""
+    out = {"transformer.wte.weight": state["embed.weight"], "transformer.wpe.weight": state["pos_embed.weight"],
+           "transformer.ln_f.weight": state["norm.weight"], "transformer.ln_f.bias": state["norm.bias"]}
+    if "lm_head.weight" in state:
+        out["lm_head.weight"] = state["lm_head.weight"]
+    for i in range(1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))):
+        b, h = f"blocks.{i}", f"transformer.h.{i}"
+        for ours, theirs in (("mixer_norm", "ln_1"), ("mlp_norm", "ln_2")):
+            for p in ("weight", "bias"):
+                out[f"{h}.{theirs}.{p}"] = state[f"{b}.{ours}.{p}"]
+        out[f"{h}.attn.c_attn.weight"] = torch.cat([state[f"{b}.mixer.{p}_proj.weight"] for p in "qkv"]).t()
+        out[f"{h}.attn.c_attn.bias"] = torch.cat([state[f"{b}.mixer.{p}_proj.bias"] for p in "qkv"])
+        for ours, theirs in (("mixer.o_proj", "attn.c_proj"), ("mlp.up_proj", "mlp.c_fc"), ("mlp.down_proj", "mlp.c_proj")):
+            out[f"{h}.{theirs}.weight"] = state[f"{b}.{ours}.weight"].t()
+            out[f"{h}.{theirs}.bias"] = state[f"{b}.{ours}.bias"]
+    return out
 
 
 def source_name(layout, name):
@@ -122,7 +171,8 @@ def sources(tmp_path_factory):
         path = tmp_path_factory.mktemp("src") / layout
         path.mkdir()
         (path / "config.json").write_text(json.dumps(cfg))
-        save_file({source_name(layout, k): v.contiguous() for k, v in state.items()}, str(path / "model.safetensors"))
+        tensors = gpt2_tensors(state) if layout == "hf-gpt2" else {source_name(layout, k): v for k, v in state.items()}
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(path / "model.safetensors"))
         out[layout] = path, state
     return out
 
@@ -160,6 +210,12 @@ def gla(**options):
     return {"mixers": {"gla": {"use_short_conv": True, **options}, "swa": {"window": 8}}}
 
 
+def swa(**options):
+    return {"mixers": {"gla": {"use_short_conv": True}, "swa": {"window": 8, **options}}}
+
+
+SWA_LLAMA3 = {"type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+              "original_max_position_embeddings": 64}
 HUGE = "needs at least"
 CONFIG_VALUES = [
     ({"d_model": 10**9}, HUGE), ({"d_model": 10**12}, HUGE), ({"n_layers": 10**9}, HUGE), ({"n_layers": 10**12}, HUGE),
@@ -198,6 +254,17 @@ CONFIG_VALUES = [
     ({"pattern": ["mlstm"], "mixers": {"mlstm": {"eps": "small"}}}, "option 'eps'"),
     ({"colour": "blue"}, "unknown field(s) 'colour'"), ({"a\nb": 1}, "unknown field(s) 'a\\nb'"),
     ({"d_model": DROP, "n_heads": DROP, "pattern": DROP}, "does not match config.json"),
+    ({"norm": "batch"}, "norm must be one of rms, layer"), ({"norm": None}, "norm must be one of"),
+    ({"mlp": "relu"}, "mlp must be one of swiglu, gelu, gelu_tanh"), ({"mlp": ["gelu"]}, "mlp must be one of"),
+    ({"mlp_bias": "yes"}, "mlp_bias must be true or false"), ({"mlp_bias": 1}, "mlp_bias"),
+    ({"max_positions": -1}, "max_positions must be an integer >= 0"), ({"max_positions": 2.5}, "max_positions"),
+    ({"max_positions": True}, "max_positions"), ({"max_positions": 10**12}, HUGE), ({"max_positions": 2**70}, "below 2**63"),
+    (swa(o_bias="no"), "option 'o_bias'"), (swa(rope_scaling={"type": "yarn", "factor": 4}), "rope_scaling must be null or"),
+    (swa(rope_scaling=[8.0]), "rope_scaling must be null or"), (swa(rope_scaling={**SWA_LLAMA3, "factor": -1}), "factor must be a positive"),
+    (swa(rope_scaling={**SWA_LLAMA3, "high_freq_factor": 0.5}), "must be above low_freq_factor"),
+    (swa(rope_scaling={**SWA_LLAMA3, "low_freq_factor": math.nan}), "low_freq_factor"),
+    (swa(rope_scaling={**SWA_LLAMA3, "original_max_position_embeddings": "8192"}), "original_max_position_embeddings"),
+    (swa(rope_scaling=SWA_LLAMA3, rope_theta=0), "needs rotary embeddings"),
     # sizes that each pass their own check but do not fit together: caught by a dry run on the meta device
     (gla(expand_k=0.3), "do not fit together"), (gla(expand_v=0.3), "do not fit together"),
     (gla(expand_v=0.01), "no elements"), (gla(expand_k=0.01), "no elements"),
@@ -205,8 +272,9 @@ CONFIG_VALUES = [
 
 
 def case_id(changes):
-    """The changes without gla()'s fixed part, at most 60 characters."""
-    return repr(changes).replace("'use_short_conv': True, ", "").replace(", 'swa': {'window': 8}", "")[:60]
+    """The changes without gla()'s and swa()'s fixed parts, at most 60 characters."""
+    text = repr(changes).replace("'gla': {'use_short_conv': True}, ", "").replace("'window': 8, ", "")
+    return text.replace("'use_short_conv': True, ", "").replace(", 'swa': {'window': 8}", "")[:60]
 
 
 @pytest.mark.parametrize("changes, fragment", CONFIG_VALUES, ids=[case_id(c) for c, _ in CONFIG_VALUES])
@@ -429,6 +497,59 @@ IMPORTED_VALUES = [
     ("hf-xlstm", {"inference_state_dtype": "int8"}, "inference_state_dtype"), ("hf-xlstm", {"chunk_size": "64"}, "chunk_size"),
     ("hf-xlstm", {"add_out_norm": "yes"}, "add_out_norm"), ("hf-xlstm", {"step_kernel": 3}, "step_kernel"),
     ("hf-xlstm", {"vocab_size": 10**12}, HUGE), ("hf-xlstm", {"tie_word_embeddings": None}, "tie_word_embeddings"),
+    ("hf-llama", {"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope type 'yarn' is not supported"),
+    ("hf-llama", {"rope_scaling": {"type": "linear", "factor": 2.0}}, "rope type 'linear'"),
+    ("hf-llama", {"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}, "rope type 'dynamic'"),
+    ("hf-llama", {"rope_scaling": "llama3"}, "rope_scaling must be an object"), ("hf-llama", {"rope_scaling": [1]}, "rope_scaling"),
+    ("hf-llama", {"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "has no 'low_freq_factor'"),
+    ("hf-llama", {"rope_scaling": {**LL3, "factor": -1}}, "factor must be a positive number"),
+    ("hf-llama", {"rope_scaling": {**LL3, "factor": "8"}}, "factor"), ("hf-llama", {"rope_scaling": {**LL3, "factor": math.inf}}, "factor"),
+    ("hf-llama", {"rope_scaling": {**LL3, "low_freq_factor": None}}, "low_freq_factor"),
+    ("hf-llama", {"rope_scaling": {**LL3, "high_freq_factor": 1.0}}, "must be above low_freq_factor"),
+    ("hf-llama", {"rope_scaling": {**LL3, "original_max_position_embeddings": 0}}, "original_max_position_embeddings"),
+    ("hf-llama", {"rope_scaling": {**LL3, "original_max_position_embeddings": 64.0}}, "original_max_position_embeddings"),
+    ("hf-llama", {"rope_scaling": {**LL3, "beta_fast": 32}}, "unknown key(s) 'beta_fast'"),
+    ("hf-llama", {"rope_scaling": {"rope_type": 3}}, "rope_type must be a string"),
+    ("hf-llama", {"rope_scaling": {"rope_type": "llama3"}, "rope_theta": 0}, "rope_theta"),
+    ("hf-llama", {"rope_scaling": None, "rope_parameters": {"full_attention": {"rope_type": "default"}}}, "unknown key(s) 'full_attention'"),
+    ("hf-llama", {"rope_theta": -1}, "rope_theta"), ("hf-llama", {"rope_theta": math.nan}, "rope_theta"),
+    ("hf-llama", {"rope_theta": "1e4"}, "rope_theta"), ("hf-llama", {"partial_rotary_factor": 0.5}, "partial_rotary_factor 0.5"),
+    ("hf-llama", {"hidden_act": "gelu"}, "hidden_act 'gelu' is not supported"), ("hf-llama", {"hidden_act": None}, "hidden_act"),
+    ("hf-llama", {"attention_bias": "yes"}, "attention_bias"), ("hf-llama", {"mlp_bias": 1}, "mlp_bias"),
+    ("hf-llama", {"mlp_bias": True}, "missing weights"), ("hf-llama", {"num_key_value_heads": 3}, "not a multiple"),
+    ("hf-llama", {"num_key_value_heads": 0}, "num_key_value_heads"), ("hf-llama", {"head_dim": 0}, "head_dim"),
+    ("hf-llama", {"head_dim": 12}, "has shape"), ("hf-llama", {"head_dim": 2**40}, "FP32 parameters"),
+    ("hf-llama", {"head_dim": 2**62}, "too large"), ("hf-llama", {"intermediate_size": DROP}, "has no 'intermediate_size'"),
+    ("hf-llama", {"intermediate_size": 10**12}, HUGE), ("hf-llama", {"num_hidden_layers": 10**12}, "num_hidden_layers"),
+    ("hf-llama", {"rms_norm_eps": 0}, "rms_norm_eps"), ("hf-llama", {"tie_word_embeddings": "no"}, "tie_word_embeddings"),
+    ("hf-llama", {"vocab_size": 10**12}, HUGE),
+    ("hf-qwen2", {"use_sliding_window": True, "max_window_layers": 1}, "sliding-window layers"),
+    ("hf-qwen2", {"use_sliding_window": "yes"}, "use_sliding_window"),
+    ("hf-qwen2", {"use_sliding_window": True, "max_window_layers": -1}, "max_window_layers"),
+    ("hf-qwen2", {"use_sliding_window": True, "sliding_window": "big", "max_window_layers": 0}, "sliding_window"),
+    ("hf-qwen2", {"layer_types": ["full_attention", "sliding_attention"]}, "layer type(s) 'sliding_attention'"),
+    ("hf-qwen2", {"layer_types": ["full_attention"]}, "1 layer_types for 2"), ("hf-qwen2", {"layer_types": "full"}, "layer_types"),
+    ("hf-qwen2", {"num_key_value_heads": DROP}, "not a multiple of n_kv_heads 32"),
+    ("hf-qwen2", {"rope_theta": None}, "rope_theta"), ("hf-qwen2", {"hidden_size": 48}, "shape"),
+    ("hf-qwen3", {"head_dim": None}, "head_dim"), ("hf-qwen3", {"head_dim": DROP}, "has shape"),
+    ("hf-qwen3", {"layer_types": [1, 2]}, "layer type(s)"), ("hf-qwen3", {"attention_bias": True}, "missing weights"),
+    ("hf-qwen3", {"rope_parameters": {"rope_type": "longrope"}}, "rope type 'longrope'"),
+    ("hf-qwen3", {"rope_parameters": {"rope_theta": -5}}, "rope_theta"), ("hf-qwen3", {"rms_norm_eps": "1e-6"}, "rms_norm_eps"),
+    ("hf-gpt2", {"activation_function": "relu"}, "activation_function 'relu' is not supported"),
+    ("hf-gpt2", {"activation_function": "gelu_fast"}, "activation_function 'gelu_fast'"),
+    ("hf-gpt2", {"activation_function": ["gelu"]}, "activation_function must be a string"),
+    ("hf-gpt2", {"n_positions": 0}, "n_positions"), ("hf-gpt2", {"n_positions": -1}, "n_positions"),
+    ("hf-gpt2", {"n_positions": 10**12}, HUGE), ("hf-gpt2", {"n_positions": 2**70}, "below 2**63"),
+    ("hf-gpt2", {"n_positions": 1.5}, "n_positions"), ("hf-gpt2", {"n_positions": 16}, "has shape"),
+    ("hf-gpt2", {"n_positions": DROP}, "has no 'n_positions'"),
+    ("hf-gpt2", {"max_position_embeddings": 96}, "n_positions and max_position_embeddings differ"),
+    ("hf-gpt2", {"n_inner": 0}, "n_inner"), ("hf-gpt2", {"n_inner": 10**12}, HUGE), ("hf-gpt2", {"n_inner": 64}, "has shape"),
+    ("hf-gpt2", {"scale_attn_by_inverse_layer_idx": True}, "scale_attn_by_inverse_layer_idx true is not supported"),
+    ("hf-gpt2", {"scale_attn_weights": False}, "scale_attn_weights false"),
+    ("hf-gpt2", {"reorder_and_upcast_attn": "no"}, "reorder_and_upcast_attn"),
+    ("hf-gpt2", {"add_cross_attention": True}, "add_cross_attention true"), ("hf-gpt2", {"layer_norm_epsilon": -1}, "layer_norm_epsilon"),
+    ("hf-gpt2", {"n_head": 3}, "not divisible"), ("hf-gpt2", {"n_embd": "32"}, "n_embd"), ("hf-gpt2", {"n_layer": 10**12}, "n_layer"),
+    ("hf-gpt2", {"tie_word_embeddings": False}, "missing weights"), ("hf-gpt2", {"vocab_size": None}, "vocab_size"),
     ("fla-gla", {"num_kv_heads": 3}, "num_kv_heads"), ("fla-gla", {"num_kv_heads": "x"}, "num_kv_heads"),
     ("fla-gla", {"feature_map": []}, "feature_map"), ("fla-gla", {"feature_map": "cosine"}, "feature_map"),
     ("fla-gla", {"intermediate_size": DROP, "hidden_ratio": "x"}, "hidden_ratio"),
@@ -465,6 +586,23 @@ IMPORTED_TENSORS = [
     ("fla-gla", "model.layers.1.attn.q_proj.weight", lambda w: w[0].clone(), "has shape"),
     ("fla-gla", "model.layers.1.attn.q_proj.weight", DROP, "missing weights"),
     ("hf-lfm2", "model.layers.0.conv.in_proj.weight", DROP, "missing weights"),
+    ("hf-llama", "model.layers.0.self_attn.q_proj.bias", lambda w: w.to(torch.int32), "dtype int32"),
+    ("hf-llama", "model.layers.1.self_attn.k_proj.weight", lambda w: w.t().contiguous(), "has shape"),
+    ("hf-llama", "model.layers.1.self_attn.o_proj.bias", DROP, "missing weights"),
+    ("hf-llama", "lm_head.weight", DROP, "missing weights"),
+    ("hf-qwen2", "model.layers.0.self_attn.v_proj.bias", DROP, "missing weights"),
+    ("hf-qwen2", "model.layers.1.mlp.down_proj.weight", lambda w: w.fill_(math.nan), "inf or NaN"),
+    ("hf-qwen2", "model.embed_tokens.weight", lambda w: w.to(torch.float8_e4m3fn), "dtype float8_e4m3fn"),
+    ("hf-qwen3", "model.layers.0.self_attn.q_norm.weight", DROP, "missing weights"),
+    ("hf-qwen3", "model.layers.1.self_attn.k_norm.weight", lambda w: w[:-1].clone(), "has shape"),
+    ("hf-gpt2", "transformer.h.0.attn.c_attn.weight", lambda w: w.t().contiguous(), "has shape"),
+    ("hf-gpt2", "transformer.h.0.attn.c_attn.weight", lambda w: w[0].clone(), "has shape"),
+    ("hf-gpt2", "transformer.h.1.attn.c_attn.bias", lambda w: w[:-1].clone(), "has shape"),
+    ("hf-gpt2", "transformer.h.1.attn.c_attn.weight", DROP, "missing weights"),
+    ("hf-gpt2", "transformer.h.1.mlp.c_fc.weight", lambda w: w.t().contiguous(), "has shape"),
+    ("hf-gpt2", "transformer.wpe.weight", lambda w: w.to(torch.int8), "dtype int8"),
+    ("hf-gpt2", "transformer.wpe.weight", DROP, "missing weights"),
+    ("hf-gpt2", "transformer.ln_f.bias", lambda w: w.fill_(math.inf), "inf or NaN"),
 ]
 
 
@@ -579,7 +717,9 @@ def fuzz_sources(sources, tmp_path_factory):
 def test_fuzz_imported_config_fields(fuzz_sources, layout, data):
     cfg = SOURCES[layout][0]
     keys = sorted(set(cfg) | {"hidden_ratio", "num_kv_heads", "block_ffn_dim_multiplier", "full_attn_idxs",
-                              "rope_parameters", "time_step_rank", "num_v_heads", "elementwise_affine"})
+                              "rope_parameters", "time_step_rank", "num_v_heads", "elementwise_affine", "rope_scaling",
+                              "head_dim", "layer_types", "use_sliding_window", "max_window_layers", "partial_rotary_factor",
+                              "original_max_position_embeddings", "hidden_size", "max_position_embeddings"})
     changes = data.draw(st.dictionaries(st.sampled_from(keys), JSON | PLAUSIBLE, min_size=1, max_size=3))
     load_or_refuse(fuzz_sources[layout], {**cfg, **changes})
 

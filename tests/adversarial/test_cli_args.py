@@ -175,3 +175,35 @@ def test_train(tmp_path, extra, fragment):
     text = Path(__file__)
     assert_one_error(run("train", "--config", "gla-tiny", "--text", text, "-o", tmp_path / "run", *extra), fragment)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture(scope="module")
+def attention_checkpoint(tmp_path_factory):
+    import torch
+
+    from edgelin.models.checkpoint import save_checkpoint
+    from edgelin.models.config import LMConfig
+    from edgelin.models.lm import LM
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt")
+    config = LMConfig(d_model=32, n_layers=1, n_heads=2, pattern=["swa"], mixers={"swa": {"window": 32, "full_attention": True}})
+    save_checkpoint(LM(config).init_weights(), path / "attention")
+    save_checkpoint(LM(LMConfig(d_model=32, n_layers=1, n_heads=2)).init_weights(), path / "gla")
+    return path
+
+
+@pytest.mark.parametrize("model,extra,fragment", [
+    ("attention", ["--into", "mamba"], "--into"), ("attention", ["--into", "gla+swa", "--window", "0"], "--window"),
+    ("attention", ["--distill", "2"], "distill"), ("attention", ["--distill", "nan"], "distill"),
+    ("attention", ["--feature-map", "cosine"], "feature_map"), ("attention", ["--transfer-steps", "0"], "transfer-steps"),
+    ("attention", ["--transfer-lr", "-1"], "transfer-lr"), ("attention", ["--steps", "0"], "steps"),
+    ("attention", ["--device", "tpu"], "device"), ("attention", ["--text", "/nonexistent.txt"], "nonexistent"),
+    ("attention", ["--resume", "/nonexistent-run"], "nonexistent-run"),
+    ("gla", [], "no softmax attention"), ("gla-tiny", [], "no trained weights"), ("/nonexistent-model", [], "nonexistent-model"),
+])
+def test_linearize(attention_checkpoint, tmp_path, model, extra, fragment):
+    source = attention_checkpoint / model if (attention_checkpoint / model).exists() else model
+    args = ["linearize", source, "--text", Path(__file__), "-o", tmp_path / "run", "--device", "cpu", *extra]
+    assert_one_error(run(*args), fragment)
+    assert list(tmp_path.iterdir()) == []  # nothing written, no hidden run directory left

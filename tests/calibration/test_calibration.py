@@ -108,6 +108,26 @@ def test_rotation_keeps_the_function(name):
     assert not torch.equal(model.embed.weight, rot.embed.weight)
 
 
+def test_rotation_of_imported_transformer_options():
+    """Biases on every projection, a GELU MLP and learned positions (rotated with the embedding) keep the
+    function; LayerNorm blocks (GPT-2) do not commute with a rotation and are refused in one line."""
+    import torch
+
+    from edgelin.models import LMConfig
+
+    config = LMConfig(d_model=64, n_layers=2, n_heads=4, pattern=["swa"], mlp="gelu", mlp_bias=True, max_positions=40,
+                      init_std=0.2, mixers={"swa": {"window": 32, "bias": True, "o_bias": True}})
+    model = LM(config).init_weights()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(torch.randn(p.shape) * 0.2)
+        ids = torch.tensor(IDS)
+        assert torch.allclose(model(ids)[0], rotate_model(model)(ids)[0], atol=1e-4)
+    with pytest.raises(EdgelinError, match="--rotate needs RMSNorm blocks"):
+        rotate_model(LM(LMConfig(d_model=64, n_layers=1, n_heads=4, pattern=["swa"], norm="layer")))
+
+
 @pytest.mark.parametrize("d", [64, 96, 384, 100])
 def test_rotation_matrix_is_orthogonal(d):
     import torch

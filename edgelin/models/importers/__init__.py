@@ -11,7 +11,8 @@ from typing import Any
 from edgelin.errors import EdgelinError
 from edgelin.models.config import check_fits, is_int
 from edgelin.models.importers import (
-    fla_deltanet, fla_gated_deltanet, fla_gla, fla_retnet, hf_lfm2, hf_mamba, hf_mamba2, hf_xlstm,
+    fla_deltanet, fla_gated_deltanet, fla_gla, fla_retnet, hf_gpt2, hf_lfm2, hf_llama, hf_mamba, hf_mamba2, hf_qwen2, hf_qwen3,
+    hf_xlstm,
 )
 from edgelin.models.importers.common import Importer, Weights, build, read_config, read_safetensors
 from edgelin.models.lm import LM
@@ -19,10 +20,11 @@ from edgelin.runtime.schema import short
 
 IMPORTERS: dict[str, Importer] = {
     t: m.IMPORTER
-    for m in (hf_mamba2, hf_mamba, hf_lfm2, hf_xlstm, fla_gla, fla_gated_deltanet, fla_deltanet, fla_retnet)
+    for m in (hf_mamba2, hf_mamba, hf_lfm2, hf_xlstm, hf_llama, hf_qwen2, hf_qwen3, hf_gpt2, fla_gla, fla_gated_deltanet,
+              fla_deltanet, fla_retnet)
     for t in m.IMPORTER.model_types
 }
-DEFAULT_MAX_CONTEXT = 2048  # KV cache length for full-attention layers (LFM2)
+DEFAULT_MAX_CONTEXT = 2048  # KV cache length for full-attention layers (LFM2, Llama, Qwen2, Qwen3, GPT-2)
 
 
 def is_foreign(cfg: dict[str, Any]) -> bool:
@@ -47,7 +49,8 @@ def import_checkpoint(path: str | Path, *, max_context: int = DEFAULT_MAX_CONTEX
 
     Args:
         path: directory with config.json and model.safetensors (or shards with model.safetensors.index.json).
-        max_context: KV cache length for layers with full attention (LFM2); see docs/FORMAT.md.
+        max_context: KV cache length for layers with full attention (LFM2, Llama, Qwen2, Qwen3; GPT-2 at
+            most its n_positions); see docs/FORMAT.md.
     Returns:
         (model in eval mode, source layout name such as "hf-mamba2" or "fla-gla").
     """

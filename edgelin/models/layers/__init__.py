@@ -2,6 +2,7 @@
 from edgelin.models.layers.delta_net import DeltaNet
 from edgelin.models.layers.gated_delta import GatedDelta
 from edgelin.models.layers.gla import GLA
+from edgelin.models.layers.lin_attn import LinearizedAttention
 from edgelin.models.layers.mamba import Mamba
 from edgelin.models.layers.mamba2 import Mamba2
 from edgelin.models.layers.mlstm import MLSTM
@@ -11,6 +12,7 @@ from edgelin.models.layers.swa import SlidingWindowAttention
 
 MIXERS = {
     "gla": GLA,
+    "lin_attn": LinearizedAttention,
     "gated_delta": GatedDelta,
     "delta_net": DeltaNet,
     "mamba": Mamba,

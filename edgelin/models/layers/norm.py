@@ -1,4 +1,4 @@
-"""RMSNorm and its gated forms (fla's swish-gated output norm, Mamba2's norm-after-gate)."""
+"""RMSNorm and its gated forms (fla's swish-gated output norm, Mamba2's norm-after-gate); LayerNorm (GPT-2)."""
 from __future__ import annotations
 
 import torch
@@ -18,6 +18,27 @@ class RMSNorm(nn.Module):
         # Computed in float32 so an INT16 or fp16 input cannot overflow the sum of squares.
         xf = x.float()
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+
+
+class LayerNorm(nn.Module):
+    """(x - mean) / sqrt(var + eps) * weight + bias over the last dim: torch's LayerNorm, written out in
+    float32 like RMSNorm (no smoothing site: `declared_norms` takes RMSNorm scales only)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xc = xf - xf.mean(-1, keepdim=True)
+        return (xc * torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight + self.bias
+
+
+def make_norm(kind: str, dim: int, eps: float) -> nn.Module:
+    """LMConfig.norm: "rms" or "layer"."""
+    return LayerNorm(dim, eps) if kind == "layer" else RMSNorm(dim, eps)
 
 
 class GatedRMSNorm(RMSNorm):

@@ -6,7 +6,9 @@ attention time: no position counter is carried and the cos/sin tables are graph 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,11 +26,46 @@ class SWAOptions:
     head_dim: int = 0  # 0 = d_model // n_heads
     rope_theta: float = 10000.0  # 0 = no rotary embedding
     qk_norm: bool = False
-    bias: bool = False
+    bias: bool = False  # on q/k/v_proj, and on o_proj unless o_bias says otherwise
+    o_bias: bool | None = None  # None: as `bias` (Qwen2: q/k/v with bias, o_proj without)
     norm_eps: float = 1e-5
     # True: the source model has full (unbounded) attention, exported as a KV cache capped at
     # `window` tokens (the manifest's max_context); past it the oldest tokens drop out.
     full_attention: bool = False
+    # None: plain rotary frequencies. {"type": "llama3", "factor", "low_freq_factor", "high_freq_factor",
+    # "original_max_position_embeddings"}: Llama 3.x's frequency-dependent rescale (rope_frequencies)
+    rope_scaling: dict[str, Any] | None = None
+
+
+LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+
+
+def rope_frequencies(dim: int, theta: float, scaling: dict[str, Any] | None) -> torch.Tensor | None:
+    """The inverse frequencies [dim / 2] of a rope scaling, in float32; None for plain rotary
+    (`rotate` computes those itself). "llama3" is transformers' `_compute_llama3_parameters`, step by
+    step. Raises ValueError for a scaling it does not know or values out of range."""
+    if scaling is None:
+        return None
+    if not isinstance(scaling, dict) or scaling.get("type") != "llama3" or set(scaling) != {"type", *LLAMA3_KEYS}:
+        raise ValueError(f"swa: rope_scaling must be null or {{'type': 'llama3', {', '.join(map(repr, LLAMA3_KEYS))}}}, "
+                         f"got {str(scaling)[:120]}")
+    for key in LLAMA3_KEYS:
+        value = scaling[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ValueError(f"swa: rope_scaling {key} must be a positive number, got {str(value)[:40]}")
+    factor, low, high, old_context = (float(scaling[k]) for k in LLAMA3_KEYS)
+    if high <= low:
+        raise ValueError(f"swa: rope_scaling high_freq_factor ({high}) must be above low_freq_factor ({low})")
+    # on the default device: the meta device while check_fits sizes a config, so a hostile head_dim allocates nothing
+    inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.int64).to(dtype=torch.float) / dim))
+    low_freq_wavelen = old_context / low
+    high_freq_wavelen = old_context / high
+    wavelen = 2 * math.pi / inv_freq
+    inv_freq_llama = torch.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+    smooth_factor = (old_context / wavelen - low) / (high - low)
+    smoothed_inv_freq = (1 - smooth_factor) * inv_freq_llama / factor + smooth_factor * inv_freq_llama
+    is_medium_freq = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
+    return torch.where(is_medium_freq, smoothed_inv_freq, inv_freq_llama)
 
 
 def _exporting() -> bool:
@@ -36,10 +73,14 @@ def _exporting() -> bool:
     return torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
-def rotate(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
-    """Rotary embedding (rotate-half layout) of x [..., P, D] at positions [P]."""
+def rotate(x: torch.Tensor, positions: torch.Tensor, theta: float, inv_freq: torch.Tensor | None = None) -> torch.Tensor:
+    """Rotary embedding (rotate-half layout) of x [..., P, D] at positions [P]; `inv_freq` [D / 2]
+    replaces the plain frequencies of `theta` (rope_frequencies)."""
     D = x.shape[-1]
-    inv_freq = 1.0 / theta ** (torch.arange(0, D, 2, dtype=torch.float, device=x.device) / D)
+    if inv_freq is None:
+        inv_freq = 1.0 / theta ** (torch.arange(0, D, 2, dtype=torch.float, device=x.device) / D)
+    else:
+        inv_freq = inv_freq.to(x.device)
     angles = positions.float()[:, None] * inv_freq[None]
     cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
     x1, x2 = x[..., : D // 2], x[..., D // 2 :]
@@ -49,9 +90,9 @@ def rotate(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tens
 class SlidingWindowAttention(TokenMixer):
     float_state_kinds = ("window_mask",)  # 0/1 flags: an integer grid would only round them
 
-    def __init__(self, config: LMConfig, layer: int):
+    def __init__(self, config: LMConfig, layer: int, options: SWAOptions | None = None):
         super().__init__()
-        o = self.options = mixer_options(SWAOptions, config, "swa")
+        o = self.options = options or mixer_options(SWAOptions, config, "swa")
         d, self.heads = config.d_model, config.n_heads
         self.kv_heads = o.n_kv_heads or self.heads
         self.head_dim = o.head_dim or d // self.heads
@@ -59,10 +100,13 @@ class SlidingWindowAttention(TokenMixer):
             raise ValueError(f"swa: n_heads {self.heads} is not a multiple of n_kv_heads {self.kv_heads}")
         self.window = o.window
         self.max_context = o.window if o.full_attention else None
+        if o.rope_scaling is not None and not o.rope_theta:
+            raise ValueError("swa: rope_scaling needs rotary embeddings (rope_theta > 0)")
+        self.inv_freq = rope_frequencies(self.head_dim, o.rope_theta, o.rope_scaling)
         self.q_proj = nn.Linear(d, self.heads * self.head_dim, bias=o.bias)
         self.k_proj = nn.Linear(d, self.kv_heads * self.head_dim, bias=o.bias)
         self.v_proj = nn.Linear(d, self.kv_heads * self.head_dim, bias=o.bias)
-        self.o_proj = nn.Linear(self.heads * self.head_dim, d, bias=o.bias)
+        self.o_proj = nn.Linear(self.heads * self.head_dim, d, bias=o.bias if o.o_bias is None else o.o_bias)
         self.q_norm = RMSNorm(self.head_dim, o.norm_eps) if o.qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, o.norm_eps) if o.qk_norm else None
 
@@ -91,14 +135,14 @@ class SlidingWindowAttention(TokenMixer):
         theta = self.options.rope_theta
         if T <= W and not _exporting() and not q.is_meta and not state["window_mask"].any():
             # a fresh sequence that fits the window (training, a first prefill): plain causal attention
-            qr = rotate(q, torch.arange(T, device=q.device), theta) if theta else q
-            kr = rotate(keys[:, :, W:], torch.arange(T, device=q.device), theta) if theta else keys[:, :, W:]
+            qr = rotate(q, torch.arange(T, device=q.device), theta, self.inv_freq) if theta else q
+            kr = rotate(keys[:, :, W:], torch.arange(T, device=q.device), theta, self.inv_freq) if theta else keys[:, :, W:]
             o = F.scaled_dot_product_attention(qr, kr.repeat_interleave(rep, 1), values[:, :, W:].repeat_interleave(rep, 1),
                                                is_causal=True)
             return o.transpose(1, 2).flatten(-2), new_state
         if theta:
-            q = rotate(q, torch.arange(T, device=q.device), theta)
-            keys_rot = rotate(keys, torch.arange(-W, T, device=q.device), theta)
+            q = rotate(q, torch.arange(T, device=q.device), theta, self.inv_freq)
+            keys_rot = rotate(keys, torch.arange(-W, T, device=q.device), theta, self.inv_freq)
         else:
             keys_rot = keys
         # Queries in blocks of W: each block sees at most 2W-1 keys, so memory is O(T * W), not O(T^2).
