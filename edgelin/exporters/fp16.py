@@ -17,33 +17,30 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 FP16_MAX = float(np.finfo(np.float16).max)
 SUFFIX = ".float32"  # the Cast's output: the float32 value every reader of the weight now reads
 
 
-def to_fp16_weights(proto: onnx.ModelProto) -> list[str]:
-    """Store `proto`'s float32 weight matrices as float16, each read through a Cast to float32, in place.
+def to_fp16(name: str, values: np.ndarray) -> np.ndarray:
+    """What an FP16 package stores for constant `name`: a float32 weight matrix (two or more
+    dimensions, finite, inside float16's range) as float16; anything else as it is. The
+    `convert` of `exporters/fold.fold_parameters`."""
+    if values.dtype != np.float32 or values.ndim < 2 or not np.isfinite(values).all() \
+            or np.abs(values).max(initial=0) > FP16_MAX:
+        return values
+    return values.astype(np.float16)
 
-    Args:
-        proto: a step graph with its initializers in memory.
+
+def read_through_casts(proto: onnx.ModelProto) -> list[str]:
+    """Make every reader of a float16 initializer of `proto` read it through one Cast to float32, in place.
+
     Returns:
-        The names of the converted initializers (a matrix outside float16's range stays float32).
-    Example:
-        >>> to_fp16_weights(onnx.load("decode.onnx"))  # doctest: +SKIP
-        ['model.embed.weight', 'onnx::MatMul_1021', ...]
+        The names of the float16 initializers.
     """
     g = proto.graph
-    converted = []
-    for i, t in enumerate(g.initializer):
-        if t.data_type != TensorProto.FLOAT or len(t.dims) < 2:
-            continue
-        values = numpy_helper.to_array(t)
-        if not np.isfinite(values).all() or np.abs(values).max(initial=0) > FP16_MAX:
-            continue
-        g.initializer[i].CopyFrom(numpy_helper.from_array(values.astype(np.float16), t.name))
-        converted.append(t.name)
+    converted = [t.name for t in g.initializer if t.data_type == TensorProto.FLOAT16]
     renamed = {name: name + SUFFIX for name in converted}
     for node in g.node:
         node.input[:] = [renamed.get(x, x) for x in node.input]

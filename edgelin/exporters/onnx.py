@@ -12,6 +12,7 @@ import os
 import warnings
 from collections import Counter
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -20,6 +21,8 @@ import torch
 from edgelin.errors import EdgelinError
 from edgelin.models.lm import LM
 from edgelin.runtime.package import position_output, steps_output
+from edgelin.exporters.fold import Found, fold_parameters
+from edgelin.exporters.weights import WeightStore
 from edgelin.trace import StepGraph
 
 OPSET = 17
@@ -40,6 +43,7 @@ def trace_to_onnx(
     output_names: list[str],
     opset: int = OPSET,
     exporter: str | None = None,
+    params_as_inputs: bool = False,
 ) -> None:
     """Trace `module` on `example_inputs` and write a self-contained ONNX file to `path`.
 
@@ -47,6 +51,10 @@ def trace_to_onnx(
     fixed by the example. This is the only function that calls torch.onnx.export: switching the
     exporter is a change of `EXPORTER` (or of this function) and nothing else. Exporter warnings
     are left visible.
+
+    With `params_as_inputs` the file holds no weights: every parameter is a further graph input named
+    after it (`model.blocks.0.mixer.q_proj.weight`) and nothing computed from parameters is folded;
+    `exporters/fold.py` folds it and stores the weights. A model's size then costs the tracer nothing.
     """
     exporter = exporter or EXPORTER
     if exporter not in EXPORTERS:
@@ -66,13 +74,14 @@ def trace_to_onnx(
                 module, example_inputs, str(path), dynamo=False, opset_version=opset,
                 input_names=input_names, output_names=output_names,
                 dynamic_axes={name: {0: BATCH} for name in input_names + output_names},
-                do_constant_folding=True,
+                do_constant_folding=not params_as_inputs, export_params=not params_as_inputs,
+                keep_initializers_as_inputs=params_as_inputs or None,  # True: no merging of equal parameters
             )
         else:
-            _export_dynamo(module, example_inputs, path, input_names, output_names, opset)
+            _export_dynamo(module, example_inputs, path, input_names, output_names, opset, params_as_inputs)
 
 
-def _export_dynamo(module, example_inputs, path, input_names, output_names, opset) -> None:
+def _export_dynamo(module, example_inputs, path, input_names, output_names, opset, params_as_inputs: bool) -> None:
     """torch.export (dynamo=True). A batch of 1 would be specialized, so it traces a batch of 2."""
     if opset < DYNAMO_MIN_OPSET:
         # torch's own down-conversion fails on these graphs (no Split 18 -> 17 adapter in onnx) and
@@ -83,8 +92,20 @@ def _export_dynamo(module, example_inputs, path, input_names, output_names, opse
     args = tuple(t.expand(2, *t.shape[1:]).contiguous() if t.shape[0] == 1 else t for t in example_inputs)
     program = torch.onnx.export(
         module, args, dynamo=True, opset_version=opset, input_names=input_names, output_names=output_names,
-        dynamic_shapes=_batch_shapes(module, args, batch), optimize=True, external_data=False, verbose=False,
+        dynamic_shapes=_batch_shapes(module, args, batch), optimize=not params_as_inputs, external_data=False,
+        verbose=False,
     )
+    if params_as_inputs:  # unoptimized, the parameters are initializers named after them: make them inputs
+        proto = program.model_proto
+        params = {name for name, _ in module.named_parameters(remove_duplicate=False)}
+        g = proto.graph
+        moved = [t for t in g.initializer if t.name in params]
+        g.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in moved)
+        kept = [t for t in g.initializer if t.name not in params]
+        del g.initializer[:]
+        g.initializer.extend(kept)
+        onnx.save(proto, str(path))
+        return
     # onnxscript folds a constant over 8192 elements only when that uses no more memory; a tied
     # embedding / LM head (read by Gather and, transposed, by MatMul) would stay a Transpose run at
     # every step. Fold like the TorchScript exporter does: a transposed copy, no size limit.
@@ -111,17 +132,36 @@ def _batch_shapes(module: torch.nn.Module, args: tuple, batch) -> dict:
 
 def export_step_graph(model: LM, tokens: int, path: str | Path, *, opset: int = OPSET,
                       block_outputs: bool = False, verify: bool = False) -> onnx.ModelProto:
-    """Trace the step graph for `tokens` tokens (batch symbolic) and write it to `path` as ONNX.
+    """Trace the step graph for `tokens` tokens (batch symbolic) and write it to `path` as one ONNX
+    file, weights inside. `block_outputs` adds each block's output as an extra graph output
+    `hidden.<layer>` (see trace.py); `verify` traces the verify graph (`tokens` steps of the step
+    form, a state after each position)."""
+    proto, _ = trace_step_graph(model, tokens, Path(path).parent, opset=opset, block_outputs=block_outputs,
+                                verify=verify)
+    onnx.save(proto, str(path))
+    return proto
 
-    `block_outputs` adds each block's output as an extra graph output `hidden.<layer>` (see trace.py);
-    `verify` traces the verify graph (`tokens` steps of the step form, a state after each position).
+
+def trace_step_graph(model: LM, tokens: int, work: Path, *, opset: int = OPSET, block_outputs: bool = False,
+                     verify: bool = False, store: WeightStore | None = None, graph: str = "decode",
+                     convert: Callable[[str, np.ndarray], np.ndarray] | None = None) -> tuple[onnx.ModelProto, Found]:
+    """The step graph as an ONNX model in memory, and where each parameter landed (`fold_parameters`).
+
+    The tracer writes a weightless graph into `work`; the parameters are folded in afterwards, with
+    the large constants going to `store` (the package's weights file, `graph` naming this graph in
+    its index) or, without one, into the graph.
     """
-    graph = StepGraph(model.eval(), tokens, block_outputs=block_outputs, verify=verify)
-    trace_to_onnx(graph, graph.example_inputs(), path, input_names=graph.input_names,
-                  output_names=graph.output_names, opset=opset)
-    proto = onnx.load(str(path))
+    step = StepGraph(model.eval(), tokens, block_outputs=block_outputs, verify=verify)
+    traced = Path(work) / f"{graph}.traced.onnx"
+    trace_to_onnx(step, step.example_inputs(), traced, input_names=step.input_names,
+                  output_names=step.output_names, opset=opset, params_as_inputs=True)
+    proto = onnx.load(str(traced))
+    traced.unlink()
+    params = {name: p.detach().numpy() for name, p in step.named_parameters(remove_duplicate=False)}
+    found = fold_parameters(proto, {n: params[n] for n in (i.name for i in proto.graph.input) if n in params},
+                            store, graph, convert=convert)
     if verify:
-        stack_handoffs(proto, [(e.output, e.shape) for e in graph.entries], tokens)
+        stack_handoffs(proto, [(e.output, e.shape) for e in step.entries], tokens)
         per_position(proto, tokens)
     # The tracer names the logits' token axis after a node; pin it to the graph's fixed size.
     logits = next(o for o in proto.graph.output if o.name == "logits")
@@ -129,8 +169,7 @@ def export_step_graph(model: LM, tokens: int, path: str | Path, *, opset: int = 
         dim.Clear()
         dim.dim_value = value
     check_step_graph(proto)
-    onnx.save(proto, str(path))
-    return proto
+    return proto, found
 
 
 def stack_handoffs(proto: onnx.ModelProto, states: list[tuple[str, tuple[int, ...]]], tokens: int) -> None:
@@ -208,8 +247,20 @@ def op_histogram(proto: onnx.ModelProto) -> Counter:
 
 
 def check_step_graph(proto: onnx.ModelProto) -> None:
-    """onnx.checker plus the step-graph contract: no control flow, so every back end can run it."""
-    onnx.checker.check_model(proto)
+    """onnx.checker plus the step-graph contract: no control flow, so every back end can run it.
+
+    Weights stored outside the graph are checked as inputs of their type and shape (the checker would
+    look for their file relative to the working directory)."""
+    external = [t for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    checked = proto
+    if external:
+        checked = onnx.ModelProto()
+        checked.CopyFrom(proto)
+        inline = [t for t in checked.graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL]
+        del checked.graph.initializer[:]
+        checked.graph.initializer.extend(inline)
+        checked.graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in external)
+    onnx.checker.check_model(checked)
     bad = FORBIDDEN_OPS & set(op_histogram(proto))
     if bad:
         raise EdgelinError(f"exported graph contains {', '.join(sorted(bad))} nodes; step graphs must be loop-free")

@@ -32,6 +32,52 @@ def _raw(t: TensorProto) -> bytes:
     return numpy_helper.to_array(t).tobytes()
 
 
+def _external(name: str, dtype: int, shape: tuple[int, ...], entry: dict[str, Any]) -> TensorProto:
+    t = TensorProto(name=name, data_type=dtype, dims=shape, data_location=TensorProto.EXTERNAL)
+    for k, v in (("location", WEIGHTS_FILE), ("offset", str(entry["offset"])), ("length", str(entry["length"]))):
+        t.external_data.add(key=k, value=v)
+    return t
+
+
+class WeightStore:
+    """The package's weights file being written: each distinct tensor once, 64-byte aligned, and its index.
+
+    A tensor is the same as one already stored when its key is: the caller's key (exporters/fold.py
+    keys a weight by the parameter it holds), or else its dtype, shape and SHA-256.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / WEIGHTS_FILE
+        self._blob = open(self.path, "wb")
+        self._stored: dict[Any, dict[str, Any]] = {}
+        self._offset = 0
+
+    def external(self, graph: str, name: str, array: np.ndarray, key: Any = None) -> TensorProto:
+        """Store `array` (unless stored already) and return initializer `name` of `graph` reading it."""
+        data = memoryview(np.ascontiguousarray(array)).cast("B")
+        key = key if key is not None else (array.dtype.str, array.shape, hashlib.sha256(data).digest())
+        entry = self._stored.get(key)
+        if entry is None:
+            pad = -self._offset % ALIGN
+            self._blob.write(b"\0" * pad)
+            self._blob.write(data)
+            self._offset += pad
+            entry = self._stored[key] = {"offset": self._offset, "length": len(data), "dtype": array.dtype.name,
+                                         "shape": list(array.shape), "names": {}}
+            self._offset += len(data)
+        entry["names"][graph] = name
+        return _external(name, onnx.helper.np_dtype_to_tensor_dtype(array.dtype), array.shape, entry)
+
+    def close(self) -> None:
+        self._blob.close()
+
+    def index(self, graph_files: dict[str, Path]) -> dict[str, Any]:
+        """The manifest's `weights` entry, for the graphs saved at `graph_files` (graph name -> path)."""
+        self.close()
+        return {"file": WEIGHTS_FILE, "graphs": {name: sha256_file(path) for name, path in graph_files.items()},
+                "tensors": list(self._stored.values())}
+
+
 def save_graphs(protos: dict[str, onnx.ModelProto], files: dict[str, str],
                 out: Path) -> tuple[dict[str, Path | bytes], dict[str, Any]]:
     """Write each graph to `out / files[name]` with its large initializers in the shared `out / weights.bin`.
@@ -43,43 +89,22 @@ def save_graphs(protos: dict[str, onnx.ModelProto], files: dict[str, str],
     Returns:
         ({package file name: path} including weights.bin, the manifest's `weights` entry).
     """
-    stored: dict[tuple, dict[str, Any]] = {}
-    offset = 0
-    with open(out / WEIGHTS_FILE, "wb") as blob:
-        for name, proto in protos.items():
-            for t in proto.graph.initializer:
-                if t.data_location == TensorProto.EXTERNAL:
-                    raise ValueError(f"{files[name]}: initializer {t.name} has its external data unloaded")
-                if t.data_type not in _NUMPY_TYPES:
-                    continue
-                data = _raw(t)
-                if len(data) < MIN_BYTES:
-                    continue
-                key = (t.data_type, tuple(t.dims), hashlib.sha256(data).digest())
-                entry = stored.get(key)
-                if entry is None:
-                    pad = -offset % ALIGN
-                    blob.write(b"\0" * pad + data)
-                    offset += pad
-                    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).name
-                    entry = stored[key] = {"offset": offset, "length": len(data), "dtype": dtype,
-                                           "shape": list(t.dims), "names": {}}
-                    offset += len(data)
-                entry["names"][name] = t.name
-                t.ClearField("raw_data")
-                for field in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data"):
-                    t.ClearField(field)
-                t.data_location = TensorProto.EXTERNAL
-                del t.external_data[:]
-                for k, v in (("location", WEIGHTS_FILE), ("offset", str(entry["offset"])), ("length", str(len(data)))):
-                    t.external_data.add(key=k, value=v)
-    paths: dict[str, Path | bytes] = {WEIGHTS_FILE: out / WEIGHTS_FILE}
+    store = WeightStore(out)
+    for name, proto in protos.items():
+        for t in proto.graph.initializer:
+            if t.data_location == TensorProto.EXTERNAL:
+                raise ValueError(f"{files[name]}: initializer {t.name} has its external data unloaded")
+            if t.data_type not in _NUMPY_TYPES:
+                continue
+            data = _raw(t)
+            if len(data) < MIN_BYTES:
+                continue
+            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
+            t.CopyFrom(store.external(name, t.name, np.frombuffer(data, dtype).reshape(tuple(t.dims))))
+    paths: dict[str, Path | bytes] = {WEIGHTS_FILE: store.path}
     for name, proto in protos.items():
         path = out / files[name]
         path.parent.mkdir(parents=True, exist_ok=True)
         onnx.save(proto, str(path))
         paths[files[name]] = path
-    index = {"file": WEIGHTS_FILE, "graphs": {name: sha256_file(paths[files[name]]) for name in protos},
-             "tensors": list(stored.values())}
-    return paths, index
-
+    return paths, store.index({name: paths[files[name]] for name in protos})
