@@ -7,7 +7,7 @@ from torch import nn
 from edgelin.errors import EdgelinError
 from edgelin.models.config import LMConfig
 from edgelin.models.layers import MIXERS
-from edgelin.models.layers.base import State
+from edgelin.models.layers.base import State, handoff
 from edgelin.models.layers.mlp import make_mlp
 from edgelin.models.layers.norm import make_norm
 
@@ -104,7 +104,7 @@ class LM(nn.Module):
             x, s = block(x, s, step)
             new_state.append(s)
         if self.pos_embed is not None and step == "steps":  # layer 0 holds a state per position
-            new_state[0] = [{**s, POSITION: (position + t + 1).clamp(max=P)} for t, s in enumerate(new_state[0])]
+            new_state[0] = [{**s, POSITION: handoff((position + t + 1).clamp(max=P))} for t, s in enumerate(new_state[0])]
         elif self.pos_embed is not None:
             new_state[0] = {**new_state[0], POSITION: (position + T).clamp(max=P)}
         logits = self.lm_head(self.norm(x))
