@@ -20,12 +20,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 import vs_llamacpp as vs  # noqa: E402  (the checkpoints, llama.cpp's tree and the timed runner)
 
-LFM2_1B_LAYERS = vs.LFM2_350M_LAYERS  # LFM2-1.2B has the 350M model's layer pattern at twice the width
+LFM2_1B_LAYERS = vs.LFM2_350M_LAYERS  # LFM2-1.2B: the 350M model's layer pattern, twice the width (12288 -> 8192 after auto-adjust)
 SIZES = {
     "mamba2-130m": vs.MODELS["mamba2-130m"],
     "lfm2-350m": vs.MODELS["lfm2-350m"],
     "lfm2-1.2b": vs.ModelSpec("LFM2-1.2B", "Lfm2", {**vs.MODELS["lfm2-350m"].config, "hidden_size": 2048,
-                                                    "num_attention_heads": 32, "intermediate_size": 8192,
+                                                    "num_attention_heads": 32, "intermediate_size": 12288,
                                                     "layer_types": LFM2_1B_LAYERS}),
 }
 

@@ -167,7 +167,8 @@ def export(model: str | LM | None = None, out: str | os.PathLike | None = None, 
     check_destination(out, what="package", force=force, folder=True)
     report = _export(loaded, out, chosen, profile, text, prefill_tokens=prefill_tokens, verify_tokens=verify_tokens,
                      force=force, fp16=fp16,
-                     max_loss_increase=max_loss_increase, streams=streams, tokens=tokens, horizon=horizon, step=step)
+                     max_loss_increase=max_loss_increase, streams=streams, tokens=tokens, horizon=horizon, step=step,
+                     release=not isinstance(model, LM))  # a model the caller passed stays theirs, intact
     violations: Counter[str] = Counter()
     if profile is not None:
         from edgelin.check import check_package
@@ -178,8 +179,9 @@ def export(model: str | LM | None = None, out: str | os.PathLike | None = None, 
 
 def _export(loaded: LoadedModel, out: Path, scheme: QuantScheme | HtpScheme | None, profile: str | None, text: str, *,
             prefill_tokens: int, verify_tokens: int, force: bool, fp16: bool, max_loss_increase: float | None,
-            streams: int, tokens: int, horizon: int, step: Progress) -> dict[str, Any]:
-    """FP export straight to `out`, or to a temporary FP package made static or quantized into `out`."""
+            streams: int, tokens: int, horizon: int, step: Progress, release: bool = False) -> dict[str, Any]:
+    """FP export straight to `out`, or to a temporary FP package made static or quantized into `out`.
+    `release`: the model is not needed afterwards; its weights are freed once traced."""
     kw = dict(prefill_tokens=prefill_tokens, source_layout=loaded.source_layout, tokenizer_json=loaded.tokenizer_json,
               special_tokens=loaded.special_tokens, generation=loaded.generation)
     if isinstance(scheme, HtpScheme):
@@ -187,18 +189,19 @@ def _export(loaded: LoadedModel, out: Path, scheme: QuantScheme | HtpScheme | No
     kw["verify_tokens"] = verify_tokens
     step("export", 0, 1)
     if scheme is None and profile is None:
-        export_package(loaded.model, out, force=force, fp16=fp16, **kw)
+        export_package(loaded.model, out, force=force, fp16=fp16, release=release, **kw)
         step("export", 1, 1)
         return {}
     with scratch_dir("export") as tmp:
         rotated = isinstance(scheme, QuantScheme) and scheme.rotate
         # the unrotated FP package of a rotated export is only the validation reference: no verify graph
-        fp = export_package(loaded.model, tmp / "fp32", **{**kw, "verify_tokens": 0 if rotated else verify_tokens})
+        fp = export_package(loaded.model, tmp / "fp32", release=release and not rotated,
+                            **{**kw, "verify_tokens": 0 if rotated else verify_tokens})
         source = fp
         if rotated:
             from edgelin.calibration.rotation import rotate_model
 
-            source = export_package(rotate_model(loaded.model), tmp / "rotated", **kw)
+            source = export_package(rotate_model(loaded.model), tmp / "rotated", release=True, **kw)
         step("export", 1, 1)
         if scheme is None:
             apply_profile(fp, profile, out, force=force)

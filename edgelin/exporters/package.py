@@ -66,6 +66,7 @@ def export_package(
     special_tokens: dict[str, Any] | None = None,
     generation: dict[str, Any] | None = None,
     fp16: bool = False,
+    release: bool = False,
 ) -> Path:
     """Export the FP32 decode, prefill and verify graphs of `model` into a package at `out_dir`.
 
@@ -85,6 +86,9 @@ def export_package(
             pad_id, add_bos, special_tokens, chat_template; docs/FORMAT.md), e.g. `LoadedModel.special_tokens`.
         generation: the manifest's `generation` defaults (temperature, top_k, top_p, max_new_tokens, ...).
         fp16: store the weight matrices as float16, read through a Cast to float32 (`exporters/fp16.py`).
+        release: free the model's weights once the graphs are traced (the model is unusable afterwards),
+            so that the parity check's ONNX Runtime copy is the only one: `edgelin export` of a large
+            checkpoint.
     Returns:
         The package directory.
     """
@@ -104,8 +108,12 @@ def export_package(
             onnx.save(proto, str(files[f"{name}.onnx"]))
             manifest["graphs"][name]["sites"] = sites.to_dict()
         manifest["weights"] = store.index({name: tmp / f"{name}.onnx" for name in graphs})
-        for name, tokens in graphs.items():
-            check_parity(model, tmp / f"{name}.onnx", name, tokens, tolerance=FP16_PARITY if fp16 else 1e-3)
+        references = {name: parity_reference(model, name, tokens) for name, tokens in graphs.items()}
+        if release:  # the model's weights and ONNX Runtime's are then never in memory together
+            for p in model.parameters():
+                p.data = torch.empty(0)
+        for name, (feeds, want) in references.items():
+            check_parity(tmp / f"{name}.onnx", name, feeds, want, tolerance=FP16_PARITY if fp16 else 1e-3)
         if tokenizer_json:
             files["tokenizer.json"] = Path(tokenizer_json)
         if fp16:  # the weights are read through Casts now, not by the products the sites name
@@ -134,12 +142,8 @@ def export_with_sites(model: LM, graph: str, tokens: int, store: WeightStore, wo
     return proto, sites
 
 
-def check_parity(model: LM, path: Path, graph: str, tokens: int, tolerance: float = 1e-3) -> None:
-    """The exported graph at `path` must compute what the model computes (a tracing or folding error
-    would otherwise go unnoticed). ONNX Runtime reads the weights file beside it, unoptimized and without
-    prepacked copies, so the check costs one pass and little memory beyond the weights."""
-    import onnxruntime as ort
-
+def parity_reference(model: LM, graph: str, tokens: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Inputs for the parity check of `graph` (random ids and states) and the logits the model gives."""
     step = StepGraph(model.eval(), tokens, verify=graph == "verify")
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, model.config.vocab_size, (1, tokens), generator=gen)
@@ -147,12 +151,21 @@ def check_parity(model: LM, path: Path, graph: str, tokens: int, tolerance: floa
               for e in step.entries]
     with torch.no_grad():
         want = step(ids, *states)[0].numpy()
+    return dict(zip(step.input_names, [ids.numpy(), *(s.numpy() for s in states)])), want
+
+
+def check_parity(path: Path, graph: str, feeds: dict[str, np.ndarray], want: np.ndarray, tolerance: float = 1e-3) -> None:
+    """The exported graph at `path` must compute what the model computed (`parity_reference`): a tracing
+    or folding error would otherwise go unnoticed. ONNX Runtime reads the weights file beside it,
+    unoptimized and without prepacked copies, so the check costs one pass and one copy of the weights."""
+    import onnxruntime as ort
+
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     opts.add_session_config_entry("session.disable_prepacking", "1")
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    got = sess.run(["logits"], dict(zip(step.input_names, [ids.numpy(), *(s.numpy() for s in states)])))[0]
+    got = sess.run(["logits"], feeds)[0]
     del sess
     finite = np.isfinite(want)  # a model with non-finite weights is refused later, by calibration
     if not np.array_equal(finite, np.isfinite(got)):

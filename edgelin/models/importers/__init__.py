@@ -14,7 +14,7 @@ from edgelin.models.importers import (
     fla_deltanet, fla_gated_deltanet, fla_gla, fla_retnet, hf_gpt2, hf_lfm2, hf_llama, hf_mamba, hf_mamba2, hf_qwen2, hf_qwen3,
     hf_xlstm,
 )
-from edgelin.models.importers.common import Importer, Weights, build, read_config, read_safetensors
+from edgelin.models.importers.common import Importer, Weights, build, empty_model, read_config, read_safetensors
 from edgelin.models.lm import LM
 from edgelin.runtime.schema import short
 
@@ -65,6 +65,7 @@ def import_checkpoint(path: str | Path, *, max_context: int = DEFAULT_MAX_CONTEX
     except (TypeError, ValueError, ArithmeticError) as e:  # arithmetic on values checked one by one (a float past int)
         raise EdgelinError(f"{path / 'config.json'} ({importer.layout}): {e}") from None
     check_fits(config)
+    model, shapes = empty_model(config)
     weights = Weights(read_safetensors(path), str(path))
     try:
         state = importer.to_state(cfg, config, weights)
@@ -72,4 +73,4 @@ def import_checkpoint(path: str | Path, *, max_context: int = DEFAULT_MAX_CONTEX
         weights.check()
         raise EdgelinError(f"{source}: weight shapes do not match config.json ({str(e).splitlines()[0][:200]})") from None
     weights.check()
-    return build(config, state, source), importer.layout
+    return build(model, shapes, state, source), importer.layout

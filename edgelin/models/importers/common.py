@@ -165,11 +165,23 @@ def repeat_heads(w: torch.Tensor, groups: int, head_dim: int) -> torch.Tensor:
     return w.reshape(-1, 1, head_dim, *w.shape[1:]).expand(-1, groups, head_dim, *w.shape[1:]).reshape(-1, *w.shape[1:])
 
 
-def build(config: LMConfig, state: dict[str, torch.Tensor], source: str) -> LM:
-    """The LM for `config` with `state` loaded; every expected weight must be there with its shape."""
+def empty_model(config: LMConfig) -> tuple[LM, dict[str, tuple[int, ...]]]:
+    """The LM for `config` with its parameters released, and the shape each one must have.
+
+    Allocated and released before the checkpoint is read, so its random initial values and the
+    checkpoint's tensors are never in memory together (`build` gives it the checkpoint's tensors)."""
     model = LM(config)
-    expected = model.state_dict()
-    if config.tie_embeddings:
+    shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    for p in model.parameters():
+        p.data = torch.empty(0)
+    return model, shapes
+
+
+def build(model: LM, shapes: dict[str, tuple[int, ...]], state: dict[str, torch.Tensor], source: str) -> LM:
+    """`model` (from `empty_model`) holding `state`; every expected weight must be there with its shape.
+    A float32 source tensor becomes the parameter as it is (read from the file on demand), no copy."""
+    expected = dict(shapes)
+    if model.config.tie_embeddings:
         expected.pop("lm_head.weight")
     missing = sorted(set(expected) - set(state))
     if missing:
@@ -177,11 +189,16 @@ def build(config: LMConfig, state: dict[str, torch.Tensor], source: str) -> LM:
     for name, tensor in state.items():
         if name not in expected:
             raise EdgelinError(f"{source}: importer produced unknown weight {name}")
-        if tuple(tensor.shape) != tuple(expected[name].shape):
-            raise EdgelinError(
-                f"{source}: {name} has shape {tuple(tensor.shape)}, config.json implies {tuple(expected[name].shape)}"
-            )
-    model.load_state_dict({k: v.float().contiguous() for k, v in state.items()}, strict=False)
+        if tuple(tensor.shape) != expected[name]:
+            raise EdgelinError(f"{source}: {name} has shape {tuple(tensor.shape)}, config.json implies {expected[name]}")
+    params = dict(model.named_parameters())
+    buffers = dict(model.named_buffers())
+    for name, tensor in state.items():
+        target = params.get(name)
+        if target is not None:
+            target.data = tensor.float().contiguous()
+        else:
+            buffers[name].copy_(tensor)
     return model.eval()
 
 
