@@ -32,11 +32,11 @@ def quantize_protos(fp_dir: str | Path, scheme: QuantScheme, table: CalibrationT
         raise EdgelinError(f"{root} is already quantized ({m.precision.get('scheme')}); quantize the FP package")
     entries = m.raw["states"]
     sq = state_qparams(entries, table, scheme)
-    fp = {name: onnx.load(str(root / g.file)) for name, g in m.graphs.items()}
     protos, precision, cache = {}, {}, {}
-    for name, proto in fp.items():
-        protos[name], prec = quantize_graph(proto, name, scheme, table, sq, entries, graph_sites(m.raw, name),
-                                            hessians, cache)
+    for name, g in m.graphs.items():  # weights stay in the FP package's file until their layer is quantized
+        fp = onnx.load(str(root / g.file), load_external_data=False)
+        protos[name], prec = quantize_graph(fp, name, scheme, table, sq, entries, graph_sites(m.raw, name),
+                                            hessians, cache, base=root)
         precision.update(prec)
     states = []
     for s in entries:
