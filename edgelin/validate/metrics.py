@@ -44,8 +44,9 @@ def segment_tokens(chunk: int, streams: int, vocab: int) -> int:
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
     x = x.astype(np.float64)
-    x = x - x.max(-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+    x -= x.max(-1, keepdims=True)
+    x -= np.log(np.exp(x).sum(-1, keepdims=True))
+    return x
 
 
 def compare_packages(reference: str | Path, candidate: str | Path, text: str, *, horizon: int = 8192,
@@ -96,7 +97,7 @@ def compare_packages(reference: str | Path, candidate: str | Path, text: str, *,
             if not np.isfinite(logits).all():
                 raise EdgelinError(f"{sess.package_dir} produced NaN or Inf logits at tokens {a}..{b}")
             logp.append(_log_softmax(logits))
-        if cached is None:
+        if cached is None and reference_cache is not None:
             ref_logp.append(logp[0])
         p_ref = np.exp(logp[0])
         kl[:, a:b] = np.sum(p_ref * (logp[0] - logp[1]), -1)
