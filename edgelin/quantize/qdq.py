@@ -42,7 +42,7 @@ NP_TO_ONNX = {np.dtype(np.int8): TensorProto.INT8, np.dtype(np.uint8): TensorPro
               np.dtype(np.int16): TensorProto.INT16, np.dtype(np.uint16): TensorProto.UINT16}
 
 
-def initializer_array(t: TensorProto, base: Path | None = None) -> np.ndarray:
+def _initializer_array(t: TensorProto, base: Path | None) -> np.ndarray:
     """An initializer's values; external data is read from its file under `base` (this tensor only,
     the proto is not changed)."""
     if t.data_location != TensorProto.EXTERNAL:
@@ -50,6 +50,8 @@ def initializer_array(t: TensorProto, base: Path | None = None) -> np.ndarray:
     if base is None:
         raise EdgelinError(f"initializer {t.name} keeps its values in an external file, and no folder was given")
     info = {e.key: e.value for e in t.external_data}
+    if Path(info.get("location", "")).name != info.get("location"):
+        raise EdgelinError(f"initializer {t.name} points outside its package: {info.get('location')!r:.80}")
     dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type))
     count = int(np.prod(t.dims, dtype=np.int64))
     a = np.fromfile(base / info["location"], dtype, count, offset=int(info.get("offset", 0)))
@@ -77,7 +79,7 @@ class _Graph:
         return name
 
     def array(self, name: str) -> np.ndarray:
-        return initializer_array(self.inits[name], self.base)
+        return _initializer_array(self.inits[name], self.base)
 
     def drop_unused(self) -> None:
         used = {x for n in self.g.node for x in n.input}
@@ -217,8 +219,8 @@ def state_qparams(entries: list[dict], table: CalibrationTable, scheme: QuantSch
 
 def _quantize_states(b: _Graph, qparams: dict[str, dict], entries: list[dict]) -> None:
     by_input = {s["input"]: s for s in entries}
-    rename_in: dict[str, str] = {}  # state input -> its dequantized value, state output -> the float value
-    rename_out: dict[str, str] = {}
+    rename_in: dict[str, str] = {}  # what nodes read: a state input -> its dequantized value
+    rename_out: dict[str, str] = {}  # what nodes write: a state output -> its float value
     added = []
     for inp in b.g.input:
         if inp.name not in qparams:
