@@ -8,6 +8,7 @@ printed here.
 """
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -71,6 +72,15 @@ class Quantizer:
         if not isinstance(scheme, self.scheme_type):
             raise EdgelinError(f"{'--profile ' + profile if profile else 'an export without a profile'} quantizes "
                                f"with {self.scheme_type.__name__}, not {type(scheme).__name__}")
+
+
+def _return_freed_memory() -> None:
+    """Hand the C heap's free pages back to the system: glibc keeps what the quantizer's protobuf
+    copies freed (0.6 GB at 350M parameters), which would otherwise stay through validation."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to do
 
 
 def _token_streams(package: Path, text: str, streams: int, tokens: int) -> np.ndarray:
@@ -184,6 +194,7 @@ def run_pipeline(fp_dir: str | Path, out_dir: str | Path, scheme: QuantScheme | 
                                       progress=lambda d, t: step("calibrate", d, t))
         staged, fields = quantizer.apply(QuantizeJob(fp_dir, tmp, scheme, table, calib, streams, tokens, every, profile,
                                                      max_loss_increase, step))
+        _return_freed_memory()
         result: dict[str, Any] = {}
         report: dict[str, Path | bytes] = {}
         if validate:

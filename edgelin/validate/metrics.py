@@ -20,7 +20,7 @@ from edgelin.validate.drift import drift_curve, drift_slope
 from edgelin.validate.snr import layer_snr, state_snr
 
 SEGMENT = 512  # tokens fed per Session.forward call, at most
-SEGMENT_LOGITS = 1 << 24  # logits [streams, tokens, vocab] of one call, at most (a large vocabulary takes fewer tokens)
+SEGMENT_LOGITS = 1 << 22  # logits [streams, tokens, vocab] of one call, at most (a large vocabulary takes fewer tokens)
 
 
 def check_compatible(ref: Manifest, cand: Manifest, ref_dir: Path, cand_dir: Path) -> None:
@@ -118,7 +118,7 @@ def compare_packages(reference: str | Path, candidate: str | Path, text: str, *,
     curve = drift_curve(kl, agree)
     snr_state = state_snr(ref.manifest.states, cand.manifest.raw["states"], states[0], states[1])
     ref_m, cand_m = ref.manifest, cand.manifest
-    del ref, cand, states  # the layer SNR probes load both packages again
+    del ref, cand, states, logits, logp, p_ref  # the layer SNR probes load both packages again
     return {
         "reference": str(ref_dir), "candidate": str(cand_dir),
         "loss_reference": loss_ref, "loss_candidate": loss_cand,
