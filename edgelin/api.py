@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgelin.atomic import check_destination, scratch_dir
-from edgelin.calibration.streams import MIN_STREAM_TOKENS, read_text
+from edgelin.calibration.streams import read_text
 from edgelin.errors import EdgelinError
 from edgelin.exporters.package import DEFAULT_PREFILL_TOKENS, DEFAULT_VERIFY_TOKENS, export_package
 from edgelin.exporters.profiles import Profile, apply_profile, export_profile
@@ -108,8 +108,13 @@ def export(model: str | LM | None = None, out: str | os.PathLike | None = None, 
            calib: str | os.PathLike | None = None, group_size: int | None = None, gptq: bool = False,
            rotate: bool = False, smooth: float | None = None, state: str | None = None,
            max_loss_increase: float | None = None, prefill_tokens: int = DEFAULT_PREFILL_TOKENS,
+<<<<<<< HEAD
            verify_tokens: int = DEFAULT_VERIFY_TOKENS, max_context: int = DEFAULT_MAX_CONTEXT, revision: str | None = None, streams: int = 4, tokens: int = MIN_STREAM_TOKENS,
            horizon: int = 8192, force: bool = False, fp16: bool = False, on_progress: Progress | None = None) -> ExportResult:
+=======
+           max_context: int = DEFAULT_MAX_CONTEXT, revision: str | None = None, streams: int | None = None,
+           tokens: int | None = None, horizon: int | None = None, force: bool = False, fp16: bool = False, on_progress: Progress | None = None) -> ExportResult:
+>>>>>>> wip/qscale
     """Export `model` to a package of step graphs; with a scheme, calibrate, quantize and validate it.
 
     Args:
@@ -131,8 +136,9 @@ def export(model: str | LM | None = None, out: str | os.PathLike | None = None, 
         max_context: KV slots of imported full-attention layers (LFM2, Llama, Qwen2, Qwen3; GPT-2 at most
             its n_positions).
         revision: branch, tag or commit of a hub id `model` (ORG/NAME) in the local Hugging Face cache.
-        streams, tokens: calibration streams and tokens per stream.
-        horizon: validation stream length in tokens.
+        streams, tokens: calibration streams and tokens per stream (None: 4 x 2048, fewer streams for
+            a large model: `edgelin.quantize.budget`).
+        horizon: validation stream length in tokens (None: 8192, shorter for a large model).
         force: replace an existing package.
         fp16: store the FP32 export's weight matrices as float16 (half the file), computed in float32
             (`edgelin.exporters.fp16`); not with a scheme or a profile.
@@ -151,7 +157,7 @@ def export(model: str | LM | None = None, out: str | os.PathLike | None = None, 
         raise EdgelinError(f"--verify-tokens must be 0 (no verify graph) or an integer in [2, 64], got {verify_tokens!r}")
     for flag, value, low in (("--prefill-tokens", prefill_tokens, 2), ("--max-context", max_context, 1),
                              ("--streams", streams, 1), ("--tokens", tokens, 1), ("--horizon", horizon, 1)):
-        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= 1 << 24:
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not low <= value <= 1 << 24):
             raise EdgelinError(f"{flag} must be an integer in [{low}, {1 << 24}], got {value!r}")
     chosen = resolve_scheme(scheme, profile, group_size=group_size, gptq=gptq, rotate=rotate, smooth=smooth,
                             state=state, max_loss_increase=max_loss_increase, calib=calib)

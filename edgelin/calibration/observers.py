@@ -34,6 +34,7 @@ class TensorObserver:
         self.channel_absmax: np.ndarray | None = None
         self._pending: list[np.ndarray] = []
         self._pending_size = 0
+        self._pending_absmax = 0.0
 
     def update(self, x: np.ndarray) -> None:
         x = np.asarray(x, np.float32)
@@ -49,6 +50,7 @@ class TensorObserver:
                 else np.maximum(self.channel_absmax, cmax)
         self._pending.append(x.reshape(-1))
         self._pending_size += x.size
+        self._pending_absmax = max(self._pending_absmax, -lo, hi)
         if self._pending_size >= FLUSH:
             self._flush()
 
@@ -56,9 +58,9 @@ class TensorObserver:
         """Histogram the buffered values (small decode-step tensors are binned in batches)."""
         if not self._pending:
             return
-        x = np.concatenate(self._pending)
-        self._pending, self._pending_size = [], 0
-        need = max(float(np.abs(x).max()), 1e-12)
+        x = self._pending[0] if len(self._pending) == 1 else np.concatenate(self._pending)
+        need = max(self._pending_absmax, 1e-12)
+        self._pending, self._pending_size, self._pending_absmax = [], 0, 0.0
         if self.radius == 0.0:
             self.radius = need
         while need > self.radius:  # double: bins pair up, the old range lands in the middle half
@@ -66,8 +68,11 @@ class TensorObserver:
             self.hist = np.zeros(BINS)
             self.hist[BINS // 4: BINS // 4 + BINS // 2] = merged
             self.radius *= 2
-        idx = ((x + self.radius) * (BINS / (2 * self.radius))).astype(np.int64)  # np.histogram's bins, faster
-        self.hist += np.bincount(np.clip(idx, 0, BINS - 1), minlength=BINS)
+        # np.histogram's bins, faster: float32 in place, clipped before the cast (the same bins)
+        y = np.add(x, np.float32(self.radius), dtype=np.float32)
+        y *= np.float32(BINS / (2 * self.radius))
+        np.clip(y, 0, BINS - 1, out=y)
+        self.hist += np.bincount(y.astype(np.int32), minlength=BINS)
 
     # ------------------------------------------------------------ ranges
 

@@ -21,28 +21,33 @@ OnRun = Callable[[str, dict[str, np.ndarray], dict[str, np.ndarray]], None]  # (
 class Probe:
     """A package's graphs (or in-memory replacements) run through ONNX Runtime with extra outputs.
 
+    The package's own graphs are read without their weights: the sessions share one memory map of
+    the weights file and keep no repacked copy, so a probe holds the weights once.
+
     Args:
         package_dir: the package (its manifest, tokenizer and, unless `graphs` replaces them, its graphs).
         extra: graph name -> tensor names to read out besides logits and states.
         graphs: graph name -> model to run instead of the package's file (only these graphs load).
         states: the state entries of `graphs` when they differ from the package's (a quantized graph).
+        only: the package's graphs to load (default: both), when `graphs` is None.
     """
 
     def __init__(self, package_dir: str | Path, *, extra: dict[str, Iterable[str]] | None = None,
                  graphs: dict[str, onnx.ModelProto] | None = None, states: list[dict] | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, only: Iterable[str] = ("decode", "prefill")):
         root = Path(package_dir)
         m = read_package(root)
-        names = [g for g in ("decode", "prefill") if g in m.graphs and (graphs is None or g in graphs)]
-        protos = {g: (graphs or {}).get(g) or onnx.load(str(root / m.graphs[g].file)) for g in names}
+        names = [g for g in ("decode", "prefill") if g in m.graphs and (g in graphs if graphs is not None else g in only)]
         serialized = {}
-        for g, proto in protos.items():
+        for g in names:
+            proto = graphs[g] if graphs is not None else onnx.load(str(root / m.graphs[g].file), load_external_data=False)
             want = [t for t in (extra or {}).get(g, []) if t not in {o.name for o in proto.graph.output}]
             if want:
-                proto = onnx.ModelProto.FromString(proto.SerializeToString())
+                proto = onnx.ModelProto.FromString(proto.SerializeToString()) if graphs is not None else proto
                 proto.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in want)
             serialized[g] = proto.SerializeToString()
-        self.session = Session(root, "ort", threads=threads, graphs=serialized, states=states)
+        self.session = Session(root, "ort", threads=threads, graphs=serialized, states=states,
+                               shared_weights=graphs is None, prepack=False)
         self.manifest = self.session.manifest
 
     @property

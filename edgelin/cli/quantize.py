@@ -34,9 +34,10 @@ def quantize(
     int4_format: str = typer.Option("matmul_nbits", help="4-bit graph form: matmul_nbits (ORT, fast) or qdq (standard)."),
     smooth: Optional[float] = typer.Option(None, "--smooth", help="SmoothQuant with this alpha (e.g. 0.5)."),
     max_loss_increase: Optional[float] = typer.Option(None, "--max-loss-increase", help="Keep sensitive layers at higher precision until the loss increase (%) is at most this."),
-    streams: int = typer.Option(4, help="Calibration streams."),
-    tokens: int = typer.Option(2048, help="Tokens per calibration stream."),
-    horizon: int = typer.Option(8192, help="Validation stream length (drift horizon)."),
+    streams: Optional[int] = typer.Option(None, help="Calibration streams (default 4, fewer for a large model)."),
+    tokens: Optional[int] = typer.Option(None, help="Tokens per calibration stream (default 2048)."),
+    horizon: Optional[int] = typer.Option(None, help="Validation stream length, the drift horizon (default 8192 "
+                                          "x 8 streams, fewer streams and tokens for a large model: the report says)."),
     no_validate: bool = typer.Option(False, "--no-validate", help="Skip validation (no report/)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing output."),
 ) -> None:

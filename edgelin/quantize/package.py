@@ -32,8 +32,8 @@ def quantize_protos(fp_dir: str | Path, scheme: QuantScheme, table: CalibrationT
         raise EdgelinError(f"{root} is already quantized ({m.precision.get('scheme')}); quantize the FP package")
     entries = m.raw["states"]
     sq = state_qparams(entries, table, scheme)
-    fp = {name: onnx.load(str(root / g.file)) for name, g in m.graphs.items()}
     protos, precision, cache = {}, {}, {}
+<<<<<<< HEAD
     for name, proto in fp.items():
         ranges = table
         if name == "verify":  # the decode graph's arithmetic, K positions at once: the decode graph's scales
@@ -41,6 +41,12 @@ def quantize_protos(fp_dir: str | Path, scheme: QuantScheme, table: CalibrationT
                                      graph_sites(m.raw, "decode"))
         protos[name], prec = quantize_graph(proto, name, scheme, ranges, sq, entries, graph_sites(m.raw, name),
                                             hessians, cache)
+=======
+    for name, g in m.graphs.items():  # weights stay in the FP package's file until their layer is quantized
+        fp = onnx.load(str(root / g.file), load_external_data=False)
+        protos[name], prec = quantize_graph(fp, name, scheme, table, sq, entries, graph_sites(m.raw, name),
+                                            hessians, cache, base=root)
+>>>>>>> wip/qscale
         precision.update(prec)
     states = []
     for s in entries:

@@ -22,12 +22,17 @@ Which initializers are weights, and what each one is, comes from the graph's dec
 (edgelin/sites.py); the pass never guesses from node names or op patterns. A weight may be read by
 MatMul, Gemm or Einsum along any declared output axis; MatMulNBits needs a MatMul's [K, N].
 Integers come from `edgelin.quantize.primitives`, so QAT and export round identically.
+The FP graph may keep its weights in external data: each one is read from its file when its layer
+is quantized, so the pass holds one FP weight at a time; those it leaves float are loaded at the end.
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper, version_converter
+from onnx.external_data_helper import load_external_data_for_model
 
 from edgelin.calibration.table import CalibrationTable
 from edgelin.errors import EdgelinError
@@ -41,11 +46,29 @@ NP_TO_ONNX = {np.dtype(np.int8): TensorProto.INT8, np.dtype(np.uint8): TensorPro
               np.dtype(np.int16): TensorProto.INT16, np.dtype(np.uint16): TensorProto.UINT16}
 
 
+def _initializer_array(t: TensorProto, base: Path | None) -> np.ndarray:
+    """An initializer's values; external data is read from its file under `base` (this tensor only,
+    the proto is not changed)."""
+    if t.data_location != TensorProto.EXTERNAL:
+        return numpy_helper.to_array(t)
+    if base is None:
+        raise EdgelinError(f"initializer {t.name} keeps its values in an external file, and no folder was given")
+    info = {e.key: e.value for e in t.external_data}
+    if Path(info.get("location", "")).name != info.get("location"):
+        raise EdgelinError(f"initializer {t.name} points outside its package: {info.get('location')!r:.80}")
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type))
+    count = int(np.prod(t.dims, dtype=np.int64))
+    a = np.fromfile(base / info["location"], dtype, count, offset=int(info.get("offset", 0)))
+    if a.size != count:
+        raise EdgelinError(f"{base / info['location']} ends inside initializer {t.name}")
+    return a.reshape(tuple(t.dims))
+
+
 class _Graph:
     """A tiny builder over one GraphProto: new initializers and nodes, unique names."""
 
-    def __init__(self, proto: onnx.ModelProto):
-        self.proto, self.g = proto, proto.graph
+    def __init__(self, proto: onnx.ModelProto, base: Path | None = None):
+        self.proto, self.g, self.base = proto, proto.graph, base
         self.inits = {i.name: i for i in self.g.initializer}
         self.new_nodes: list[tuple[int, onnx.NodeProto]] = []  # (insert before index, node)
         self.int8: dict[tuple[str, int], tuple[str, str]] = {}  # (weight, axis) -> (int8, scale) initializers
@@ -59,8 +82,12 @@ class _Graph:
         self.inits[name] = t
         return name
 
-    def drop_init(self, name: str) -> None:
-        if not any(name in n.input for n in self.g.node):
+    def array(self, name: str) -> np.ndarray:
+        return _initializer_array(self.inits[name], self.base)
+
+    def drop_unused(self) -> None:
+        used = {x for n in self.g.node for x in n.input}
+        for name in [n for n in self.inits if n not in used]:
             self.g.initializer.remove(self.inits.pop(name))
 
 
@@ -133,7 +160,7 @@ def _layer_spec(b: _Graph, site: WeightSite, scheme: QuantScheme) -> tuple[Layer
     multiple of the group size (or that is not 2-D) falls back to int8."""
     prec = scheme.precision_of(site.name)
     spec = scheme.weight_quant(prec)
-    w = numpy_helper.to_array(b.inits[site.initializer])
+    w = b.array(site.initializer)
     if spec is not None and spec.bits == 4 and (w.ndim != 2 or w.shape[1 - site.axis] % spec.group_size):
         prec, spec = LayerPrecision.INT8, WeightQuant(8)
     return prec, spec, w
@@ -260,6 +287,9 @@ def _quantize_position_states(b: _Graph, qparams: dict[str, dict], entries: list
 
 def _quantize_states(b: _Graph, qparams: dict[str, dict], entries: list[dict]) -> None:
     by_input = {s["input"]: s for s in entries}
+    rename_in: dict[str, str] = {}  # what nodes read: a state input -> its dequantized value
+    rename_out: dict[str, str] = {}  # what nodes write: a state output -> its float value
+    added = []
     for inp in b.g.input:
         if inp.name not in qparams:
             continue
@@ -268,6 +298,7 @@ def _quantize_states(b: _Graph, qparams: dict[str, dict], entries: list[dict]) -
         s = b.add_init(f"{inp.name}_scale", np.array(qp["scale"], np.float32))
         z = b.add_init(f"{inp.name}_zero_point", np.array(qp["zero_point"], dtype))
         fin, fout = f"{inp.name}_dq", f"{out_name}_float"
+<<<<<<< HEAD
         added = [n for _, n in b.new_nodes]  # e.g. the Q/DQ of a linear layer that reads a new state
         for node in [*b.g.node, *added]:
             node.input[:] = [fin if x == inp.name else x for x in node.input]
@@ -278,16 +309,28 @@ def _quantize_states(b: _Graph, qparams: dict[str, dict], entries: list[dict]) -
         if any(o.name == out_name for o in b.g.output):  # the verify graph outputs its states stacked instead
             b.new_nodes.append((10 ** 9, helper.make_node("QuantizeLinear", [fout, s, z], [out_name],
                                                           name=f"{out_name}_state_Q")))
+=======
+        rename_in[inp.name], rename_out[out_name] = fin, fout
+        added.append((0, helper.make_node("DequantizeLinear", [inp.name, s, z], [fin], name=f"{inp.name}_state_DQ")))
+        added.append((10 ** 9, helper.make_node("QuantizeLinear", [fout, s, z], [out_name], name=f"{out_name}_state_Q")))
+>>>>>>> wip/qscale
         inp.type.tensor_type.elem_type = NP_TO_ONNX[dtype]
         for o in b.g.output:
             if o.name == out_name:
                 o.type.tensor_type.elem_type = NP_TO_ONNX[dtype]
+    rename_in.update(rename_out)  # consumers of a renamed output inside the graph read the float one
+    for node in [*b.g.node, *(n for _, n in b.new_nodes)]:  # e.g. the Q/DQ of a linear layer that reads a state
+        if any(x in rename_in for x in node.input):
+            node.input[:] = [rename_in.get(x, x) for x in node.input]
+        if any(x in rename_out for x in node.output):
+            node.output[:] = [rename_out.get(x, x) for x in node.output]
+    b.new_nodes += added
 
 
 def quantize_graph(proto: onnx.ModelProto, graph: str, scheme: QuantScheme, table: CalibrationTable,
                    states: dict[str, dict], entries: list[dict], sites: GraphSites,
-                   hessians: dict[str, np.ndarray] | None = None, cache: dict | None = None
-                   ) -> tuple[onnx.ModelProto, dict[str, str]]:
+                   hessians: dict[str, np.ndarray] | None = None, cache: dict | None = None,
+                   base: Path | None = None) -> tuple[onnx.ModelProto, dict[str, str]]:
     """Quantize one step graph (see the module docstring).
 
     Args:
@@ -300,11 +343,12 @@ def quantize_graph(proto: onnx.ModelProto, graph: str, scheme: QuantScheme, tabl
         sites: the graph's declared sites (`edgelin.sites.graph_sites`).
         hessians: layer name -> GPTQ Hessian (`gptq.collect_hessians`), needed when `scheme.gptq`.
         cache: 4-bit integers by layer, shared between the graphs of one package (GPTQ runs once).
+        base: the folder of `proto`'s external data (its package), when its weights are not loaded.
     Returns:
         (quantized proto, effective precision per layer name).
     """
     proto = version_converter.convert_version(onnx.ModelProto.FromString(proto.SerializeToString()), OPSET)
-    b = _Graph(proto)
+    b = _Graph(proto, base)
     precision: dict[str, str] = {}
     act_cache: dict[str, str] = {}
     w_cache: dict[str, str] = {}
@@ -354,7 +398,7 @@ def quantize_graph(proto: onnx.ModelProto, graph: str, scheme: QuantScheme, tabl
             continue
         precision[site.name] = scheme.embedding.value
         if scheme.embedding == LayerPrecision.INT8:
-            key, table = f"{site.initializer}:int8", numpy_helper.to_array(b.inits[site.initializer])
+            key, table = f"{site.initializer}:int8", b.array(site.initializer)
             for node, i in weight_readers(b.proto, site.initializer):
                 if node.op_type == "Gather" and i == 0 and _axis(node) == 0:
                     _int8_gather(b, node, position[id(node)] + 1, site.initializer, table)
@@ -375,8 +419,9 @@ def quantize_graph(proto: onnx.ModelProto, graph: str, scheme: QuantScheme, tabl
     out.extend(n for _, n in inserts[j:])
     del b.g.node[:]
     b.g.node.extend(out)
-    for name in list(b.inits):
-        b.drop_init(name)
+    b.drop_unused()
+    if base is not None:
+        load_external_data_for_model(proto, str(base))
     if any(n.domain == "com.microsoft" for n in b.g.node) and not any(o.domain == "com.microsoft" for o in proto.opset_import):
         proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     try:

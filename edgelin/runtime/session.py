@@ -65,7 +65,7 @@ def _shape(dims: tuple) -> str:
 
 
 def _check_options(package_dir: object, backend: object, threads: object, device: object, graphs: object,
-                   trust_native_code: object, check_finite: object) -> None:
+                   flags: dict[str, object]) -> None:
     if not isinstance(package_dir, (str, os.PathLike)):
         raise EdgelinError(f"package_dir must be a path, not {type(package_dir).__name__}")
     if not isinstance(backend, str):
@@ -78,7 +78,7 @@ def _check_options(package_dir: object, backend: object, threads: object, device
     if graphs is not None and (not isinstance(graphs, dict) or not graphs
                                or not all(k in ("decode", "prefill") and isinstance(v, bytes) for k, v in graphs.items())):
         raise EdgelinError("graphs must map 'decode' / 'prefill' to serialized ONNX bytes")
-    for name, flag in (("trust_native_code", trust_native_code), ("check_finite", check_finite)):
+    for name, flag in flags.items():
         if not isinstance(flag, bool):
             raise EdgelinError(f"{name} must be True or False, not {flag!r:.40}")
 
@@ -96,6 +96,10 @@ class Session:
             graphs are loaded, and they may have more outputs than the package names): a probe of
             the package with extra outputs, or of a graph quantized in memory.
         states: the state entries of `graphs` (manifest.json form) when they differ from the package's.
+        shared_weights: `graphs` read the package's weights file as external data, under the package's
+            initializer names (a probe with extra outputs): one memory map of it serves them.
+        prepack: let a back end keep a private repacked copy of the weights where it is faster
+            (ORT's decode graph); False keeps one copy of the weights in memory.
         trust_native_code: allow a back end that loads native code from the package (tvm: a shared
             library, whose constructors run when it is loaded). Off by default: packages are data.
         check_finite: refuse NaN or Inf in the states fed to `forward` and in every step's logits
@@ -113,8 +117,11 @@ class Session:
 
     def __init__(self, package_dir: str | os.PathLike, backend: str = "ort", threads: int | None = None,
                  device: str | None = None, *, graphs: dict[str, bytes] | None = None,
-                 states: list[dict] | None = None, trust_native_code: bool = False, check_finite: bool = True) -> None:
-        _check_options(package_dir, backend, threads, device, graphs, trust_native_code, check_finite)
+                 states: list[dict] | None = None, shared_weights: bool = False, prepack: bool = True,
+                 trust_native_code: bool = False, check_finite: bool = True) -> None:
+        _check_options(package_dir, backend, threads, device, graphs,
+                       {"shared_weights": shared_weights, "prepack": prepack, "trust_native_code": trust_native_code,
+                        "check_finite": check_finite})
         self.package_dir = Path(package_dir)
         self.manifest: Manifest = read_package(self.package_dir)
         self.backend, self.check_finite = backend, check_finite
@@ -135,6 +142,8 @@ class Session:
         # the verify graph is loaded on first use (`verify`): decode-only users pay nothing for it
         self._verify_spec = files.pop("verify", None) if graphs is None and not getattr(cls, "stateful", False) else None
         files.pop("verify", None)
+        if not prepack:
+            files = {name: spec | {"prepack": False} if "prepack" in spec else spec for name, spec in files.items()}
         native = bool(getattr(cls, "native_code", False))
         if native and not trust_native_code:
             raise EdgelinError(
@@ -145,7 +154,9 @@ class Session:
             | ({"trust_native_code": True} if native else {})
         # one copy of the weights for both graphs where the back end can take arrays (docs/FORMAT.md)
         shared = shared_initializers(self.package_dir, self.manifest) \
-            if getattr(cls, "shares_weights", False) and graphs is None else {}
+            if getattr(cls, "shares_weights", False) and (graphs is None or shared_weights) else {}
+        if graphs is not None and shared_weights:
+            options["external_dir"] = self.package_dir
         self._load = lambda name, spec: cls(graphs[name] if graphs is not None else self.package_dir / spec["file"],
                                             **options, **{k: self.package_dir / v if k == "weights" else v
                                                           for k, v in spec.items() if k != "file"},

@@ -19,7 +19,8 @@ from edgelin.runtime.tokenizer import load_tokenizer
 from edgelin.validate.drift import drift_curve, drift_slope
 from edgelin.validate.snr import layer_snr, state_snr
 
-SEGMENT = 512  # tokens fed per Session.forward call
+SEGMENT = 512  # tokens fed per Session.forward call, at most
+SEGMENT_LOGITS = 1 << 22  # logits [streams, tokens, vocab] of one call, at most (a large vocabulary takes fewer tokens)
 
 
 def check_compatible(ref: Manifest, cand: Manifest, ref_dir: Path, cand_dir: Path) -> None:
@@ -34,10 +35,18 @@ def check_compatible(ref: Manifest, cand: Manifest, ref_dir: Path, cand_dir: Pat
                            f"{diff[1][0] if diff[1] else 'nothing'} where the reference has {diff[0][0] if diff[0] else 'nothing'}")
 
 
+def segment_tokens(chunk: int, streams: int, vocab: int) -> int:
+    """Tokens per forward call: SEGMENT, or as many whole prefill chunks as keep the logits within
+    SEGMENT_LOGITS (at least one). Whole chunks split the stream between prefill and decode as SEGMENT does."""
+    fit = SEGMENT_LOGITS // (streams * vocab)
+    return SEGMENT if fit >= SEGMENT else max(chunk, fit // chunk * chunk)
+
+
 def _log_softmax(x: np.ndarray) -> np.ndarray:
     x = x.astype(np.float64)
-    x = x - x.max(-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+    x -= x.max(-1, keepdims=True)
+    x -= np.log(np.exp(x).sum(-1, keepdims=True))
+    return x
 
 
 def compare_packages(reference: str | Path, candidate: str | Path, text: str, *, horizon: int = 8192,
@@ -56,7 +65,9 @@ def compare_packages(reference: str | Path, candidate: str | Path, text: str, *,
     the reference once.
     """
     ref_dir, cand_dir = Path(reference), Path(candidate)
-    ref, cand = (Session(d, backend=backend, trust_native_code=trust_native_code) for d in (ref_dir, cand_dir))
+    # no repacked copies: each package's weights are in memory once
+    ref, cand = (Session(d, backend=backend, trust_native_code=trust_native_code, prepack=False)
+                 for d in (ref_dir, cand_dir))
     check_compatible(ref.manifest, cand.manifest, ref_dir, cand_dir)
     if not text or not text.strip():
         raise EdgelinError("the validation text is empty")
@@ -70,12 +81,13 @@ def compare_packages(reference: str | Path, candidate: str | Path, text: str, *,
     kl = np.zeros((B, T))
     agree = np.zeros((B, T), bool)
     states = [ref.new_state(B), cand.new_state(B)]
-    segments = list(range(0, T, SEGMENT))
+    segment = segment_tokens(ref.prefill_tokens, B, ref.vocab_size)
+    segments = list(range(0, T, segment))
     key = (str(ref_dir.resolve()), hash(text), B, T, backend)
     cached = reference_cache.get(key) if reference_cache is not None else None
     ref_logp: list[np.ndarray] = []
     for i, a in enumerate(segments):
-        b = min(a + SEGMENT, T)
+        b = min(a + segment, T)
         logp = []
         for j, sess in enumerate((ref, cand)):
             if j == 0 and cached is not None:
@@ -85,7 +97,7 @@ def compare_packages(reference: str | Path, candidate: str | Path, text: str, *,
             if not np.isfinite(logits).all():
                 raise EdgelinError(f"{sess.package_dir} produced NaN or Inf logits at tokens {a}..{b}")
             logp.append(_log_softmax(logits))
-        if cached is None:
+        if cached is None and reference_cache is not None:
             ref_logp.append(logp[0])
         p_ref = np.exp(logp[0])
         kl[:, a:b] = np.sum(p_ref * (logp[0] - logp[1]), -1)
@@ -104,6 +116,9 @@ def compare_packages(reference: str | Path, candidate: str | Path, text: str, *,
     loss_ref, loss_cand = float(nll[0].mean()), float(nll[1].mean())
     kl = np.maximum(kl, 0.0)
     curve = drift_curve(kl, agree)
+    snr_state = state_snr(ref.manifest.states, cand.manifest.raw["states"], states[0], states[1])
+    ref_m, cand_m = ref.manifest, cand.manifest
+    del ref, cand, states, logits, logp, p_ref  # the layer SNR probes load both packages again
     return {
         "reference": str(ref_dir), "candidate": str(cand_dir),
         "loss_reference": loss_ref, "loss_candidate": loss_cand,
@@ -115,7 +130,7 @@ def compare_packages(reference: str | Path, candidate: str | Path, text: str, *,
         "size_ratio": package_size_bytes(cand_dir) / package_size_bytes(ref_dir),
         "tokens": int(B * T), "streams": int(B), "horizon": int(T),
         "drift": curve, "drift_slope": drift_slope(curve),
-        "snr_db_state": state_snr(ref.manifest.states, cand.manifest.raw["states"], states[0], states[1]),
-        "snr_db_layer": layer_snr(ref_dir, ref.manifest, cand_dir, cand.manifest, ids) if backend == "ort" else {},
-        "precision": cand.manifest.precision,
+        "snr_db_state": snr_state,
+        "snr_db_layer": layer_snr(ref_dir, ref_m, cand_dir, cand_m, ids) if backend == "ort" else {},
+        "precision": cand_m.precision,
     }

@@ -19,6 +19,9 @@ def markdown(r: dict[str, Any]) -> str:
         f"# Fidelity: {Path(r['candidate']).name} vs {Path(r['reference']).name}", "",
         f"Scheme: `{r['precision'].get('scheme', 'fp32')}`; {r['streams']} streams x {r['horizon']} tokens "
         f"({r['tokens']} tokens).", "",
+        *([f"Token budgets ({r['budget']['parameters']:,} parameters, docs/DESIGN.md): "
+           f"{r['budget']['calibration']['rule']}, one chunk in {r['budget']['calibration']['decode_every']} "
+           f"through the decode graph; {r['budget']['validation']['rule']}.", ""] if "budget" in r else []),
         "| metric | reference | candidate |", "|---|---|---|",
         f"| loss (nats/token) | {r['loss_reference']:.4f} | {r['loss_candidate']:.4f} |",
         f"| perplexity | {r['perplexity_reference']:.3f} | {r['perplexity_candidate']:.3f} |",

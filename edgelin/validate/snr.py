@@ -29,7 +29,7 @@ def dequantize_state(spec_raw: dict, a: np.ndarray) -> np.ndarray:
 
 def layer_snr(ref_dir: Path, ref_m: Manifest, cand_dir: Path, cand_m: Manifest, ids: np.ndarray, chunks: int = 8) -> dict[str, float]:
     """SNR of every block output (as the exporter declared them), prefill graph, over the first
-    `chunks` chunks of `ids` [B, T]."""
+    `chunks` chunks of `ids` [B, T]; both packages run chunk by chunk, side by side."""
     if "prefill" not in ref_m.graphs or "prefill" not in cand_m.graphs:
         return {}
     try:
@@ -37,13 +37,20 @@ def layer_snr(ref_dir: Path, ref_m: Manifest, cand_dir: Path, cand_m: Manifest, 
     except EdgelinError:
         return {}  # a package from an older edgelin: no declared block outputs
     names = sorted(set(ref_blocks) & set(cand_blocks), key=lambda s: int(s.split(".")[1]))
-    outs: list[list[dict[str, np.ndarray]]] = [[], []]
-    for i, (root, blocks) in enumerate(((ref_dir, ref_blocks), (cand_dir, cand_blocks))):
-        probe = Probe(root, extra={"prefill": [blocks[k] for k in names]})
-        probe.prefill_stream(ids, lambda _g, _f, out, i=i, blocks=blocks: outs[i].append(
-            {k: out[blocks[k]] for k in names}), chunks)
-    signal = {k: sum(float(np.sum(r[k].astype(np.float64) ** 2)) for r in outs[0]) for k in names}
-    noise = {k: sum(float(np.sum((r[k].astype(np.float64) - c[k]) ** 2)) for r, c in zip(*outs)) for k in names}
+    pairs = [(Probe(root, extra={"prefill": [blocks[k] for k in names]}, only=("prefill",)), blocks)
+             for root, blocks in ((ref_dir, ref_blocks), (cand_dir, cand_blocks))]
+    states = [probe.new_state(ids.shape[0]) for probe, _ in pairs]
+    signal, noise = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)
+    C = pairs[0][0].chunk
+    for c in range(min(chunks, ids.shape[1] // C)):
+        outs = []
+        for i, (probe, blocks) in enumerate(pairs):
+            out, states[i] = probe.run("prefill", ids[:, c * C:(c + 1) * C], states[i])
+            outs.append({k: out[blocks[k]] for k in names})
+        for k in names:
+            r = outs[0][k].astype(np.float64)
+            signal[k] += float(np.sum(r ** 2))
+            noise[k] += float(np.sum((r - outs[1][k]) ** 2))
     return {k: (float(10 * np.log10(signal[k] / noise[k])) if noise[k] > 0 else float("inf")) for k in names}
 
 

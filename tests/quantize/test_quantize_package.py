@@ -279,3 +279,20 @@ def test_mlstm_int8_and_int4_packages_run(tmp_path):
         assert np.isfinite(logits).all() and rms_ratio(ref, logits) < bound, (scheme.name, rms_ratio(ref, logits))
         assert {state[spec.input].dtype for spec in s.manifest.states} == {np.dtype(np.int16)}
         assert {spec.kind for spec in s.manifest.states} == {"cell_state", "normalizer_state", "max_state"}
+
+
+def test_fp_weights_are_read_from_the_package_file_and_nowhere_else(fp_package):
+    from edgelin.quantize.qdq import _initializer_array
+
+    pkg = fp_package("gla-tiny")
+    proto = onnx.load(str(pkg / "prefill.onnx"), load_external_data=False)
+    inits = [t for t in proto.graph.initializer if t.data_location == TensorProto.EXTERNAL]
+    loaded = {t.name: t for t in onnx.load(str(pkg / "prefill.onnx")).graph.initializer}
+    assert inits and all(np.array_equal(_initializer_array(t, pkg), numpy_helper.to_array(loaded[t.name]))
+                         for t in inits)
+    for key, value in (("location", "../weights.bin"), ("location", "/etc/passwd")):
+        bad = TensorProto()
+        bad.CopyFrom(inits[0])
+        next(e for e in bad.external_data if e.key == key).value = value
+        with pytest.raises(EdgelinError, match="points outside its package"):
+            _initializer_array(bad, pkg)

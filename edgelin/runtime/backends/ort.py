@@ -31,10 +31,11 @@ class OrtBackend:
     """One ONNX graph in an onnxruntime InferenceSession.
 
     Args:
-        graph_path: the .onnx file, or a serialized graph with its weights inside.
+        graph_path: the .onnx file, or a serialized graph (its external data, if any, in `external_dir`).
         threads: intra-op threads (default 2); inter-op execution is sequential.
         initializers: initializer name -> array, used in place of the graph's own (not copied).
         prepack: let ORT repack the weights it is given in `initializers` (a private copy).
+        external_dir: where a serialized graph's external data files lie (its package).
     Example:
         >>> b = OrtBackend(Path("pkg/decode.onnx"), threads=1)  # doctest: +SKIP
         >>> out = b.run({"input_ids": ids, **state})  # doctest: +SKIP
@@ -47,7 +48,8 @@ class OrtBackend:
         return {name: {"file": g.file, "prepack": name in ("decode", "verify")} for name, g in manifest.graphs.items()}
 
     def __init__(self, graph_path: Path | bytes, *, threads: int | None = None,
-                 initializers: dict[str, np.ndarray] | None = None, prepack: bool = True) -> None:
+                 initializers: dict[str, np.ndarray] | None = None, prepack: bool = True,
+                 external_dir: Path | None = None) -> None:
         try:
             import onnxruntime as ort
         except ImportError:
@@ -62,6 +64,8 @@ class OrtBackend:
             opts.add_initializer(name, value)
         if self._initializers and not prepack:
             opts.add_session_config_entry("session.disable_prepacking", "1")
+        if external_dir is not None:
+            opts.add_session_config_entry("session.model_external_initializers_file_folder_path", str(external_dir))
         self._where = "an in-memory graph" if isinstance(graph_path, bytes) else str(graph_path)
         try:
             model = graph_path if isinstance(graph_path, bytes) else str(graph_path)
