@@ -108,13 +108,9 @@ def export(model: str | LM | None = None, out: str | os.PathLike | None = None, 
            calib: str | os.PathLike | None = None, group_size: int | None = None, gptq: bool = False,
            rotate: bool = False, smooth: float | None = None, state: str | None = None,
            max_loss_increase: float | None = None, prefill_tokens: int = DEFAULT_PREFILL_TOKENS,
-<<<<<<< HEAD
-           verify_tokens: int = DEFAULT_VERIFY_TOKENS, max_context: int = DEFAULT_MAX_CONTEXT, revision: str | None = None, streams: int = 4, tokens: int = MIN_STREAM_TOKENS,
-           horizon: int = 8192, force: bool = False, fp16: bool = False, on_progress: Progress | None = None) -> ExportResult:
-=======
-           max_context: int = DEFAULT_MAX_CONTEXT, revision: str | None = None, streams: int | None = None,
-           tokens: int | None = None, horizon: int | None = None, force: bool = False, fp16: bool = False, on_progress: Progress | None = None) -> ExportResult:
->>>>>>> wip/qscale
+           verify_tokens: int = DEFAULT_VERIFY_TOKENS, max_context: int = DEFAULT_MAX_CONTEXT, revision: str | None = None,
+           streams: int | None = None, tokens: int | None = None, horizon: int | None = None, force: bool = False,
+           fp16: bool = False, on_progress: Progress | None = None) -> ExportResult:
     """Export `model` to a package of step graphs; with a scheme, calibrate, quantize and validate it.
 
     Args:
@@ -185,7 +181,8 @@ def export(model: str | LM | None = None, out: str | os.PathLike | None = None, 
 
 def _export(loaded: LoadedModel, out: Path, scheme: QuantScheme | HtpScheme | None, profile: str | None, text: str, *,
             prefill_tokens: int, verify_tokens: int, force: bool, fp16: bool, max_loss_increase: float | None,
-            streams: int, tokens: int, horizon: int, step: Progress, release: bool = False) -> dict[str, Any]:
+            streams: int | None, tokens: int | None, horizon: int | None, step: Progress,
+            release: bool = False) -> dict[str, Any]:
     """FP export straight to `out`, or to a temporary FP package made static or quantized into `out`.
     `release`: the model is not needed afterwards; its weights are freed once traced."""
     kw = dict(prefill_tokens=prefill_tokens, source_layout=loaded.source_layout, tokenizer_json=loaded.tokenizer_json,

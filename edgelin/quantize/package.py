@@ -33,20 +33,15 @@ def quantize_protos(fp_dir: str | Path, scheme: QuantScheme, table: CalibrationT
     entries = m.raw["states"]
     sq = state_qparams(entries, table, scheme)
     protos, precision, cache = {}, {}, {}
-<<<<<<< HEAD
+    # weights stay in the FP package's file until their layer is quantized
+    fp = {name: onnx.load(str(root / g.file), load_external_data=False) for name, g in m.graphs.items()}
     for name, proto in fp.items():
         ranges = table
         if name == "verify":  # the decode graph's arithmetic, K positions at once: the decode graph's scales
             ranges = borrowed_ranges(table, name, proto, graph_sites(m.raw, name), "decode", fp["decode"],
                                      graph_sites(m.raw, "decode"))
         protos[name], prec = quantize_graph(proto, name, scheme, ranges, sq, entries, graph_sites(m.raw, name),
-                                            hessians, cache)
-=======
-    for name, g in m.graphs.items():  # weights stay in the FP package's file until their layer is quantized
-        fp = onnx.load(str(root / g.file), load_external_data=False)
-        protos[name], prec = quantize_graph(fp, name, scheme, table, sq, entries, graph_sites(m.raw, name),
                                             hessians, cache, base=root)
->>>>>>> wip/qscale
         precision.update(prec)
     states = []
     for s in entries:

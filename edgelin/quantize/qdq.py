@@ -298,22 +298,11 @@ def _quantize_states(b: _Graph, qparams: dict[str, dict], entries: list[dict]) -
         s = b.add_init(f"{inp.name}_scale", np.array(qp["scale"], np.float32))
         z = b.add_init(f"{inp.name}_zero_point", np.array(qp["zero_point"], dtype))
         fin, fout = f"{inp.name}_dq", f"{out_name}_float"
-<<<<<<< HEAD
-        added = [n for _, n in b.new_nodes]  # e.g. the Q/DQ of a linear layer that reads a new state
-        for node in [*b.g.node, *added]:
-            node.input[:] = [fin if x == inp.name else x for x in node.input]
-            node.output[:] = [fout if x == out_name else x for x in node.output]
-        for node in [*b.g.node, *added]:  # consumers of the renamed output inside the graph
-            node.input[:] = [fout if x == out_name else x for x in node.input]
-        b.new_nodes.append((0, helper.make_node("DequantizeLinear", [inp.name, s, z], [fin], name=f"{inp.name}_state_DQ")))
-        if any(o.name == out_name for o in b.g.output):  # the verify graph outputs its states stacked instead
-            b.new_nodes.append((10 ** 9, helper.make_node("QuantizeLinear", [fout, s, z], [out_name],
-                                                          name=f"{out_name}_state_Q")))
-=======
         rename_in[inp.name], rename_out[out_name] = fin, fout
         added.append((0, helper.make_node("DequantizeLinear", [inp.name, s, z], [fin], name=f"{inp.name}_state_DQ")))
-        added.append((10 ** 9, helper.make_node("QuantizeLinear", [fout, s, z], [out_name], name=f"{out_name}_state_Q")))
->>>>>>> wip/qscale
+        if any(o.name == out_name for o in b.g.output):  # the verify graph outputs its states stacked instead
+            added.append((10 ** 9, helper.make_node("QuantizeLinear", [fout, s, z], [out_name],
+                                                    name=f"{out_name}_state_Q")))
         inp.type.tensor_type.elem_type = NP_TO_ONNX[dtype]
         for o in b.g.output:
             if o.name == out_name:
