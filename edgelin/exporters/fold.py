@@ -92,11 +92,21 @@ def fold_parameters(proto: onnx.ModelProto, params: dict[str, np.ndarray], store
     def value(name: str) -> np.ndarray:
         return params[name] if name in params else known[name]
 
+    same: dict[tuple, str] = {}  # (origin, dtype, shape) -> the one initializer of this graph holding it
+    renamed: dict[str, str] = {}
+
     def emit(name: str) -> None:
-        """Make `name` an initializer of the graph: inline, or external in the store."""
+        """Make `name` an initializer of the graph: inline, or external in the store. A parameter the
+        graph reads several times the same way (mLSTM's gates, once per position of the verify graph) is
+        one initializer, so that a quantizer sees one weight with all its readers."""
         array = np.ascontiguousarray(value(name))
         origin = origins.get(name)
         if origin is not None:
+            key = (origin, array.dtype.str, array.shape)
+            if key in same:
+                renamed[name] = same[key]
+                return
+            same[key] = name
             found.setdefault(origin[0], []).append((name, origin[1]))
         if convert is not None:
             array = convert(name, array)
@@ -126,6 +136,8 @@ def fold_parameters(proto: onnx.ModelProto, params: dict[str, np.ndarray], store
     kept_inputs = [i for i in g.input if i.name not in params]
     del g.input[:]
     g.input.extend(kept_inputs)
+    for n in kept:
+        n.input[:] = [renamed.get(i, i) for i in n.input]
     read = {i for n in kept for i in n.input} | outputs  # Constants that only folds read go with them
     del g.node[:]
     g.node.extend(n for n in kept if n.op_type != "Constant" or n.output[0] in read)
