@@ -45,7 +45,8 @@ def trace_to_onnx(
     exporter: str | None = None,
     params_as_inputs: bool = False,
 ) -> None:
-    """Trace `module` on `example_inputs` and write a self-contained ONNX file to `path`.
+    """Trace `module` on `example_inputs` and write an ONNX file to `path` (self-contained unless
+    `params_as_inputs`).
 
     Axis 0 of every input and output is the symbolic dimension "batch"; every other dimension is
     fixed by the example. This is the only function that calls torch.onnx.export: switching the
@@ -98,12 +99,7 @@ def _export_dynamo(module, example_inputs, path, input_names, output_names, opse
     if params_as_inputs:  # unoptimized, the parameters are initializers named after them: make them inputs
         proto = program.model_proto
         params = {name for name, _ in module.named_parameters(remove_duplicate=False)}
-        g = proto.graph
-        moved = [t for t in g.initializer if t.name in params]
-        g.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in moved)
-        kept = [t for t in g.initializer if t.name not in params]
-        del g.initializer[:]
-        g.initializer.extend(kept)
+        initializers_as_inputs(proto.graph, lambda t: t.name in params)
         onnx.save(proto, str(path))
         return
     # onnxscript folds a constant over 8192 elements only when that uses no more memory; a tied
@@ -242,6 +238,15 @@ def per_position(proto: onnx.ModelProto, tokens: int) -> None:
     proto.graph.node.extend(nodes)
 
 
+def initializers_as_inputs(graph: onnx.GraphProto, which: Callable[[onnx.TensorProto], bool]) -> None:
+    """Turn the initializers `which` selects into graph inputs of their type and shape, in place."""
+    moved = [t for t in graph.initializer if which(t)]
+    graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in moved)
+    kept = [t for t in graph.initializer if not which(t)]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+
+
 def op_histogram(proto: onnx.ModelProto) -> Counter:
     return Counter(node.op_type for node in proto.graph.node)
 
@@ -251,15 +256,11 @@ def check_step_graph(proto: onnx.ModelProto) -> None:
 
     Weights stored outside the graph are checked as inputs of their type and shape (the checker would
     look for their file relative to the working directory)."""
-    external = [t for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
     checked = proto
-    if external:
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
         checked = onnx.ModelProto()
         checked.CopyFrom(proto)
-        inline = [t for t in checked.graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL]
-        del checked.graph.initializer[:]
-        checked.graph.initializer.extend(inline)
-        checked.graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in external)
+        initializers_as_inputs(checked.graph, lambda t: t.data_location == onnx.TensorProto.EXTERNAL)
     onnx.checker.check_model(checked)
     bad = FORBIDDEN_OPS & set(op_histogram(proto))
     if bad:
