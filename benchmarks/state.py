@@ -48,8 +48,9 @@ PREFIX = 2048
 
 
 def build(model: str, out: Path, log) -> Path:
-    """OUT/MODEL-int8, exported with the CLI unless it is there."""
-    pkg = out / f"{model}-int8"
+    """OUT/NAME-int8 (NAME: the built-in model's name or the checkpoint folder's), exported with the CLI
+    unless it is there."""
+    pkg = out / f"{Path(model).name}-int8"
     if not (pkg / "manifest.json").exists():
         log(f"exporting {model} --int8 to {pkg} ...")
         subprocess.run([sys.executable, "-m", "edgelin", "export", model, "--int8", "-o", str(pkg), "--force"],

@@ -22,7 +22,7 @@ from edgelin.errors import EdgelinError
 from edgelin.models.lm import LM
 from edgelin.runtime.package import position_output, steps_output
 from edgelin.exporters.fold import Found, fold_parameters
-from edgelin.exporters.weights import WeightStore
+from edgelin.exporters.weights import WeightStore, check_weighted_model, initializers_as_inputs
 from edgelin.trace import StepGraph
 
 OPSET = 17
@@ -238,30 +238,13 @@ def per_position(proto: onnx.ModelProto, tokens: int) -> None:
     proto.graph.node.extend(nodes)
 
 
-def initializers_as_inputs(graph: onnx.GraphProto, which: Callable[[onnx.TensorProto], bool]) -> None:
-    """Turn the initializers `which` selects into graph inputs of their type and shape, in place."""
-    moved = [t for t in graph.initializer if which(t)]
-    graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in moved)
-    kept = [t for t in graph.initializer if not which(t)]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-
-
 def op_histogram(proto: onnx.ModelProto) -> Counter:
     return Counter(node.op_type for node in proto.graph.node)
 
 
 def check_step_graph(proto: onnx.ModelProto) -> None:
-    """onnx.checker plus the step-graph contract: no control flow, so every back end can run it.
-
-    Weights stored outside the graph are checked as inputs of their type and shape (the checker would
-    look for their file relative to the working directory)."""
-    checked = proto
-    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
-        checked = onnx.ModelProto()
-        checked.CopyFrom(proto)
-        initializers_as_inputs(checked.graph, lambda t: t.data_location == onnx.TensorProto.EXTERNAL)
-    onnx.checker.check_model(checked)
+    """`check_weighted_model` plus the step-graph contract: no control flow, so every back end can run it."""
+    check_weighted_model(proto)
     bad = FORBIDDEN_OPS & set(op_histogram(proto))
     if bad:
         raise EdgelinError(f"exported graph contains {', '.join(sorted(bad))} nodes; step graphs must be loop-free")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import onnx
@@ -39,6 +39,26 @@ def _external(name: str, dtype: int, shape: tuple[int, ...], entry: dict[str, An
     return t
 
 
+def initializers_as_inputs(graph: onnx.GraphProto, which: Callable[[TensorProto], bool]) -> None:
+    """Turn the initializers `which` selects into graph inputs of their type and shape, in place."""
+    moved = [t for t in graph.initializer if which(t)]
+    graph.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in moved)
+    kept = [t for t in graph.initializer if not which(t)]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+
+
+def check_weighted_model(proto: onnx.ModelProto) -> None:
+    """onnx.checker on a graph whose weights may lie outside it: those are checked as inputs of their
+    type and shape (the checker would look for their file relative to the working directory)."""
+    checked = proto
+    if any(t.data_location == TensorProto.EXTERNAL for t in proto.graph.initializer):
+        checked = onnx.ModelProto()
+        checked.CopyFrom(proto)
+        initializers_as_inputs(checked.graph, lambda t: t.data_location == TensorProto.EXTERNAL)
+    onnx.checker.check_model(checked)
+
+
 class WeightStore:
     """The package's weights file being written: each distinct tensor once, 64-byte aligned, and its index.
 
@@ -51,6 +71,7 @@ class WeightStore:
         self._blob = open(self.path, "wb")
         self._stored: dict[Any, dict[str, Any]] = {}
         self._offset = 0
+        self._names: dict[str, set[str]] = {}  # graph -> initializers reading the store
 
     def external(self, graph: str, name: str, array: np.ndarray, key: Any = None) -> TensorProto:
         """Store `array` (unless stored already) and return initializer `name` of `graph` reading it."""
@@ -66,7 +87,22 @@ class WeightStore:
                                          "shape": list(array.shape), "names": {}}
             self._offset += len(data)
         entry["names"][graph] = name
+        self._names.setdefault(graph, set()).add(name)
         return _external(name, onnx.helper.np_dtype_to_tensor_dtype(array.dtype), array.shape, entry)
+
+    def reuse(self, graph: str, name: str, key: Any) -> TensorProto | None:
+        """Initializer `name` of `graph` reading the tensor stored under `key`; None when there is none."""
+        entry = self._stored.get(key)
+        if entry is None:
+            return None
+        entry["names"][graph] = name
+        self._names.setdefault(graph, set()).add(name)
+        dtype = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(entry["dtype"]))
+        return _external(name, dtype, tuple(entry["shape"]), entry)
+
+    def holds(self, graph: str, name: str) -> bool:
+        """Whether initializer `name` of `graph` reads this store."""
+        return name in self._names.get(graph, ())
 
     def close(self) -> None:
         self._blob.close()
@@ -78,21 +114,27 @@ class WeightStore:
                 "tensors": list(self._stored.values())}
 
 
-def save_graphs(protos: dict[str, onnx.ModelProto], files: dict[str, str],
-                out: Path) -> tuple[dict[str, Path | bytes], dict[str, Any]]:
+def save_graphs(protos: dict[str, onnx.ModelProto], files: dict[str, str], out: Path,
+                store: WeightStore | None = None) -> tuple[dict[str, Path | bytes], dict[str, Any]]:
     """Write each graph to `out / files[name]` with its large initializers in the shared `out / weights.bin`.
 
     Args:
-        protos: graph name ("decode", "prefill") -> model, initializers held in memory.
+        protos: graph name ("decode", "prefill") -> model, initializers held in memory or already
+            in `store`.
         files: graph name -> package-relative file name.
         out: a scratch directory (the package is assembled from it by `write_package`).
+        store: the weights file of `out` when the graphs were built into it (quantize/package.py);
+            a new one otherwise.
     Returns:
         ({package file name: path} including weights.bin, the manifest's `weights` entry).
     """
-    store = WeightStore(out)
+    if store is None:
+        store = WeightStore(out)
     for name, proto in protos.items():
         for t in proto.graph.initializer:
             if t.data_location == TensorProto.EXTERNAL:
+                if store.holds(name, t.name):
+                    continue
                 raise ValueError(f"{files[name]}: initializer {t.name} has its external data unloaded")
             if t.data_type not in _NUMPY_TYPES:
                 continue

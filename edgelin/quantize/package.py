@@ -12,7 +12,7 @@ from edgelin.atomic import scratch_dir
 from edgelin.calibration.table import CalibrationTable
 from edgelin.errors import EdgelinError
 from edgelin.exporters.genai import genai_files
-from edgelin.exporters.weights import save_graphs
+from edgelin.exporters.weights import WeightStore, save_graphs
 from edgelin.quantize.qdq import borrowed_ranges, quantize_graph, state_qparams
 from edgelin.quantize.schemes import QuantScheme
 from edgelin.runtime.package import manifest_fields, read_package, write_package
@@ -20,8 +20,10 @@ from edgelin.sites import graph_sites, without_float_weights
 
 
 def quantize_protos(fp_dir: str | Path, scheme: QuantScheme, table: CalibrationTable,
-                    hessians: dict[str, np.ndarray] | None = None) -> tuple[dict[str, onnx.ModelProto], dict, dict[str, dict]]:
-    """Quantize every step graph of an FP package in memory.
+                    hessians: dict[str, np.ndarray] | None = None,
+                    store: WeightStore | None = None) -> tuple[dict[str, onnx.ModelProto], dict, dict[str, dict]]:
+    """Quantize every step graph of an FP package: in memory, or with the large tensors written to
+    `store` (the new package's weights file) as they are made.
 
     Returns:
         (graph name -> quantized proto, the quantized manifest fields, state qparams).
@@ -41,7 +43,7 @@ def quantize_protos(fp_dir: str | Path, scheme: QuantScheme, table: CalibrationT
             ranges = borrowed_ranges(table, name, proto, graph_sites(m.raw, name), "decode", fp["decode"],
                                      graph_sites(m.raw, "decode"))
         protos[name], prec = quantize_graph(proto, name, scheme, ranges, sq, entries, graph_sites(m.raw, name),
-                                            hessians, cache, base=root)
+                                            hessians, cache, base=root, store=store)
         precision.update(prec)
     states = []
     for s in entries:
@@ -77,9 +79,10 @@ def quantize_package(fp_dir: str | Path, out_dir: str | Path, scheme: QuantSchem
     """
     root = Path(fp_dir)
     m = read_package(root)
-    protos, fields, _ = quantize_protos(root, scheme, table, hessians)
     with scratch_dir("quantize") as tmp:
-        files, weights = save_graphs(protos, {name: m.graphs[name].file for name in protos}, tmp)
+        store = WeightStore(tmp)
+        protos, fields, _ = quantize_protos(root, scheme, table, hessians, store)
+        files, weights = save_graphs(protos, {name: m.graphs[name].file for name in protos}, tmp, store)
         if progress:
             for name in protos:
                 progress(name)

@@ -24,6 +24,9 @@ MatMul, Gemm or Einsum along any declared output axis; MatMulNBits needs a MatMu
 Integers come from `edgelin.quantize.primitives`, so QAT and export round identically.
 The FP graph may keep its weights in external data: each one is read from its file when its layer
 is quantized, so the pass holds one FP weight at a time; those it leaves float are loaded at the end.
+Given the new package's `WeightStore`, each large tensor goes to its file as it is made, and a weight
+the package's other graphs share (decode, prefill, verify) is quantized once: the pass then holds
+one layer's tensors, whatever the model's size.
 """
 from __future__ import annotations
 
@@ -32,10 +35,10 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper, version_converter
-from onnx.external_data_helper import load_external_data_for_model
 
 from edgelin.calibration.table import CalibrationTable
 from edgelin.errors import EdgelinError
+from edgelin.exporters.weights import MIN_BYTES, WeightStore, check_weighted_model
 from edgelin.quantize.primitives import ActQuant, WeightQuant, activation_qparams, quantize_weight_np
 from edgelin.quantize.schemes import Int4Format, LayerPrecision, QuantScheme
 from edgelin.runtime.package import position_output, steps_output
@@ -67,23 +70,57 @@ def _initializer_array(t: TensorProto, base: Path | None) -> np.ndarray:
 class _Graph:
     """A tiny builder over one GraphProto: new initializers and nodes, unique names."""
 
-    def __init__(self, proto: onnx.ModelProto, base: Path | None = None):
-        self.proto, self.g, self.base = proto, proto.graph, base
+    def __init__(self, proto: onnx.ModelProto, name: str, base: Path | None = None, store: WeightStore | None = None):
+        self.proto, self.g, self.name, self.base, self.store = proto, proto.graph, name, base, store
         self.inits = {i.name: i for i in self.g.initializer}
         self.new_nodes: list[tuple[int, onnx.NodeProto]] = []  # (insert before index, node)
-        self.int8: dict[tuple[str, int], tuple[str, str]] = {}  # (weight, axis) -> (int8, scale) initializers
+        # (weight, axis) -> (int8 initializer, scale initializer, scales)
+        self.int8: dict[tuple[str, int], tuple[str, str, np.ndarray]] = {}
 
-    def add_init(self, name: str, array: np.ndarray, onnx_type: int | None = None) -> str:
-        if onnx_type is None:
-            t = numpy_helper.from_array(array, name)
-        else:
+    def add_init(self, name: str, array: np.ndarray, onnx_type: int | None = None, key: tuple | None = None) -> str:
+        """A new initializer; a large one goes straight to the store (under `key`, when given)."""
+        if onnx_type is not None:
             t = helper.make_tensor(name, onnx_type, array.shape, array.flatten().tolist())
-        self.g.initializer.append(t)
-        self.inits[name] = t
+        elif self.store is not None and array.nbytes >= MIN_BYTES:
+            t = self.store.external(self.name, name, array, key)
+        else:
+            t = numpy_helper.from_array(array, name)
+        self._append(t)
         return name
+
+    def reuse(self, name: str, key: tuple) -> bool:
+        """Initializer `name` reading what the store already holds under `key`; False when it holds nothing."""
+        t = self.store.reuse(self.name, name, key) if self.store is not None else None
+        if t is not None:
+            self._append(t)
+        return t is not None
+
+    def _append(self, t: TensorProto) -> None:
+        self.g.initializer.append(t)
+        self.inits[t.name] = t
 
     def array(self, name: str) -> np.ndarray:
         return _initializer_array(self.inits[name], self.base)
+
+    def source(self, name: str) -> tuple | None:
+        """Where the FP initializer `name` lies in its package's weights file: the same place in every
+        graph of the package for the same weight. None for one held inside the graph."""
+        t = self.inits[name]
+        if t.data_location != TensorProto.EXTERNAL:
+            return None
+        info = {e.key: e.value for e in t.external_data}
+        return info.get("location"), int(info.get("offset", 0)), tuple(t.dims), t.data_type
+
+    def keep_float(self) -> None:
+        """The FP weights left float: into the store (or the graph), read one at a time."""
+        for t in self.g.initializer:
+            if t.data_location != TensorProto.EXTERNAL or self.store is not None and self.store.holds(self.name, t.name):
+                continue
+            array = _initializer_array(t, self.base)
+            if self.store is None:
+                t.CopyFrom(numpy_helper.from_array(array, t.name))
+            else:
+                t.CopyFrom(self.store.external(self.name, t.name, array, ("float", self.source(t.name))))
 
     def drop_unused(self) -> None:
         used = {x for n in self.g.node for x in n.input}
@@ -102,34 +139,45 @@ def _qdq_activation(b: _Graph, tensor: str, scale: np.float32, zero: int, spec: 
     return cache[tensor]
 
 
-def _int8_ints(b: _Graph, name: str, w: np.ndarray, axis: int) -> tuple[str, str]:
-    """w (any rank) -> (int8 initializer, scale initializer [w.shape[axis]]), one scale per index of `axis`; added once."""
+def _int8_ints(b: _Graph, name: str, axis: int, shared: dict) -> tuple[str, str, np.ndarray]:
+    """Weight `name` (any rank) -> (int8 initializer, scale initializer, scales [shape[axis]]), one
+    scale per index of `axis`; added once. A weight another graph of the package has quantized into
+    the store already is read from there (its scales kept in `shared`), not quantized again."""
     if (name, axis) not in b.int8:
         tag = f"_axis{axis}" if any(n == name for n, _ in b.int8) else ""
         qn, sn = f"{name}_int8{tag}", f"{name}_scale{tag}"
-        rows = np.moveaxis(w, axis, 0)
-        q, scale, _ = quantize_weight_np(rows.reshape(rows.shape[0], -1), WeightQuant(8))
-        b.add_init(qn, np.ascontiguousarray(np.moveaxis(q.reshape(rows.shape), 0, axis)))
-        b.add_init(sn, scale[:, 0].astype(np.float32))
-        b.int8[name, axis] = qn, sn
+        src = b.source(name)
+        key = ("int8", src, axis) if src is not None else None
+        if key is not None and key in shared and b.reuse(qn, key):
+            scale = shared[key]
+        else:
+            rows = np.moveaxis(b.array(name), axis, 0)
+            q, scale, _ = quantize_weight_np(rows.reshape(rows.shape[0], -1), WeightQuant(8))
+            scale = scale[:, 0].astype(np.float32)
+            b.add_init(qn, np.ascontiguousarray(np.moveaxis(q.reshape(rows.shape), 0, axis)), key=key)
+            del rows, q
+            if key is not None:
+                shared[key] = scale
+        b.add_init(sn, scale)
+        b.int8[name, axis] = qn, sn, scale
     return b.int8[name, axis]
 
 
-def _int8_weight(b: _Graph, name: str, w: np.ndarray, axis: int) -> str:
-    """w (any rank) -> DequantizeLinear output name, one scale per index of `axis`."""
-    qn, sn = _int8_ints(b, name, w, axis)
-    zn = b.add_init(f"{name}_zero_point", np.zeros(w.shape[axis], np.int8))
+def _int8_weight(b: _Graph, name: str, axis: int, shared: dict) -> str:
+    """Weight `name` (any rank) -> DequantizeLinear output name, one scale per index of `axis`."""
+    qn, sn, scale = _int8_ints(b, name, axis, shared)
+    zn = b.add_init(f"{name}_zero_point", np.zeros(scale.shape, np.int8))
     b.new_nodes.append((0, helper.make_node("DequantizeLinear", [qn, sn, zn], [f"{name}_dq"], name=f"{name}_DQ", axis=axis)))
     return f"{name}_dq"
 
 
-def _int8_gather(b: _Graph, node: onnx.NodeProto, before: int, name: str, w: np.ndarray) -> None:
+def _int8_gather(b: _Graph, node: onnx.NodeProto, before: int, name: str, shared: dict) -> None:
     """Gather(table, ids) -> Gather(int8 table, ids) * Gather(row scales, ids): only the rows read are
     dequantized (a DequantizeLinear of the whole table would run on every step). Exactly DQ's values."""
-    qn, sn = _int8_ints(b, name, w, 0)
+    qn, sn, scale = _int8_ints(b, name, 0, shared)
     rows = f"{sn}_rows"
     if rows not in b.inits:
-        b.add_init(rows, numpy_helper.to_array(b.inits[sn]).reshape(-1, 1))
+        b.add_init(rows, scale.reshape(-1, 1))
     ids, out = node.input[1], node.output[0]
     node.input[0], node.output[0] = qn, f"{out}_int8"
     b.new_nodes += [(before, helper.make_node("Gather", [rows, ids], [f"{out}_scale"], name=f"{node.name}_scale", axis=0)),
@@ -155,15 +203,15 @@ def _axis(node: onnx.NodeProto) -> int:
     return next((a.i for a in node.attribute if a.name == "axis"), 0)
 
 
-def _layer_spec(b: _Graph, site: WeightSite, scheme: QuantScheme) -> tuple[LayerPrecision, WeightQuant | None, np.ndarray]:
-    """(precision, weight spec, weight) of one layer; a 4-bit layer whose input size is not a
-    multiple of the group size (or that is not 2-D) falls back to int8."""
+def _layer_spec(b: _Graph, site: WeightSite, scheme: QuantScheme) -> tuple[LayerPrecision, WeightQuant | None]:
+    """(precision, weight spec) of one layer; a 4-bit layer whose input size is not a multiple of
+    the group size (or that is not 2-D) falls back to int8."""
     prec = scheme.precision_of(site.name)
     spec = scheme.weight_quant(prec)
-    w = b.array(site.initializer)
-    if spec is not None and spec.bits == 4 and (w.ndim != 2 or w.shape[1 - site.axis] % spec.group_size):
+    dims = tuple(b.inits[site.initializer].dims)
+    if spec is not None and spec.bits == 4 and (len(dims) != 2 or dims[1 - site.axis] % spec.group_size):
         prec, spec = LayerPrecision.INT8, WeightQuant(8)
-    return prec, spec, w
+    return prec, spec
 
 
 def _nbits_ok(node: onnx.NodeProto, site: WeightSite, names: set[str]) -> bool:
@@ -194,11 +242,13 @@ def _matmul_nbits(b: _Graph, node: onnx.NodeProto, ints: tuple, spec: WeightQuan
                             K=K, N=N, bits=4, block_size=G, **({"accuracy_level": 4} if int8_compute else {}))
 
 
-def _int4_ints(layer: str, w: np.ndarray, spec: WeightQuant, scheme: QuantScheme,
+def _int4_ints(b: _Graph, site: WeightSite, spec: WeightQuant, scheme: QuantScheme,
                hessians: dict[str, np.ndarray] | None, cache: dict) -> tuple:
-    """(q, scale, zero) in torch layout for a 4-bit layer (`w` [out, in]): RTN, or GPTQ when the scheme asks."""
-    key = (layer, spec)
+    """(q, scale, zero) in torch layout ([out, in]) for a 4-bit layer: RTN, or GPTQ when the scheme asks."""
+    layer, key = site.name, (site.name, spec)
     if key not in cache:
+        w = b.array(site.initializer)
+        w = w if site.axis == 0 else w.T
         if scheme.gptq:
             if not hessians or layer not in hessians:
                 raise EdgelinError(f"GPTQ needs calibration inputs for layer {layer}; run it through the pipeline")
@@ -319,7 +369,7 @@ def _quantize_states(b: _Graph, qparams: dict[str, dict], entries: list[dict]) -
 def quantize_graph(proto: onnx.ModelProto, graph: str, scheme: QuantScheme, table: CalibrationTable,
                    states: dict[str, dict], entries: list[dict], sites: GraphSites,
                    hessians: dict[str, np.ndarray] | None = None, cache: dict | None = None,
-                   base: Path | None = None) -> tuple[onnx.ModelProto, dict[str, str]]:
+                   base: Path | None = None, store: WeightStore | None = None) -> tuple[onnx.ModelProto, dict[str, str]]:
     """Quantize one step graph (see the module docstring).
 
     Args:
@@ -331,13 +381,17 @@ def quantize_graph(proto: onnx.ModelProto, graph: str, scheme: QuantScheme, tabl
         entries: the manifest's state entries.
         sites: the graph's declared sites (`edgelin.sites.graph_sites`).
         hessians: layer name -> GPTQ Hessian (`gptq.collect_hessians`), needed when `scheme.gptq`.
-        cache: 4-bit integers by layer, shared between the graphs of one package (GPTQ runs once).
+        cache: what the graphs of one package share: 4-bit integers by layer (GPTQ runs once), int8
+            scales by weight.
         base: the folder of `proto`'s external data (its package), when its weights are not loaded.
+        store: the new package's weights file; large initializers go there as they are made. None
+            keeps every weight inside the returned proto.
     Returns:
         (quantized proto, effective precision per layer name).
     """
     proto = version_converter.convert_version(onnx.ModelProto.FromString(proto.SerializeToString()), OPSET)
-    b = _Graph(proto, base)
+    b = _Graph(proto, graph, base, store)
+    cache = cache if cache is not None else {}
     precision: dict[str, str] = {}
     act_cache: dict[str, str] = {}
     w_cache: dict[str, str] = {}
@@ -349,14 +403,13 @@ def quantize_graph(proto: onnx.ModelProto, graph: str, scheme: QuantScheme, tabl
         for x in n.input:
             first_use.setdefault(x, i)
     for site in sites.linears():
-        prec, spec, w = _layer_spec(b, site, scheme)
+        prec, spec = _layer_spec(b, site, scheme)
         precision[site.name] = prec.value
         if spec is None:
             continue
         ints = None
         if spec.bits == 4:
-            ints = _int4_ints(site.name, w if site.axis == 0 else w.T, spec, scheme, hessians,
-                              cache if cache is not None else {})
+            ints = _int4_ints(b, site, spec, scheme, hessians, cache)
         nbits = spec.bits == 4 and scheme.int4_format == Int4Format.MATMUL_NBITS
         names = {site.initializer} | {n.output[0] for n in b.g.node if n.op_type == "Identity"
                                       and n.input[0] == site.initializer}
@@ -378,7 +431,7 @@ def quantize_graph(proto: onnx.ModelProto, graph: str, scheme: QuantScheme, tabl
         if remaining:
             key = f"{site.initializer}:{spec}"
             if key not in w_cache:
-                w_cache[key] = (_int8_weight(b, site.initializer, w, site.axis) if spec.bits == 8
+                w_cache[key] = (_int8_weight(b, site.initializer, site.axis, cache) if spec.bits == 8
                                 else _int4_qdq_weight(b, site.initializer, ints, spec, site.axis))
             for node, i in remaining:
                 node.input[i] = w_cache[key]
@@ -387,13 +440,13 @@ def quantize_graph(proto: onnx.ModelProto, graph: str, scheme: QuantScheme, tabl
             continue
         precision[site.name] = scheme.embedding.value
         if scheme.embedding == LayerPrecision.INT8:
-            key, table = f"{site.initializer}:int8", b.array(site.initializer)
+            key = f"{site.initializer}:int8"
             for node, i in weight_readers(b.proto, site.initializer):
                 if node.op_type == "Gather" and i == 0 and _axis(node) == 0:
-                    _int8_gather(b, node, position[id(node)] + 1, site.initializer, table)
+                    _int8_gather(b, node, position[id(node)] + 1, site.initializer, cache)
                     continue
                 if key not in w_cache:
-                    w_cache[key] = _int8_weight(b, site.initializer, table, 0)
+                    w_cache[key] = _int8_weight(b, site.initializer, 0, cache)
                 node.input[i] = w_cache[key]
     _quantize_states(b, states, entries)
     _quantize_position_states(b, states, entries)
@@ -409,12 +462,11 @@ def quantize_graph(proto: onnx.ModelProto, graph: str, scheme: QuantScheme, tabl
     del b.g.node[:]
     b.g.node.extend(out)
     b.drop_unused()
-    if base is not None:
-        load_external_data_for_model(proto, str(base))
+    b.keep_float()
     if any(n.domain == "com.microsoft" for n in b.g.node) and not any(o.domain == "com.microsoft" for o in proto.opset_import):
         proto.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     try:
-        onnx.checker.check_model(proto)
+        check_weighted_model(proto)
     except onnx.checker.ValidationError as e:
         raise EdgelinError(f"quantized {graph} graph failed the ONNX checker: {str(e).splitlines()[0]}") from None
     return proto, precision

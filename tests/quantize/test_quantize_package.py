@@ -296,3 +296,36 @@ def test_fp_weights_are_read_from_the_package_file_and_nowhere_else(fp_package):
         next(e for e in bad.external_data if e.key == key).value = value
         with pytest.raises(EdgelinError, match="points outside its package"):
             _initializer_array(bad, pkg)
+
+
+@pytest.mark.parametrize("scheme", [W8A8(), W4A8()], ids=["w8a8", "w4a8"])
+def test_streamed_package_equals_in_memory_and_quantizes_each_weight_once(tmp_path, fp_package, table_of, monkeypatch,
+                                                                          scheme):
+    """quantize_package writes each weight into the new package's file as it is made; a weight that
+    decode, prefill and verify share is quantized once, and the graphs equal the in-memory pass's."""
+    import edgelin.quantize.qdq as qdq
+    from edgelin.quantize.package import quantize_protos
+
+    pkg, table = fp_package("gla-tiny"), table_of("gla-tiny")
+    made = []
+    real = qdq.quantize_weight_np
+    monkeypatch.setattr(qdq, "quantize_weight_np", lambda w, spec: made.append(spec.bits) or real(w, spec))
+    q = quantize_package(pkg, tmp_path / "q", scheme, table)
+    index = read_package(q).raw["weights"]["tensors"]
+    int8 = [t for t in index if t["dtype"] == "int8"]
+    assert {"decode", "prefill", "verify"} <= {g for t in int8 for g in t["names"]}
+    inline = 0  # small ones (under MIN_BYTES) stay inside each graph, quantized for each
+    for g in read_package(q).graphs.values():
+        proto = onnx.load(str(q / g.file), load_external_data=False)
+        inline += sum(t.data_type == TensorProto.INT8 and len(t.dims) == 2 and t.data_location != TensorProto.EXTERNAL
+                      for t in proto.graph.initializer)
+    assert made.count(8) == len(int8) + inline  # each stored int8 tensor computed once for the three graphs
+    in_memory, _, _ = quantize_protos(pkg, scheme, table)
+    for name, g in read_package(q).graphs.items():
+        streamed = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(q / g.file)).graph.initializer}
+        held = {t.name: numpy_helper.to_array(t) for t in in_memory[name].graph.initializer}
+        assert streamed.keys() == held.keys(), name
+        assert all(np.array_equal(streamed[k], held[k]) for k in held), name
+        proto = onnx.load(str(q / g.file), load_external_data=False)
+        assert all(t.data_location == TensorProto.EXTERNAL for t in proto.graph.initializer
+                   if t.data_type == TensorProto.INT8 and len(t.raw_data) >= 1024), name
