@@ -2,7 +2,7 @@
 convert + Q8_0, on random-init transformers checkpoints of growing size.
 
     .venv/bin/python benchmarks/export_scale.py [--models mamba2-130m lfm2-350m lfm2-1.2b]
-        [--work out/export-scale] [--out out/export-scale] [--no-llama] [--llama-sdist FILE]
+        [--work out/export-scale] [--out out/export-scale] [--no-llama] [--no-fp32] [--llama-sdist FILE]
 
 Checkpoints are made as `benchmarks/vs_llamacpp.py` makes them (transformers' own classes, real shapes,
 seeded random weights, save_pretrained, a GPT-2 BPE tokenizer). Every step runs as a fresh process;
@@ -34,10 +34,10 @@ def checkpoint_bytes(directory: Path) -> int:
     return sum(f.stat().st_size for f in directory.glob("*.safetensors"))
 
 
-def steps(checkpoint: Path, out: Path, tree: Path | None) -> dict[str, list[str]]:
+def steps(checkpoint: Path, out: Path, tree: Path | None, fp32: bool = True) -> dict[str, list[str]]:
     cli = [sys.executable, "-m", "edgelin", "export", str(checkpoint), "--force", "-o"]
-    runs = {"edgelin export (fp32)": [*cli, str(out / "fp32")],
-            "edgelin export --int8": [*cli, str(out / "int8"), "--int8"]}
+    runs = {"edgelin export (fp32)": [*cli, str(out / "fp32")]} if fp32 else {}
+    runs["edgelin export --int8"] = [*cli, str(out / "int8"), "--int8"]
     if tree is not None:
         llama = vs.llama_steps(checkpoint, out, tree, threads=2)
         runs["llama.cpp convert f32"] = llama["convert fp32"][0]
@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--work", type=Path, default=Path("out/export-scale"))
     ap.add_argument("--out", type=Path, default=Path("out/export-scale"))
     ap.add_argument("--no-llama", action="store_true", help="edgelin's steps only")
+    ap.add_argument("--no-fp32", action="store_true", help="skip the FP32 export step (--int8 includes one)")
     ap.add_argument("--llama-sdist", type=Path, default=None)
     args = ap.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.models:
         checkpoint = vs.make_checkpoint(SIZES[name], False, args.work / name / "checkpoint", vocab)
         size = checkpoint_bytes(checkpoint)
-        for step, cmd in steps(checkpoint, args.work / name, None if args.no_llama else tree).items():
+        for step, cmd in steps(checkpoint, args.work / name, None if args.no_llama else tree, not args.no_fp32).items():
             r = vs.timed(cmd, args.work / name / f"{step.replace(' ', '_')}.log")
             rows.append({"model": SIZES[name].label, "checkpoint_bytes": size, "step": step, "seconds": r["seconds"],
                          "peak_rss_bytes": r["peak_rss_bytes"]})

@@ -36,6 +36,18 @@ class Block(nn.Module):
         return x, state
 
 
+class _TiedHead(torch.autograd.Function):
+    """rows [N, d] @ table[vocab, d].T, traced as one Gemm(transB=1) (export only: no backward)."""
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        return rows @ table.t()
+
+    @staticmethod
+    def symbolic(g, rows, table):
+        return g.op("Gemm", rows, table, transB_i=1)
+
+
 class LM(nn.Module):
     """`forward` is the chunked parallel form (training, prefill); `step` runs one token. With
     `config.logit_soft_cap`, the logits are cap * tanh(logits / cap).
@@ -107,9 +119,17 @@ class LM(nn.Module):
             new_state[0] = [{**s, POSITION: handoff((position + t + 1).clamp(max=P))} for t, s in enumerate(new_state[0])]
         elif self.pos_embed is not None:
             new_state[0] = {**new_state[0], POSITION: (position + T).clamp(max=P)}
-        logits = self.lm_head(self.norm(x))
+        logits = self.head(self.norm(x))
         cap = self.config.logit_soft_cap
         return (logits if cap is None else cap * torch.tanh(logits / cap)), new_state
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """The LM head. Traced, a tied one is Gemm(transB=1) over rows flattened to 2-D, reading the
+        embedding table as stored ([vocab, d_model]): a package stores the table once (the tracer's
+        MatMul would read it transposed, a second copy)."""
+        if not (self.config.tie_embeddings and torch.jit.is_tracing()):
+            return self.lm_head(x)
+        return _TiedHead.apply(x.reshape(-1, x.shape[-1]), self.lm_head.weight).reshape(*x.shape[:-1], -1)
 
     def forward(self, input_ids: torch.Tensor, state: list[State] | None = None) -> tuple[torch.Tensor, list[State]]:
         """input_ids [B, T] -> logits [B, T, vocab], state after the last token."""

@@ -26,6 +26,7 @@ tooling lacks for a recurrent model (the package-level steps are in `htp_package
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -38,7 +39,7 @@ from edgelin.atomic import scratch_dir
 from edgelin.calibration.table import CalibrationTable
 from edgelin.errors import EdgelinError
 from edgelin.quantize.primitives import ActQuant, activation_qparams
-from edgelin.sites import GraphSites, activation_inputs
+from edgelin.sites import PRODUCT_OPS, GraphSites, activation_inputs, weight_readers
 
 Feeds = dict[str, np.ndarray]
 OPSET = 21  # standard 16-bit QuantizeLinear / DequantizeLinear
@@ -208,6 +209,27 @@ class _Reader:
         return next(self.items, None)
 
 
+def untie_head(proto: onnx.ModelProto, sites: GraphSites) -> GraphSites:
+    """Give a tied head's products their own copy of the embedding table, in place; returns the sites
+    that say so. ORT's QDQ quantizer gives one initializer one quantization, and the Gather's output
+    inherits its table's: shared with the head, the rows would come out as int8 weights, not uint16
+    activations."""
+    heads = [s for s in sites.linears() if any(e.kind == "embedding" and e.initializer == s.initializer
+                                               for e in sites.weights.values())]
+    weights = dict(sites.weights)
+    for site in heads:
+        table = next(t for t in proto.graph.initializer if t.name == site.initializer)
+        copy = onnx.TensorProto()
+        copy.CopyFrom(table)
+        copy.name = f"{site.initializer}_{site.name}"
+        proto.graph.initializer.append(copy)
+        for node, i in weight_readers(proto, site.initializer):
+            if node.op_type in PRODUCT_OPS:
+                node.input[i] = copy.name
+        weights[site.name] = dataclasses.replace(site, initializer=copy.name)
+    return GraphSites(weights, sites.norms, sites.blocks)
+
+
 def quantize_graph_htp(proto: onnx.ModelProto, feeds: list[Feeds], overrides: dict[str, list[dict]],
                        scheme: HtpScheme, table: CalibrationTable, graph: str, sites: GraphSites) -> onnx.ModelProto:
     """One static FP32 step graph -> its full-QDQ form (ORT's QNN configuration, states on `overrides`)."""
@@ -218,6 +240,7 @@ def quantize_graph_htp(proto: onnx.ModelProto, feeds: list[Feeds], overrides: di
         raise EdgelinError("no calibration feeds for a step graph: the calibration text is too short")
 
     proto = finite_masks(version_converter.convert_version(proto, OPSET))
+    sites = untie_head(proto, sites)
     with scratch_dir("htp") as tmp:
         src, pre, dst = tmp / "fp32.onnx", tmp / "pre.onnx", tmp / "qdq.onnx"
         onnx.save(proto, str(src))

@@ -42,7 +42,7 @@ from edgelin.exporters.weights import MIN_BYTES, WeightStore, check_weighted_mod
 from edgelin.quantize.primitives import ActQuant, WeightQuant, activation_qparams, quantize_weight_np
 from edgelin.quantize.schemes import Int4Format, LayerPrecision, QuantScheme
 from edgelin.runtime.package import position_output, steps_output
-from edgelin.sites import GraphSites, WeightSite, activation_inputs, weight_readers
+from edgelin.sites import PRODUCT_OPS, GraphSites, WeightSite, activation_inputs, weight_readers
 
 OPSET = 21
 NP_TO_ONNX = {np.dtype(np.int8): TensorProto.INT8, np.dtype(np.uint8): TensorProto.UINT8,
@@ -427,7 +427,9 @@ def quantize_graph(proto: onnx.ModelProto, graph: str, scheme: QuantScheme, tabl
                                                             base=site.initializer)
             else:
                 node.input[list(node.input).index(act)] = a
-        remaining = [(n, i) for n, i in weight_readers(b.proto, site.initializer) if position[id(n)] not in replace]
+        # a tied head shares its initializer with the embedding's Gather, which the embedding's site handles
+        remaining = [(n, i) for n, i in weight_readers(b.proto, site.initializer)
+                     if position[id(n)] not in replace and n.op_type != "Gather"]
         if remaining:
             key = f"{site.initializer}:{spec}"
             if key not in w_cache:
@@ -438,10 +440,13 @@ def quantize_graph(proto: onnx.ModelProto, graph: str, scheme: QuantScheme, tabl
     for site in sites.weights.values():
         if site.kind != "embedding":
             continue
+        tied = any(s.initializer == site.initializer for s in sites.linears())
         precision[site.name] = scheme.embedding.value
         if scheme.embedding == LayerPrecision.INT8:
             key = f"{site.initializer}:int8"
             for node, i in weight_readers(b.proto, site.initializer):
+                if node.op_type in PRODUCT_OPS and tied:
+                    continue  # the tied head's product: its own site chose its precision
                 if node.op_type == "Gather" and i == 0 and _axis(node) == 0:
                     _int8_gather(b, node, position[id(node)] + 1, site.initializer, cache)
                     continue

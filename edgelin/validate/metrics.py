@@ -5,6 +5,7 @@ of up to `horizon` tokens, states carried, so the drift curve reaches far into t
 """
 from __future__ import annotations
 
+import gc
 import math
 from pathlib import Path
 from typing import Any, Callable
@@ -118,7 +119,8 @@ def compare_packages(reference: str | Path, candidate: str | Path, text: str, *,
     curve = drift_curve(kl, agree)
     snr_state = state_snr(ref.manifest.states, cand.manifest.raw["states"], states[0], states[1])
     ref_m, cand_m = ref.manifest, cand.manifest
-    del ref, cand, states, logits, logp, p_ref  # the layer SNR probes load both packages again
+    del ref, cand, states, logits, logp, p_ref  # the layer SNR probes load both packages again:
+    gc.collect()  # the sessions' memory maps go now (a session is a reference cycle), not beside theirs
     return {
         "reference": str(ref_dir), "candidate": str(cand_dir),
         "loss_reference": loss_ref, "loss_candidate": loss_cand,

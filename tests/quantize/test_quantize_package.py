@@ -4,6 +4,7 @@ import pytest
 from onnx import TensorProto, numpy_helper
 
 from edgelin.errors import EdgelinError
+from edgelin.models.zoo import ZOO
 from edgelin.quantize.package import quantize_package
 from edgelin.quantize.primitives import WeightQuant, quantize_weight_np
 from edgelin.quantize.schemes import (
@@ -54,7 +55,7 @@ def check_weights(pkg):
             if node.op_type == "MatMulNBits":
                 assert {a.name: a.i for a in node.attribute}["bits"] == 4
                 stored[node.input[1]] = TensorProto.UINT4
-            elif node.op_type == "MatMul":
+            elif node.op_type in ("MatMul", "Gemm"):  # Gemm: a tied head, reading the embedding table
                 kind, init = weight_of(proto, node.input[1])
                 if kind is not None:
                     stored[init.name] = init.data_type
@@ -146,8 +147,9 @@ def test_stored_integers_are_the_primitives(tmp_path, fp_package, table_of):
         (node, _), = activation_inputs(fp_proto, site)
         w = fp_inits[site.initializer]
         kind, init = weight_of(q_proto, q_by_name[node.name].input[1])
-        want, _, _ = quantize_weight_np(w.T, WeightQuant(8))
-        assert kind == "dq" and np.array_equal(numpy_helper.to_array(init), want.T)
+        rows = w if site.axis == 0 else w.T  # output channels first (axis 0: a tied head's [vocab, d] table)
+        want, _, _ = quantize_weight_np(rows, WeightQuant(8))
+        assert kind == "dq" and np.array_equal(numpy_helper.to_array(init), want if site.axis == 0 else want.T)
         checked += 1
     assert checked > 10
 
@@ -236,9 +238,12 @@ def test_int8_embedding_dequantizes_only_the_rows_read(tmp_path, fp_package, tab
     for g in read_package(q).graphs.values():
         proto = onnx.load(str(q / g.file))
         inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
-        dq_of_table = [n for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == f"{site.initializer}_int8"]
+        dq_of_table = [n.output[0] for n in proto.graph.node
+                       if n.op_type == "DequantizeLinear" and n.input[0] == f"{site.initializer}_int8"]
+        # only a tied head's Gemm may read the whole table dequantized (ONNX Runtime fuses it into QGemm)
+        assert all(n.op_type == "Gemm" for n in proto.graph.node if set(n.input) & set(dq_of_table))
         gather = next(n for n in proto.graph.node if n.op_type == "Gather" and n.input[0] == f"{site.initializer}_int8")
-        assert not dq_of_table and np.array_equal(inits[gather.input[0]], want_q)
+        assert np.array_equal(inits[gather.input[0]], want_q)
         # run the embedding alone: the graph cut at the Mul that scales the gathered rows
         cast = next(n for n in proto.graph.node if n.op_type == "Cast" and n.input[0] == gather.output[0])
         mul = next(n for n in proto.graph.node if n.op_type == "Mul" and cast.output[0] in n.input)
@@ -329,3 +334,30 @@ def test_streamed_package_equals_in_memory_and_quantizes_each_weight_once(tmp_pa
         proto = onnx.load(str(q / g.file), load_external_data=False)
         assert all(t.data_location == TensorProto.EXTERNAL for t in proto.graph.initializer
                    if t.data_type == TensorProto.INT8 and len(t.raw_data) >= 1024), name
+
+
+def test_a_tied_head_reads_the_embedding_table_once_stored(tmp_path, fp_package, table_of):
+    """A tied LM head is Gemm(transB=1) over the embedding's own initializer in every graph: the FP
+    package stores the table once, the INT8 one stores one int8 table that the Gather reads and the
+    head dequantizes, and ONNX Runtime runs that head as an integer QGemm."""
+    import onnxruntime as ort
+
+    fp = fp_package("gla-tiny")
+    assert ZOO["gla-tiny"].tie_embeddings
+    V, D = ZOO["gla-tiny"].vocab_size, ZOO["gla-tiny"].d_model
+    for name in read_package(fp).graphs:
+        sites = graph_sites(read_package(fp).raw, name).weights
+        assert sites["lm_head"].initializer == sites["embed"].initializer and sites["lm_head"].axis == 0
+    assert [t["shape"] for t in read_package(fp).raw["weights"]["tensors"]].count([V, D]) == 1
+    assert not any(t["shape"] == [D, V] for t in read_package(fp).raw["weights"]["tensors"])
+    q = quantize_package(fp, tmp_path / "q", W8A8(), table_of("gla-tiny"))
+    tables = [t for t in read_package(q).raw["weights"]["tensors"] if t["shape"] in ([V, D], [D, V])]
+    assert [(t["dtype"], t["shape"]) for t in tables] == [("int8", [V, D])]
+    proto = onnx.load(str(q / "decode.onnx"), load_external_data=False)
+    gemm = next(n for n in proto.graph.node if n.op_type == "Gemm")
+    assert {a.name: a.i for a in gemm.attribute}.get("transB") == 1
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(q / "decode.onnx"), opts, providers=["CPUExecutionProvider"])
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx"), load_external_data=False).graph.node}
+    assert "QGemm" in ops and "Gemm" not in ops

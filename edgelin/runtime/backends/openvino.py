@@ -79,12 +79,15 @@ class OpenVinoBackend:
         except Exception as e:  # OpenVINO raises RuntimeError subclasses with long texts
             raise EdgelinError(f"OpenVINO cannot load {graph_path} on {self.device}: {first_line(e)}") from None
         self._request = compiled.create_infer_request()
-        self._outputs = [(o, o.get_any_name()) for o in compiled.outputs]
-        self.input_names = [i.get_any_name() for i in compiled.inputs]
+        # the IR's own names: compiling may merge a fused node's internal name into an output's
+        # (a tied head's Gemm: {"logits", "/Gemm_output_0"}), and get_any_name may then pick that one
+        self._outputs = [(o, m.get_any_name()) for o, m in zip(compiled.outputs, model.outputs)]
+        self.input_names = [i.get_any_name() for i in model.inputs]
         self.output_names = [name for _, name in self._outputs]
         shapes = [i.get_partial_shape() for i in compiled.inputs]
         self.batch = None if any(s.is_dynamic for s in shapes) else (shapes[0][0].get_length() if shapes else None)
-        self.signature = {p.get_any_name(): _info(p) for p in [*compiled.inputs, *compiled.outputs]}
+        self.signature = {name: _info(p) for name, p in zip([*self.input_names, *self.output_names],
+                                                             [*compiled.inputs, *compiled.outputs])}
         self._where = graph_path
         self._lock = threading.Lock()  # one infer request: one run at a time
 
