@@ -155,7 +155,6 @@ def _int8_ints(b: _Graph, name: str, axis: int, shared: dict) -> tuple[str, str,
             q, scale, _ = quantize_weight_np(rows.reshape(rows.shape[0], -1), WeightQuant(8))
             scale = scale[:, 0].astype(np.float32)
             b.add_init(qn, np.ascontiguousarray(np.moveaxis(q.reshape(rows.shape), 0, axis)), key=key)
-            del rows, q
             if key is not None:
                 shared[key] = scale
         b.add_init(sn, scale)
