@@ -15,12 +15,10 @@ import re
 from pathlib import Path
 
 import numpy as np
-import onnx
 
 from edgelin.atomic import scratch_dir
 from edgelin.errors import EdgelinError
 from edgelin.exporters.backend_files import attach_backend
-from edgelin.exporters.static import make_static
 from edgelin.runtime.backends._variants import compiled_graphs
 from edgelin.runtime.package import Manifest, read_package
 
@@ -204,20 +202,15 @@ def make_stateful(model, manifest: Manifest) -> None:
         var.update(info)
 
 
-def convert_graph(onnx_path: Path, manifest: Manifest, *, stateful: bool, work: Path):
-    """One ONNX step graph as an `openvino.Model` (stateless: batch symbolic; stateful: batch 1).
-
-    `work` is a scratch directory that must outlive the returned model (it may map files there).
-    """
+def convert_graph(onnx_path: Path, manifest: Manifest, *, stateful: bool):
+    """One ONNX step graph as an `openvino.Model` (stateless: batch symbolic; stateful: batch 1)."""
     ov = import_openvino()
-    path = onnx_path
-    if stateful:
-        path = work / f"{onnx_path.stem}.static.onnx"
-        onnx.save(make_static(onnx.load(str(onnx_path)), batch=1), str(path))
     try:
-        model = ov.convert_model(str(path))
+        model = ov.convert_model(str(onnx_path))
     except Exception as e:  # OpenVINO's frontend raises its own types
         raise EdgelinError(f"OpenVINO cannot convert {onnx_path.name}: {str(e).strip().splitlines()[0]}") from None
+    if stateful:  # batch 1; OpenVINO folds the shape arithmetic that depended on it
+        model.reshape({p: [1, *p.get_partial_shape()[1:]] for p in model.inputs})
     name_ports(model, manifest)
     _fuse_sibling_matmuls(model)
     _merge_split_concats(model)
@@ -284,7 +277,7 @@ def export_openvino(package_dir: str | os.PathLike, *, variants: tuple[str, ...]
             entry, files = {"batch": 1 if stateful else "batch", "openvino": ov.get_version()}, {}
             for name in compiled_graphs(manifest):  # the verify graph runs on ONNX Runtime only
                 g = manifest.graphs[name]
-                model = convert_graph(root / g.file, manifest, stateful=stateful, work=tmp)
+                model = convert_graph(root / g.file, manifest, stateful=stateful)
                 xml = tmp / f"{name}{suffix}.xml"
                 ov.save_model(model, str(xml), compress_to_fp16=False)
                 entry[name] = f"openvino/{xml.name}"

@@ -22,13 +22,16 @@ def optimize_keeping(proto: onnx.ModelProto, names: tuple[str, ...] = ()) -> onn
     return folded
 
 
-def make_static(proto: onnx.ModelProto, batch: int = 1, keep_names: tuple[str, ...] = ()) -> onnx.ModelProto:
+def make_static(proto: onnx.ModelProto, batch: int = 1, keep_names: tuple[str, ...] = (),
+                full_windows: bool = True) -> onnx.ModelProto:
     """A copy of `proto` with every symbolic dimension set to `batch` and constants folded.
 
     Args:
         proto: a step graph whose only symbolic dimension is `batch` (docs/FORMAT.md).
         batch: the batch size to fix.
         keep_names: tensors that keep their names through the optimizer.
+        full_windows: attention reads every window slot (`full_window_ranges`), so no shape depends
+            on the data; False keeps the filled-length form for a runtime that takes dynamic shapes.
     Returns:
         The folded model, checked with onnx.checker.
     """
@@ -49,9 +52,46 @@ def make_static(proto: onnx.ModelProto, batch: int = 1, keep_names: tuple[str, .
                 dim.Clear()
                 if i == 0:
                     dim.dim_value = batch
+    if full_windows:
+        full_window_ranges(proto)
     folded = _fold_constant_of_shape(optimize_keeping(proto, keep_names))
     onnx.checker.check_model(folded)
     return folded
+
+
+def full_window_ranges(proto: onnx.ModelProto) -> int:
+    """Start every Range that reads a `window_mask` state at 0, in place; returns how many.
+
+    Sliding-window attention gathers the filled slots only, from an index the window mask gives
+    (`SlidingWindowAttention._attend_filled`). The slots before it are empty in every row and masked
+    out, so reading from slot 0 gives the same result with shapes that no longer depend on the data.
+    """
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    masks = {i.name for i in proto.graph.input if i.name.endswith(".window_mask")}
+
+    def reads_mask(name: str) -> bool:
+        seen, todo = set(), [name]
+        while todo:
+            t = todo.pop()
+            if t in masks:
+                return True
+            if t in seen or t not in producer:
+                continue
+            seen.add(t)
+            todo.extend(producer[t].input)
+        return False
+
+    starts = []
+    for node in proto.graph.node:
+        if node.op_type == "Range" and reads_mask(node.input[0]):
+            zero = f"{node.output[0]}_full_window_start"
+            starts.append(onnx.helper.make_node("Constant", [], [zero], value=onnx.helper.make_tensor(
+                zero, onnx.TensorProto.INT64, [], [0])))
+            node.input[0] = zero
+    nodes = starts + list(proto.graph.node)  # the Constants first: the list stays in topological order
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
+    return len(starts)
 
 
 def _fold_constant_of_shape(proto: onnx.ModelProto, max_elements: int = 1 << 20) -> onnx.ModelProto:

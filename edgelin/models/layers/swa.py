@@ -140,6 +140,8 @@ class SlidingWindowAttention(TokenMixer):
             o = F.scaled_dot_product_attention(qr, kr.repeat_interleave(rep, 1), values[:, :, W:].repeat_interleave(rep, 1),
                                                is_causal=True)
             return o.transpose(1, 2).flatten(-2), new_state
+        if T <= W and not q.is_meta:  # meta tensors (sizing a config) have no filled count
+            return self._attend_filled(q, keys, values, filled, state["window_mask"]), new_state
         if theta:
             q = rotate(q, torch.arange(T, device=q.device), theta, self.inv_freq)
             keys_rot = rotate(keys, torch.arange(-W, T, device=q.device), theta, self.inv_freq)
@@ -157,6 +159,36 @@ class SlidingWindowAttention(TokenMixer):
             bias = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill(~allowed, float("-inf"))
             outs.append(F.scaled_dot_product_attention(q[:, :, s:e], kb, vb, attn_mask=bias[:, None]))
         return torch.cat(outs, 2).transpose(1, 2).flatten(-2), new_state
+
+    def _attend_filled(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, filled: torch.Tensor,
+                       window_mask: torch.Tensor) -> torch.Tensor:
+        """Attention of T <= W queries over the filled slots only: the window's last n (from the
+        earliest slot any batch row has filled) and the T new ones, so a step costs O(n), not O(W), at a short context.
+
+        The start index W - n is data-dependent (a Range in the graph). Every slot before it is empty
+        in every row, so starting at 0 instead gives the same result: that is the static form NPU
+        profiles take (`edgelin.exporters.static.make_static` sets the start to 0). Grouped heads
+        share their key and value rows through a broadcasting product instead of repeated copies.
+        """
+        B, H, T, D = q.shape
+        W, Hkv, theta = self.window, self.kv_heads, self.options.rope_theta
+        # n: from the earliest filled slot of any row to the window's end (slots fill from the end)
+        reach = torch.arange(W, 0, -1, device=q.device, dtype=window_mask.dtype) * (window_mask > 0.5)
+        n = reach.amax().to(torch.int64)
+        index = torch.arange(W - n, W + T, device=q.device)  # into keys [B, Hkv, W+T, D]; position index - W
+        k, v = keys.index_select(2, index), values.index_select(2, index)
+        qpos = torch.arange(T, device=q.device)
+        kpos = index - W
+        if theta:
+            q = rotate(q, qpos, theta, self.inv_freq)
+            k = rotate(k, kpos, theta, self.inv_freq)
+        allowed = (kpos[None] <= qpos[:, None]) & (kpos[None] > qpos[:, None] - W)  # [T, L]
+        allowed = allowed & (filled.index_select(1, index)[:, None] > 0.5)  # [B, T, L]
+        bias = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill(~allowed, float("-inf"))
+        q = q.reshape(B, Hkv, H // Hkv * T, D) * D ** -0.5  # head h reads kv head h // (H / Hkv)
+        scores = (q @ k.transpose(-1, -2)).unflatten(2, (H // Hkv, T)) + bias[:, None, None]
+        o = (scores.softmax(-1).flatten(2, 3) @ v).reshape(B, H, T, D)
+        return o.transpose(1, 2).flatten(-2)
 
     def forward(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         o, new_state = self.attend(*self.project(x), state)

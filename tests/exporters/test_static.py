@@ -1,0 +1,50 @@
+"""Static step graphs: window attention over the filled slots, and its full-window static form."""
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from edgelin.exporters.static import make_static
+from quant_helpers import fp_package  # noqa: F401  (fixture)
+
+
+def _graph(package, name: str) -> onnx.ModelProto:
+    manifest = json.loads((package / "manifest.json").read_text())
+    return onnx.load(str(package / manifest["graphs"][name]["file"]))
+
+
+def _feeds(session: ort.InferenceSession, filled: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    feeds = {}
+    for i in session.get_inputs():
+        if i.name.endswith(".window_mask"):
+            v = np.zeros(i.shape, np.float32)
+            if filled:
+                v[..., -filled:] = 1
+        elif "int" in i.type:
+            v = rng.integers(0, 200, i.shape).astype(np.int64)
+        else:
+            v = rng.standard_normal(i.shape).astype(np.float32)
+        feeds[i.name] = v
+    return feeds
+
+
+@pytest.mark.parametrize("graph", ["decode", "verify"])
+def test_full_window_static_form_equals_the_filled_length_form(fp_package, graph):
+    """The dynamic form gathers the filled slots from a Range the window mask starts; the static form
+    starts it at 0, so no shape depends on the data. Both compute the same, from an empty, a part-filled
+    and a full window."""
+    proto = _graph(fp_package("hybrid-tiny"), graph)
+    full = make_static(proto, 1)
+    filled_only = make_static(proto, 1, full_windows=False)
+    assert not any(n.op_type == "Range" for n in full.graph.node), "a data-dependent Range is left"
+    ranges = [n for n in filled_only.graph.node if n.op_type == "Range"]
+    assert ranges, "the filled-length form lost its Range"
+    a, b = ort.InferenceSession(full.SerializeToString()), ort.InferenceSession(filled_only.SerializeToString())
+    window = next(i.shape[-1] for i in a.get_inputs() if i.name.endswith(".window_mask"))
+    rng = np.random.default_rng(0)
+    for filled in (0, 5, window):
+        feeds = _feeds(a, filled, rng)
+        for x, y in zip(a.run(None, feeds), b.run(None, feeds)):
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
