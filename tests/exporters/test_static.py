@@ -7,7 +7,6 @@ import onnxruntime as ort
 import pytest
 
 from edgelin.exporters.static import make_static
-from quant_helpers import fp_package  # noqa: F401  (fixture)
 
 
 def _graph(package, name: str) -> onnx.ModelProto:
