@@ -127,63 +127,57 @@ class SlidingWindowAttention(TokenMixer):
         """Softmax attention of q over the window's keys and the new ones: o [B, T, H*D] and the new state."""
         B, _, T, _ = q.shape
         W = self.window
-        k, v, ones = k.transpose(1, 2), v.transpose(1, 2), q.new_ones(B, T)  # k, v [B, Hkv, T, D]
-        if T > W:
-            return self._attend_blocks(q, k, v, state)
-        # the buffer drops its oldest T slots and takes the new ones at its end
-        new_state = {"key": torch.cat([state["key"][:, :, T:], k], 2), "value": torch.cat([state["value"][:, :, T:], v], 2),
-                     "window_mask": torch.cat([state["window_mask"][:, T:], ones], 1)}
+        # Index p of the concatenation is position p - W. The new state is a slice of it, and attention
+        # reads the concatenation, not the old state: built instead as cat(old[T:], new) with attention
+        # gathering from `old`, OpenVINO's stateful IR (old state = a variable) gave wrong logits.
+        keys = torch.cat([state["key"], k.transpose(1, 2)], 2)  # [B, Hkv, W+T, D]
+        values = torch.cat([state["value"], v.transpose(1, 2)], 2)
+        filled = torch.cat([state["window_mask"], q.new_ones(B, T)], 1)  # [B, W+T]
+        new_state = {"key": keys[:, :, T:], "value": values[:, :, T:], "window_mask": filled[:, T:]}
+        if T > W or q.is_meta:  # the full window (meta tensors, sizing a config, have no filled count)
+            return self._attend_blocks(q, keys, values, filled), new_state
         theta, rep = self.options.rope_theta, self.heads // self.kv_heads
-        if not _exporting() and not q.is_meta and not state["window_mask"].any():
+        if not _exporting() and not state["window_mask"].any():
             # a fresh sequence (training, a first prefill): plain causal attention
+            k, v = keys[:, :, W:], values[:, :, W:]
             if theta:
                 q, k = (rotate(x, torch.arange(T, device=q.device), theta, self.inv_freq) for x in (q, k))
             o = F.scaled_dot_product_attention(q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1), is_causal=True)
             return o.transpose(1, 2).flatten(-2), new_state
-        if q.is_meta:  # sizing a config: no filled count to read, the full window has the same shapes
-            return self._attend_blocks(q, k, v, state)[0], new_state
-        return self._attend_filled(q, k, v, state), new_state
+        return self._attend_filled(q, keys, values, filled), new_state
 
-    def _attend_filled(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: State) -> torch.Tensor:
-        """Attention of T <= W queries over the filled slots only: the window's last n (from the
-        earliest slot any batch row has filled) and the T new ones, so a step costs O(n), not O(W),
-        at a short context.
+    def _attend_filled(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, filled: torch.Tensor) -> torch.Tensor:
+        """Attention of T <= W queries over the filled slots only: from the earliest slot any batch
+        row has filled to the T new ones, so a step costs O(filled), not O(W), at a short context.
 
-        The start index W - n is data-dependent (a Range in the graph). Every slot before it is empty
-        in every row, so starting at 0 instead gives the same result: that is the static form NPU
+        The start index is data-dependent (a Range in the graph). Every slot before it is empty in
+        every row, so starting at 0 instead gives the same result: that is the static form NPU
         profiles take (`edgelin.exporters.static.make_static` sets the start to 0). Grouped heads
         share their key and value rows through a broadcasting product instead of repeated copies.
         """
         B, H, T, D = q.shape
         W, Hkv, theta = self.window, self.kv_heads, self.options.rope_theta
-        mask = state["window_mask"]
         # n: from the earliest filled slot of any row to the window's end (slots fill from the end)
-        reach = torch.arange(W, 0, -1, device=q.device, dtype=mask.dtype) * (mask > 0.5)
-        index = torch.arange(W - reach.amax().to(torch.int64), W, device=q.device)  # slots; position slot - W
-        k = torch.cat([state["key"].index_select(2, index), k], 2)  # [B, Hkv, n + T, D]
-        v = torch.cat([state["value"].index_select(2, index), v], 2)
-        filled = torch.cat([mask.index_select(1, index), q.new_ones(B, T)], 1) > 0.5  # [B, n + T]
-        qpos = torch.arange(T, device=q.device)
-        kpos = torch.cat([index - W, qpos])
+        reach = torch.arange(W, 0, -1, device=q.device, dtype=filled.dtype) * (filled[:, :W] > 0.5)
+        index = torch.arange(W - reach.amax().to(torch.int64), W + T, device=q.device)  # position index - W
+        k, v = keys.index_select(2, index), values.index_select(2, index)  # [B, Hkv, n + T, D]
+        qpos, kpos = torch.arange(T, device=q.device), index - W
         if theta:
             q = rotate(q, qpos, theta, self.inv_freq)
             k = rotate(k, kpos, theta, self.inv_freq)
-        allowed = (kpos[None] <= qpos[:, None]) & (kpos[None] > qpos[:, None] - W) & filled[:, None]  # [B, T, n + T]
+        allowed = (kpos[None] <= qpos[:, None]) & (kpos[None] > qpos[:, None] - W)  # [T, n + T]
+        allowed = allowed & (filled.index_select(1, index)[:, None] > 0.5)  # [B, T, n + T]
         bias = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill(~allowed, float("-inf"))
         q = q.reshape(B, Hkv, H // Hkv * T, D) * D ** -0.5  # head h reads kv head h // (H / Hkv)
         scores = (q @ k.transpose(-1, -2)).unflatten(2, (H // Hkv, T)) + bias[:, None, None]
         o = (scores.softmax(-1).flatten(2, 3) @ v).reshape(B, H, T, D)
         return o.transpose(1, 2).flatten(-2)
 
-    def _attend_blocks(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        """More new tokens than the window (training, a long prefill): queries in blocks of W, each
-        seeing at most 2W - 1 keys, so memory is O(T * W), not O(T^2)."""
-        B, _, T, _ = q.shape
-        W, theta, rep = self.window, self.options.rope_theta, self.heads // self.kv_heads
-        keys = torch.cat([state["key"], k], 2)  # [B, Hkv, W+T, D]; index p is position p-W
-        values = torch.cat([state["value"], v], 2)
-        filled = torch.cat([state["window_mask"], q.new_ones(B, T)], 1)  # [B, W+T]
-        new_state = {"key": keys[:, :, T:], "value": values[:, :, T:], "window_mask": filled[:, T:]}
+    def _attend_blocks(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, filled: torch.Tensor) -> torch.Tensor:
+        """Every window slot, queries in blocks of W (training, a prefill longer than the window):
+        each block sees at most 2W - 1 keys, so memory is O(T * W), not O(T^2)."""
+        T, W = q.shape[2], self.window
+        theta, rep = self.options.rope_theta, self.heads // self.kv_heads
         if theta:
             q = rotate(q, torch.arange(T, device=q.device), theta, self.inv_freq)
             keys = rotate(keys, torch.arange(-W, T, device=q.device), theta, self.inv_freq)
@@ -197,7 +191,7 @@ class SlidingWindowAttention(TokenMixer):
             allowed = (kpos <= qpos) & (kpos > qpos - W) & (filled[:, None, s + 1 : e + W] > 0.5)  # [B, Tq, L]
             bias = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill(~allowed, float("-inf"))
             outs.append(F.scaled_dot_product_attention(q[:, :, s:e], kb, vb, attn_mask=bias[:, None]))
-        return torch.cat(outs, 2).transpose(1, 2).flatten(-2), new_state
+        return torch.cat(outs, 2).transpose(1, 2).flatten(-2)
 
     def forward(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         o, new_state = self.attend(*self.project(x), state)
