@@ -22,16 +22,13 @@ def optimize_keeping(proto: onnx.ModelProto, names: tuple[str, ...] = ()) -> onn
     return folded
 
 
-def make_static(proto: onnx.ModelProto, batch: int = 1, keep_names: tuple[str, ...] = (),
-                full_windows: bool = True) -> onnx.ModelProto:
+def make_static(proto: onnx.ModelProto, batch: int = 1, keep_names: tuple[str, ...] = ()) -> onnx.ModelProto:
     """A copy of `proto` with every symbolic dimension set to `batch` and constants folded.
 
     Args:
         proto: a step graph whose only symbolic dimension is `batch` (docs/FORMAT.md).
         batch: the batch size to fix.
         keep_names: tensors that keep their names through the optimizer.
-        full_windows: attention reads every window slot (`full_window_ranges`), so no shape depends
-            on the data; False keeps the filled-length form for a runtime that takes dynamic shapes.
     Returns:
         The folded model, checked with onnx.checker.
     """
@@ -52,8 +49,7 @@ def make_static(proto: onnx.ModelProto, batch: int = 1, keep_names: tuple[str, .
                 dim.Clear()
                 if i == 0:
                     dim.dim_value = batch
-    if full_windows:
-        full_window_ranges(proto)
+    full_window_ranges(proto)  # no shape may depend on the data
     folded = _fold_constant_of_shape(optimize_keeping(proto, keep_names))
     onnx.checker.check_model(folded)
     return folded
