@@ -32,14 +32,15 @@ def zoo_model(name: str, init_std: float = 0.2) -> LM:
 
 
 def random_state(model: LM, batch: int) -> list[dict[str, torch.Tensor]]:
-    """Random values of each kind's range: 0/1 window slots, whole token counts for learned positions."""
-    def fill(kind: str, v: torch.Tensor) -> torch.Tensor:
-        if kind == "window_mask":
-            return torch.rand_like(v).round()
+    """Random values of each kind's range: whole token counts for a window ring's `seen` (any of its
+    2 x window values: empty, part-filled, wrapped) and for learned positions."""
+    def fill(kind: str, v: torch.Tensor, layer: dict[str, torch.Tensor]) -> torch.Tensor:
+        if kind == "seen":
+            return torch.randint_like(v, 0, 2 * layer["key"].shape[2])
         if kind == POSITION:
             return torch.randint_like(v, 0, model.config.max_positions + 1)
         return torch.randn_like(v) * 0.5
-    return [{k: fill(k, v) for k, v in layer.items()} for layer in model.init_state(batch)]
+    return [{k: fill(k, v, layer) for k, v in layer.items()} for layer in model.init_state(batch)]
 
 
 def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:

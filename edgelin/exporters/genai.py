@@ -11,8 +11,8 @@ still in the package's `weights.bin`, so the graph adds no weights to the packag
 onnxruntime-genai's `decoder` model type carries two kinds of state: a KV cache per attention
 layer, grown by the tokens of each run, and a `conv_state` and a `recurrent_state` per other layer,
 of one shape across layers. `_state_io` maps the step graphs' states onto those: attention layers'
-shift buffers are cut from the KV cache's last entries (their `window_mask` follows from its
-length, as does learned positions' `position`), other layers' states are flattened and padded to one
+window rings are cut from the KV cache's last entries (their `seen` follows from its length, as
+does learned positions' `position`), other layers' states are flattened and padded to one
 shape. Every zoo family, the hybrids and imported Mamba, Mamba2, LFM2, Llama, Qwen and GPT-2 get the
 layout. See docs/FORMAT.md.
 """
@@ -36,7 +36,7 @@ BACKEND, VARIANT = "onnxruntime-genai", "decoder"
 GRAPH, CONFIG = "genai.onnx", "genai_config.json"
 TOKENIZER, TOKENIZER_CONFIG = "tokenizer.json", "tokenizer_config.json"
 STATE_KINDS = ("conv_state", "recurrent_state")  # carried for every layer without attention
-ATTENTION_KINDS = ("key", "value", "window_mask")
+ATTENTION_KINDS = ("key", "value", "seen")
 POSITION = "position"  # learned positions' token count (GPT-2): in an attention layer, the KV cache's length
 _ONNX_TYPES = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16, "int16": TensorProto.INT16,
                "int8": TensorProto.INT8, "float64": TensorProto.DOUBLE}
@@ -179,10 +179,11 @@ def _state_io(model: onnx.ModelProto, states: list[dict[str, Any]]) -> None:
     model type carries, in place (docs/FORMAT.md, "GenAI layouts"):
 
     - attention layers: `key` / `value` as a growing KV cache [batch, kv_heads, past, head_dim] in
-      float32 (unrotated keys). The graph takes the last `window` entries as the step graphs' shift
-      buffer, derives `window_mask` (and learned positions' `position`, the tokens seen) from the cache
-      length, and returns the cache grown by the prompt's tokens (left-padded with zeros where a prompt
-      longer than the window pushed some out);
+      float32 (unrotated keys). The graph lays the last min(past, window) entries into the step graphs'
+      ring from slot 0 with `seen` = min(past, window): attention depends on relative positions only,
+      so that ring reads as the real one. It derives learned positions' `position` (the tokens seen)
+      from the cache length, and returns the cache grown by the prompt's tokens, read from the slots
+      they were written to (left-padded with zeros where a prompt longer than the window pushed some out);
     - every other layer: a `conv_state` and a `recurrent_state` of shape [batch, n], n the largest
       layer's size (onnxruntime-genai allocates one shape for all layers): the layer's conv_state
       flattened, and its other states flattened one after another (mLSTM: cell, normalizer, max),
@@ -215,13 +216,27 @@ def _state_io(model: onnx.ModelProto, states: list[dict[str, Any]]) -> None:
     for layer, kinds in sorted(by_layer.items()):
         p = f"io/{layer}/"
         if "key" in kinds:
+            if "window_mask" in kinds:
+                raise EdgelinError("this package's attention states are the shift buffers of edgelin before the window "
+                                   "ring (window_mask); export it again from its checkpoint")
             window = kinds["key"]["shape"][2]
             entry += [_const(p + "window", [window]), _const(p + "neg_window", [-window]), _const(p + "end", [1 << 62]),
-                      _const(p + "front", [0, 0, window, 0, 0, 0, 0, 0])]
-            # each cache grows by the run's last min(tokens, window) entries, left-padded back to `tokens`
+                      _const(p + "one", [1]),
+                      helper.make_node("Shape", [f"past_key_values.{layer}.key"], [p + "cache_shape"]),
+                      helper.make_node("Gather", [p + "cache_shape", "io/ax2"], [p + "past"], axis=0),
+                      helper.make_node("Min", [p + "past", p + "window"], [p + "filled"]),
+                      helper.make_node("Sub", [p + "window", p + "filled"], [p + "empty"]),
+                      helper.make_node("Concat", [*(["io/zero"] * 6), p + "empty", "io/zero"], [p + "back"], axis=0)]
+            # the run's last min(tokens, window) entries, from the slots they went to, left-padded back to `tokens`
             leave += [helper.make_node("Min", ["io/tokens", p + "window"], [p + "kept"]),
-                      helper.make_node("Sub", [p + "window", p + "kept"], [p + "start"]),
                       helper.make_node("Sub", ["io/tokens", p + "kept"], [p + "dropped"]),
+                      helper.make_node("Add", [p + "filled", p + "dropped"], [p + "first"]),
+                      helper.make_node("Add", [p + "first", p + "kept"], [p + "last"]),
+                      helper.make_node("Squeeze", [p + "first"], [p + "first0"]),
+                      helper.make_node("Squeeze", [p + "last"], [p + "last0"]),
+                      helper.make_node("Squeeze", [p + "one"], [p + "one0"]),
+                      helper.make_node("Range", [p + "first0", p + "last0", p + "one0"], [p + "positions"]),
+                      helper.make_node("Mod", [p + "positions", p + "window"], [p + "slots"]),
                       helper.make_node("Concat", [*(["io/zero"] * 2), p + "dropped", *(["io/zero"] * 5)], [p + "pads"], axis=0)]
             for kind in ("key", "value"):
                 s = kinds[kind]
@@ -230,25 +245,18 @@ def _state_io(model: onnx.ModelProto, states: list[dict[str, Any]]) -> None:
                 g.input.append(helper.make_tensor_value_info(cache_in, float_type, dims))
                 g.output.append(helper.make_tensor_value_info(cache_out, float_type, [*dims[:2], "total_sequence_length", dims[3]]))
                 elem = _ONNX_TYPES[s.get("dtype", "float32")]
-                entry += [helper.make_node("Pad", [cache_in, p + "front"], [p + kind + "/padded"]),
-                          helper.make_node("Slice", [p + kind + "/padded", p + "neg_window", p + "end", "io/ax2"],
-                                           [p + kind + "/window"]),
-                          helper.make_node("Cast", [p + kind + "/window"], [inner_in[s["input"]]], to=elem)]
+                entry += [helper.make_node("Slice", [cache_in, p + "neg_window", p + "end", "io/ax2"], [p + kind + "/last"]),
+                          helper.make_node("Pad", [p + kind + "/last", p + "back"], [p + kind + "/ring"]),
+                          helper.make_node("Cast", [p + kind + "/ring"], [inner_in[s["input"]]], to=elem)]
                 leave += [helper.make_node("Cast", [inner_out[s["output"]]], [p + kind + "/out"], to=float_type),
-                          helper.make_node("Slice", [p + kind + "/out", p + "start", p + "window", "io/ax2"], [p + kind + "/new"]),
+                          helper.make_node("Gather", [p + kind + "/out", p + "slots"], [p + kind + "/new"], axis=2),
                           helper.make_node("Pad", [p + kind + "/new", p + "pads"], [p + kind + "/grown"]),
                           helper.make_node("Concat", [cache_in, p + kind + "/grown"], [cache_out], axis=2)]
-            if "window_mask" in kinds:  # filled slots: the last min(past, window)
-                s = kinds["window_mask"]
-                entry += [helper.make_node("Shape", [f"past_key_values.{layer}.key"], [p + "cache_shape"]),
-                          helper.make_node("Gather", [p + "cache_shape", "io/ax2"], [p + "past"], axis=0),
-                          helper.make_node("Min", [p + "past", p + "window"], [p + "filled"]),
-                          helper.make_node("Sub", [p + "window", p + "filled"], [p + "first"]),
-                          _const(p + "slots", list(range(window))),
-                          helper.make_node("GreaterOrEqual", [p + "slots", p + "first"], [p + "is_filled"]),
-                          helper.make_node("Cast", [p + "is_filled"], [p + "mask"], to=_ONNX_TYPES[s.get("dtype", "float32")]),
-                          helper.make_node("Concat", ["io/batch", p + "window"], [p + "mask_shape"], axis=0),
-                          helper.make_node("Expand", [p + "mask", p + "mask_shape"], [inner_in[s["input"]]])]
+            if "seen" in kinds:  # the ring's count: min(past, window), whatever the real count was
+                s = kinds["seen"]
+                entry += [helper.make_node("Cast", [p + "filled"], [p + "count"], to=_ONNX_TYPES[s.get("dtype", "float32")]),
+                          helper.make_node("Concat", ["io/batch", "io/ax1"], [p + "seen_shape"], axis=0),
+                          helper.make_node("Expand", [p + "count", p + "seen_shape"], [inner_in[s["input"]]])]
             if POSITION in kinds:  # tokens seen: the cache's length (the step graphs cap the count; it reads the same)
                 s, q = kinds[POSITION], p + "position/"
                 entry += [helper.make_node("Shape", [f"past_key_values.{layer}.key"], [q + "cache_shape"]),

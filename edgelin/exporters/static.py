@@ -56,38 +56,43 @@ def make_static(proto: onnx.ModelProto, batch: int = 1, keep_names: tuple[str, .
 
 
 def full_window_ranges(proto: onnx.ModelProto) -> int:
-    """Start every Range that reads a `window_mask` state at 0, in place; returns how many.
+    """End every Range that reads a window ring's `seen` state at the window, in place; returns how many.
 
-    Sliding-window attention gathers the filled slots only, from an index the window mask gives
-    (`SlidingWindowAttention._attend_filled`). The slots before it are empty in every row and masked
-    out, so reading from slot 0 gives the same result with shapes that no longer depend on the data.
+    Sliding-window attention reads the ring's filled slots only, up to an end that `seen` gives
+    (`SlidingWindowAttention._attend_filled`). The slots past it are empty in every row and masked
+    out, so reading the whole window gives the same result with shapes that no longer depend on the data.
     """
     producer = {o: n for n in proto.graph.node for o in n.output}
-    masks = {i.name for i in proto.graph.input if i.name.endswith(".window_mask")}
+    inputs = {i.name: i for i in proto.graph.input}
+    windows = {name: inputs[name[: -len("seen")] + "key"].type.tensor_type.shape.dim[2].dim_value
+               for name in inputs if name.endswith(".seen") and name[: -len("seen")] + "key" in inputs}
 
-    def reads_mask(name: str) -> bool:
-        seen, todo = set(), [name]
+    def window_read(name: str) -> int | None:
+        """The window of the `seen` state whose values `name` is computed from, if any (not through a
+        Shape: a traced head size reads the shape of a tensor whose length depends on `seen`)."""
+        visited, todo = set(), [name]
         while todo:
             t = todo.pop()
-            if t in masks:
-                return True
-            if t in seen or t not in producer:
+            if t in windows:
+                return windows[t]
+            if t in visited or t not in producer or producer[t].op_type == "Shape":
                 continue
-            seen.add(t)
+            visited.add(t)
             todo.extend(producer[t].input)
-        return False
+        return None
 
-    starts = []
+    ends = []
     for node in proto.graph.node:
-        if node.op_type == "Range" and reads_mask(node.input[0]):
-            zero = f"{node.output[0]}_full_window_start"
-            starts.append(onnx.helper.make_node("Constant", [], [zero], value=onnx.helper.make_tensor(
-                zero, onnx.TensorProto.INT64, [], [0])))
-            node.input[0] = zero
-    nodes = starts + list(proto.graph.node)  # the Constants first: the list stays in topological order
+        window = window_read(node.input[1]) if node.op_type == "Range" else None
+        if window:
+            end = f"{node.output[0]}_full_window_end"
+            ends.append(onnx.helper.make_node("Constant", [], [end], value=onnx.helper.make_tensor(
+                end, onnx.TensorProto.INT64, [], [window])))
+            node.input[1] = end
+    nodes = ends + list(proto.graph.node)  # the Constants first: the list stays in topological order
     del proto.graph.node[:]
     proto.graph.node.extend(nodes)
-    return len(starts)
+    return len(ends)
 
 
 def _fold_constant_of_shape(proto: onnx.ModelProto, max_elements: int = 1 << 20) -> onnx.ModelProto:

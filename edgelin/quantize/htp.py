@@ -117,10 +117,10 @@ def state_overrides(entries: list[dict], table: CalibrationTable, headroom: floa
 
     out: dict[str, list[dict]] = {}
     for s in entries:
-        if s["kind"] == "position":  # learned positions' token count: whole numbers, exact on this grid of step 1
+        if s["kind"] in ("position", "seen") or s.get("policy") == "float":
+            # token counts (learned positions, a window ring's `seen` < 2 x window): whole numbers,
+            # exact on this grid of step 1 up to 65535
             lo, hi = 0.0, 65535.0
-        elif s.get("policy") == "float":  # 0/1 flags
-            lo, hi = 0.0, 1.0
         else:
             a = table.state_absmax(s["input"], s["output"]) * headroom
             lo, hi = -a, a

@@ -14,7 +14,7 @@ What it writes (opset 21, standard ONNX except MatMulNBits):
     (Gather -> Cast -> Mul by the gathered row scales), so a step dequantizes only its tokens' rows.
   * states: graph inputs and outputs become int16 (symmetric, per tensor, scale shared by every
     graph) with a DequantizeLinear after each input and a QuantizeLinear before each output;
-    states whose policy is "float" (attention's `window_mask`) stay float. In the verify graph the
+    states whose policy is "float" (a window ring's `seen` count) stay float. In the verify graph the
     state after each position (`present.*.{t}`) is rounded to int16 there, the next position reads it
     back through a DequantizeLinear (what the decode graph's next step would read), and the stacked
     output `present.*.steps` is int16.

@@ -23,8 +23,9 @@ def parity(model: LM, tokens: int, path: Path, batch: int = 3) -> float:
     graph = StepGraph(model.eval(), tokens)
     rng = np.random.default_rng(0)
     ids = rng.integers(0, model.config.vocab_size, (batch, tokens))
-    states = [(rng.random((batch, *e.shape)) > 0.5) if e.kind == "window_mask" else rng.standard_normal((batch, *e.shape)) * 0.5
-              for e in graph.entries]
+    window = {e.layer: e.shape[1] for e in graph.entries if e.kind == "key"}
+    states = [rng.integers(0, 2 * window[e.layer], (batch, *e.shape)) if e.kind == "seen"
+              else rng.standard_normal((batch, *e.shape)) * 0.5 for e in graph.entries]
     inputs = [torch.from_numpy(ids), *(torch.from_numpy(s.astype(np.float32)) for s in states)]
     with torch.no_grad():
         want = graph(*inputs)

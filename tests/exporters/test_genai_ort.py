@@ -54,24 +54,41 @@ def edgelin_greedy(package, prompt: list[int], n: int) -> list[int]:
     return list(generate(Session(package, threads=2), prompt, n, stop_ids={end_token(package)}))
 
 
+def window_of(state: dict[str, np.ndarray], manifest) -> dict[str, np.ndarray]:
+    """A state with each attention ring as the window it holds: its filled entries oldest first,
+    and `seen` as the number filled (the genai graph lays a ring out from slot 0; both read the same)."""
+    out = dict(state)
+    for s in manifest.states:
+        if s.kind == "seen":
+            ring = state[s.input.replace(".seen", ".key")]
+            count, window = int(state[s.input][0, 0]), ring.shape[2]
+            filled = min(count, window)
+            order = (count % window + np.arange(window)) % window
+            for kind in ("key", "value"):
+                name = s.input.replace(".seen", f".{kind}")
+                out[name] = state[name][:, :, order[window - filled:]]
+            out[s.input] = np.full_like(state[s.input], filled)
+    return out
+
+
 def as_step_state(outer: dict[str, np.ndarray], manifest) -> dict[str, np.ndarray]:
-    """The step graphs' states from genai.onnx's: the KV cache's last `window` entries (zero-padded
-    in front) with their filled slots, and the flattened states cut back to their shapes."""
+    """The step graphs' states, each ring as the window it holds (`window_of`), from genai.onnx's:
+    the KV cache's last `window` entries and their count, and the flattened states cut back to their shapes."""
     state = {}
     for s in manifest.states:
         batch = next(iter(outer.values())).shape[0]
-        if s.kind in ("key", "value", "window_mask"):
-            cache = outer[f"present.{s.layer}.key" if s.kind == "window_mask" else s.output]
-            window, past = s.shape[-1] if s.kind == "window_mask" else s.shape[2], cache.shape[2]
-            if s.kind == "window_mask":
-                state[s.input] = np.repeat((np.arange(window) >= window - min(past, window))[None], batch, 0).astype(s.np_dtype)
+        if s.kind in ("key", "value", "seen"):
+            cache = outer[f"present.{s.layer}.key" if s.kind == "seen" else s.output]
+            window = next(o for o in manifest.states if o.layer == s.layer and o.kind == "key").shape[2]
+            filled = min(cache.shape[2], window)
+            if s.kind == "seen":
+                state[s.input] = np.full((batch, 1), filled, s.np_dtype)
             else:
-                padded = np.concatenate([np.zeros((*cache.shape[:2], window, cache.shape[3]), cache.dtype), cache], 2)
-                state[s.input] = padded[:, :, -window:].astype(s.np_dtype)
+                state[s.input] = cache[:, :, cache.shape[2] - filled:].astype(s.np_dtype)
         else:  # packed one after another into conv_state / recurrent_state, in manifest order
             slot = "conv_state" if s.kind == "conv_state" else "recurrent_state"
             start = sum(int(np.prod(o.shape[1:])) for o in manifest.states[:manifest.states.index(s)]
-                        if o.layer == s.layer and o.kind not in ("key", "value", "window_mask")
+                        if o.layer == s.layer and o.kind not in ("key", "value", "seen")
                         and (o.kind == "conv_state") == (slot == "conv_state"))
             n = int(np.prod(s.shape[1:]))
             state[s.input] = outer[f"present.{s.layer}.{slot}"][:, start:start + n].reshape(s.shape_for(batch))
@@ -101,8 +118,10 @@ def test_prompt_graph_equals_the_step_graphs(packages, mixer):
         got = dict(zip([o.name for o in graph.get_outputs()], graph.run(None, {"input_ids": ids, **outer})))
         assert np.abs(got["logits"] - want).max() <= 1e-5, tokens
         outer = {name.replace("past_key_values", "present"): got[name.replace("past_key_values", "present")] for name in outer}
+        windows = window_of(state, session.manifest)
         for name, value in as_step_state(outer, session.manifest).items():
-            assert np.abs(value - state[name]).max() <= 1e-5, (tokens, name)
+            assert value.shape == windows[name].shape, (tokens, name)
+            assert np.abs(value - windows[name]).max() <= 1e-5, (tokens, name)
         outer = {name.replace("present", "past_key_values"): value for name, value in outer.items()}
 
 

@@ -74,7 +74,7 @@ def test_w8a8_runs_in_runtime_close_to_fp(tmp_path, fp_package, table_of, name):
     assert m.precision["scheme"] == "w8a8"
     assert all(v == "int8" for v in m.precision["layers"].values())
     for s in m.states:
-        assert state[s.input].dtype == (np.float32 if s.kind == "window_mask" else np.int16)
+        assert state[s.input].dtype == (np.float32 if s.kind == "seen" else np.int16)
         assert s.dtype == state[s.input].dtype.name
     check_weights(q)
 

@@ -45,7 +45,7 @@ class LinAttnOptions(SWAOptions):
 
 
 class LinearizedAttention(SlidingWindowAttention):
-    float_state_kinds = ("window_mask",)
+    float_state_kinds = ("seen",)
 
     def __init__(self, config: LMConfig, layer: int):
         o = mixer_options(LinAttnOptions, config, "lin_attn")
@@ -131,7 +131,7 @@ class LinearizedAttention(SlidingWindowAttention):
         K = x.shape[1]
         windows, swa_states = [], [{} for _ in range(K)]
         if self.window:
-            window_state = {kind: state[kind] for kind in ("key", "value", "window_mask")}
+            window_state = {kind: state[kind] for kind in ("key", "value", "seen")}
             for t in range(K):
                 o, window_state = self.attend(q[:, :, t:t + 1], k[:, t:t + 1], v[:, t:t + 1], window_state)
                 window_state = handoff(window_state)

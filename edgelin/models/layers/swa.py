@@ -1,8 +1,10 @@
 """Sliding-window softmax attention with a fixed-size KV state, for hybrids.
 
-The state keeps the last `window` keys and values *unrotated* plus a mask of filled slots. Rotary
-embeddings depend only on relative position, so keys are rotated by their fixed slot offset at
-attention time: no position counter is carried and the cos/sin tables are graph constants.
+The state is a ring of `window` slots holding the last keys and values *unrotated*, and `seen`, the
+tokens seen folded into [0, 2 * window) (`advance_seen`): it gives the slot the next token is written
+to and which slots hold a token. A step writes its new tokens' slots (a scatter), not the whole
+window. Rotary embeddings depend only on relative position, so each slot is rotated by its offset
+from the query at attention time and no absolute position is kept.
 """
 from __future__ import annotations
 
@@ -74,21 +76,35 @@ def _exporting() -> bool:
 
 
 def rotate(x: torch.Tensor, positions: torch.Tensor, theta: float, inv_freq: torch.Tensor | None = None) -> torch.Tensor:
-    """Rotary embedding (rotate-half layout) of x [..., P, D] at positions [P]; `inv_freq` [D / 2]
-    replaces the plain frequencies of `theta` (rope_frequencies)."""
+    """Rotary embedding (rotate-half layout) of x [B, H, P, D] at positions [P] (every row) or [B, P]
+    (each row its own); `inv_freq` [D / 2] replaces the plain frequencies of `theta` (rope_frequencies)."""
     D = x.shape[-1]
     if inv_freq is None:
         inv_freq = 1.0 / theta ** (torch.arange(0, D, 2, dtype=torch.float, device=x.device) / D)
     else:
         inv_freq = inv_freq.to(x.device)
-    angles = positions.float()[:, None] * inv_freq[None]
+    angles = positions.float()[..., None] * inv_freq
+    if positions.dim() == 2:
+        angles = angles[:, None]  # [B, 1, P, D / 2]: one row's positions for all its heads
     cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
     x1, x2 = x[..., : D // 2], x[..., D // 2 :]
     return x * cos + torch.cat([-x2, x1], -1) * sin
 
 
+def _wrap(x: torch.Tensor, window: int) -> torch.Tensor:
+    """x modulo `window` for 0 <= x < 2 * window, without Floor or Mod (which NPU op lists lack)."""
+    return x - window * (x >= window).to(x.dtype)
+
+
+def advance_seen(seen: torch.Tensor, tokens: int, window: int) -> torch.Tensor:
+    """`seen` after `tokens` more. The state keeps a count n of tokens seen as n below `window`, then
+    `window` + n modulo `window` (so it stays a small whole number, exact in float32): its value modulo
+    `window` is the slot the next token goes to; slots below it hold tokens, and all do from `window` on."""
+    return torch.where(seen + tokens >= window, window + _wrap(_wrap(seen, window) + tokens % window, window), seen + tokens)
+
+
 class SlidingWindowAttention(TokenMixer):
-    float_state_kinds = ("window_mask",)  # 0/1 flags: an integer grid would only round them
+    float_state_kinds = ("seen",)  # a token count: an integer grid would round it
 
     def __init__(self, config: LMConfig, layer: int, options: SWAOptions | None = None):
         super().__init__()
@@ -112,7 +128,7 @@ class SlidingWindowAttention(TokenMixer):
 
     def state_shapes(self, batch: int) -> dict[str, tuple[int, ...]]:
         kv = (batch, self.kv_heads, self.window, self.head_dim)
-        return {"key": kv, "value": kv, "window_mask": (batch, self.window)}
+        return {"key": kv, "value": kv, "seen": (batch, 1)}
 
     def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q [B, H, T, D], k and v [B, T, Hkv, D] (unrotated, as the state keeps them)."""
@@ -127,56 +143,72 @@ class SlidingWindowAttention(TokenMixer):
         """Softmax attention of q over the window's keys and the new ones: o [B, T, H*D] and the new state."""
         B, _, T, _ = q.shape
         W = self.window
-        # Index p of the concatenation is position p - W. The new state is a slice of it, and attention
-        # reads the concatenation, not the old state: built instead as cat(old[T:], new) with attention
-        # gathering from `old`, OpenVINO's stateful IR (old state = a variable) gave wrong logits.
-        keys = torch.cat([state["key"], k.transpose(1, 2)], 2)  # [B, Hkv, W+T, D]
-        values = torch.cat([state["value"], v.transpose(1, 2)], 2)
-        filled = torch.cat([state["window_mask"], q.new_ones(B, T)], 1)  # [B, W+T]
-        new_state = {"key": keys[:, :, T:], "value": values[:, :, T:], "window_mask": filled[:, T:]}
+        k, v = k.transpose(1, 2), v.transpose(1, 2)  # [B, Hkv, T, D]
+        seen = state["seen"]  # [B, 1]
+        # the last min(T, W) new tokens go to their slots; the rest of the ring is untouched
+        kept = min(T, W)
+        first = _wrap(_wrap(seen, W) + (T - kept) % W, W)
+        slots = _wrap(first + torch.arange(kept, device=q.device, dtype=seen.dtype), W).to(torch.int64)  # [B, kept]
+        index = slots[:, None, :, None].expand(B, self.kv_heads, kept, self.head_dim)
+        new_state = {"key": state["key"].scatter(2, index, k[:, :, T - kept:]),
+                     "value": state["value"].scatter(2, index, v[:, :, T - kept:]),
+                     "seen": advance_seen(seen, T, W)}
         if T > W or q.is_meta:  # the full window (meta tensors, sizing a config, have no filled count)
-            return self._attend_blocks(q, keys, values, filled), new_state
+            return self._attend_blocks(q, k, v, state), new_state
         theta, rep = self.options.rope_theta, self.heads // self.kv_heads
-        if not _exporting() and not state["window_mask"].any():
+        if not _exporting() and not seen.any():
             # a fresh sequence (training, a first prefill): plain causal attention
-            k, v = keys[:, :, W:], values[:, :, W:]
             if theta:
                 q, k = (rotate(x, torch.arange(T, device=q.device), theta, self.inv_freq) for x in (q, k))
             o = F.scaled_dot_product_attention(q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1), is_causal=True)
             return o.transpose(1, 2).flatten(-2), new_state
-        return self._attend_filled(q, keys, values, filled), new_state
+        return self._attend_filled(q, k, v, state), new_state
 
-    def _attend_filled(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, filled: torch.Tensor) -> torch.Tensor:
-        """Attention of T <= W queries over the filled slots only: from the earliest slot any batch
-        row has filled to the T new ones, so a step costs O(filled), not O(W), at a short context.
+    def _attend_filled(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: State) -> torch.Tensor:
+        """Attention of T <= W queries over the ring's filled slots and the T new keys, so a step costs
+        O(filled), not O(W), at a short context.
 
-        The start index is data-dependent (a Range in the graph). Every slot before it is empty in
-        every row, so starting at 0 instead gives the same result: that is the static form NPU
-        profiles take (`edgelin.exporters.static.make_static` sets the start to 0). Grouped heads
-        share their key and value rows through a broadcasting product instead of repeated copies.
+        Slots fill from 0, so the slots read are 0 .. the most any batch row has filled: a Range whose
+        end comes from `seen`, so data-dependent. Reading every slot instead gives the same result (the
+        others are empty and masked): that is the static form NPU profiles take
+        (`edgelin.exporters.static.make_static` ends the Range at the window). Grouped heads share
+        their key and value rows through a broadcasting product instead of repeated copies.
         """
         B, H, T, D = q.shape
         W, Hkv, theta = self.window, self.kv_heads, self.options.rope_theta
-        # n: from the earliest filled slot of any row to the window's end (slots fill from the end)
-        reach = torch.arange(W, 0, -1, device=q.device, dtype=filled.dtype) * (filled[:, :W] > 0.5)
-        index = torch.arange(W - reach.amax().to(torch.int64), W + T, device=q.device)  # position index - W
-        k, v = keys.index_select(2, index), values.index_select(2, index)  # [B, Hkv, n + T, D]
-        qpos, kpos = torch.arange(T, device=q.device), index - W
+        seen = state["seen"]  # [B, 1]
+        index = torch.arange(seen.amax().clamp(max=W).to(torch.int64), device=q.device)  # [n]
+        slot = index.to(seen.dtype)[None]
+        nxt = _wrap(seen, W)  # the slot the first new token goes to
+        offset = slot - nxt - W * (slot >= nxt).to(seen.dtype)  # [B, n]: its position, the first new token's 0
+        filled = torch.cat([(slot < seen).to(q.dtype), q.new_ones(B, T)], 1) > 0.5  # [B, n + T]
+        kpos = torch.cat([offset, torch.arange(T, device=q.device, dtype=seen.dtype)[None].expand(B, T)], 1)  # [B, n + T]
+        keys = torch.cat([state["key"].index_select(2, index), k], 2)  # [B, Hkv, n + T, D]
+        values = torch.cat([state["value"].index_select(2, index), v], 2)
+        qpos = torch.arange(T, device=q.device, dtype=seen.dtype)
         if theta:
             q = rotate(q, qpos, theta, self.inv_freq)
-            k = rotate(k, kpos, theta, self.inv_freq)
-        allowed = (kpos[None] <= qpos[:, None]) & (kpos[None] > qpos[:, None] - W)  # [T, n + T]
-        allowed = allowed & (filled.index_select(1, index)[:, None] > 0.5)  # [B, T, n + T]
+            keys = rotate(keys, kpos, theta, self.inv_freq)
+        allowed = (kpos[:, None] <= qpos[:, None]) & (kpos[:, None] > qpos[:, None] - W) & filled[:, None]  # [B, T, n + T]
         bias = torch.zeros(allowed.shape, dtype=q.dtype, device=q.device).masked_fill(~allowed, float("-inf"))
         q = q.reshape(B, Hkv, H // Hkv * T, D) * D ** -0.5  # head h reads kv head h // (H / Hkv)
-        scores = (q @ k.transpose(-1, -2)).unflatten(2, (H // Hkv, T)) + bias[:, None, None]
-        o = (scores.softmax(-1).flatten(2, 3) @ v).reshape(B, H, T, D)
+        scores = (q @ keys.transpose(-1, -2)).unflatten(2, (H // Hkv, T)) + bias[:, None, None]
+        o = (scores.softmax(-1).flatten(2, 3) @ values).reshape(B, H, T, D)
         return o.transpose(1, 2).flatten(-2)
 
-    def _attend_blocks(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, filled: torch.Tensor) -> torch.Tensor:
+    def _attend_blocks(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: State) -> torch.Tensor:
         """Every window slot, queries in blocks of W (training, a prefill longer than the window):
-        each block sees at most 2W - 1 keys, so memory is O(T * W), not O(T^2)."""
-        T, W = q.shape[2], self.window
+        the ring is laid out oldest first before the new keys, and each block sees at most 2W - 1
+        keys, so memory is O(T * W), not O(T^2)."""
+        B, _, T, _ = q.shape
+        W = self.window
+        seen = state["seen"]
+        # slot of index j: the next slot + j, modulo W; the window's oldest token first (or its empty slots)
+        order = _wrap(_wrap(seen, W) + torch.arange(W, device=q.device, dtype=seen.dtype), W)  # [B, W]
+        gather = order.to(torch.int64)[:, None, :, None].expand(B, self.kv_heads, W, self.head_dim)
+        keys = torch.cat([state["key"].gather(2, gather), k], 2)  # [B, Hkv, W + T, D]: index p is position p - W
+        values = torch.cat([state["value"].gather(2, gather), v], 2)
+        filled = torch.cat([(order < seen).to(q.dtype), q.new_ones(B, T)], 1)  # [B, W + T]
         theta, rep = self.options.rope_theta, self.heads // self.kv_heads
         if theta:
             q = rotate(q, torch.arange(T, device=q.device), theta, self.inv_freq)
