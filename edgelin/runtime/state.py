@@ -74,7 +74,22 @@ def check_state(state: object, specs: Sequence[StateSpec], *, finite: bool = Tru
                                f"{s.dtype}{list(s.shape_for(batch or 1))}")
         if finite and not all_finite(a):
             raise EdgelinError(f"state {s.input} holds NaN or Inf values")
+    bad = bad_count(state, specs)
+    if bad:
+        raise EdgelinError(f"state {bad}")
     return batch or 1
+
+
+def bad_count(state: Mapping[str, np.ndarray], specs: Sequence[StateSpec]) -> str | None:
+    """What is wrong with the first window ring's `seen` count in `state`, if anything: it must be a
+    whole number in [0, 2 x window) (docs/FORMAT.md), or the ring's writes would land outside it."""
+    windows = {s.layer: s.shape[2] for s in specs if s.kind == "key"}
+    for s in specs:
+        if s.kind == "seen" and s.layer in windows:
+            a, limit = state[s.input], 2 * windows[s.layer]
+            if a.size and not (np.isfinite(a).all() and (a == np.round(a)).all() and a.min() >= 0 and a.max() < limit):
+                return f"{s.input} must hold whole token counts in [0, {limit}); it holds {a.min():.6g} to {a.max():.6g}"
+    return None
 
 
 def save_state(path: str | os.PathLike, state: Mapping[str, np.ndarray], manifest: Manifest) -> Path:
@@ -147,4 +162,7 @@ def load_state(path: str | os.PathLike, manifest: Manifest) -> dict[str, np.ndar
     for name, a in arrays.items():
         if not all_finite(a):
             raise EdgelinError(f"state file {path} holds NaN or Inf values in {name}")
+    bad = bad_count(arrays, manifest.states)
+    if bad:
+        raise EdgelinError(f"state file {path}: {bad}")
     return arrays
