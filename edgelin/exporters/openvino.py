@@ -202,6 +202,23 @@ def make_stateful(model, manifest: Manifest) -> None:
         var.update(info)
 
 
+def _scatter_into_next_state(model) -> None:
+    """A window ring's write (ScatterElementsUpdate) reads its variable through Maximum(x, x), in place.
+
+    A scatter straight on a ReadValue updates the variable's buffer in place, and its Assign then
+    copies the whole ring into the variable's next buffer on one thread (about 0.75 ms per 4 MiB
+    here: a third of an LFM2-350M INT8 step). Through Maximum(x, x), which is exact and runs as one
+    fused pass on every thread, the scatter writes the next buffer and the Assign has nothing to copy.
+    """
+    from openvino import opset13 as ops
+
+    for op in model.get_ordered_ops():
+        source = op.input_value(0) if op.get_type_name() == "ScatterElementsUpdate" else None
+        if source is not None and source.get_node().get_type_name() == "ReadValue":
+            op.input(0).replace_source_output(ops.maximum(source, source).output(0))
+    model.validate_nodes_and_infer_types()
+
+
 def convert_graph(onnx_path: Path, manifest: Manifest, *, stateful: bool):
     """One ONNX step graph as an `openvino.Model` (stateless: batch symbolic; stateful: batch 1)."""
     ov = import_openvino()
@@ -217,6 +234,7 @@ def convert_graph(onnx_path: Path, manifest: Manifest, *, stateful: bool):
     if stateful:
         float_state_ports(model, manifest)
         make_stateful(model, manifest)
+        _scatter_into_next_state(model)
     return model
 
 

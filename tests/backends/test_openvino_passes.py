@@ -56,3 +56,40 @@ def test_concat_of_consecutive_split_outputs_becomes_one_output():
     assert op_types(model).count("Concat") == 1
     for w, g in zip(want, run(model, feed)):
         np.testing.assert_array_equal(g, w)
+
+
+def _ring_model():
+    """A stateful ring: each step scatters x [1, 2, 1, 4] into slot `slot` of an [1, 2, 6, 4] variable
+    and returns the variable as it was before the step."""
+    from openvino import opset13 as ops
+
+    x = ops.parameter([1, 2, 1, 4], ov.Type.f32, name="x")
+    slot = ops.parameter([1, 2, 1, 4], ov.Type.i64, name="slot")
+    info = ov.op.util.VariableInfo()
+    info.data_shape, info.data_type, info.variable_id = ov.PartialShape([1, 2, 6, 4]), ov.Type.f32, "ring"
+    variable = ov.op.util.Variable(info)
+    ring = ops.read_value(ops.constant(np.zeros((1, 2, 6, 4), np.float32)), variable)
+    written = ops.scatter_elements_update(ring, slot, x, ops.constant(2))
+    return ov.Model([ops.result(ops.multiply(ring, ops.constant(np.float32(1.0))))], [ops.assign(written, variable)], [x, slot])
+
+
+def test_ring_write_reads_its_variable_through_a_copy():
+    """The scatter on a variable gets Maximum(x, x) in front (so OpenVINO writes the variable's next
+    buffer instead of copying it in Assign), and every step returns what it did without it."""
+    from edgelin.exporters.openvino import _scatter_into_next_state
+
+    rng = np.random.default_rng(2)
+    steps = [(rng.standard_normal((1, 2, 1, 4)).astype(np.float32), np.full((1, 2, 1, 4), s % 6, np.int64))
+             for s in range(9)]
+
+    def outputs(model) -> list[np.ndarray]:
+        request = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}).create_infer_request()
+        return [request.infer({"x": x, "slot": slot})[0].copy() for x, slot in steps]
+
+    plain, rewritten = _ring_model(), _ring_model()
+    _scatter_into_next_state(rewritten)
+    assert op_types(rewritten).count("Maximum") == 1 and op_types(plain).count("Maximum") == 0
+    want, got = outputs(plain), outputs(rewritten)
+    assert np.abs(want[-1]).sum() > 0, "the ring stayed empty: nothing is compared"
+    for w, g in zip(want, got):
+        np.testing.assert_array_equal(g, w)
