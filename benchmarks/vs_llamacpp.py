@@ -338,8 +338,8 @@ def run_edgelin(package: str, backend: str, threads: int, **kw) -> dict[str, Any
 
     box: dict[str, Any] = {}
 
-    def feed(s, ids: list[int]) -> int:
-        logits, box["state"] = s.forward(np.array([ids], np.int64), box["state"], logits="last")
+    def feed(s, ids: list[int]) -> int:  # a generation loop: each state is given up for the next (as `generate` does)
+        logits, box["state"] = s.forward(np.array([ids], np.int64), box["state"], logits="last", donate=True)
         return int(np.argmax(logits[0, -1]))
 
     def first(s, ids: list[int]) -> int:
@@ -347,7 +347,7 @@ def run_edgelin(package: str, backend: str, threads: int, **kw) -> dict[str, Any
         return feed(s, ids)
 
     def prefill(s, ids: list[int]) -> None:
-        s.forward(np.array([ids], np.int64), s.new_state(1), logits="last")
+        s.forward(np.array([ids], np.int64), s.new_state(1), logits="last", donate=True)
 
     return measure(lambda: Session(package, backend=backend, threads=threads), first, lambda s, t: feed(s, [t]),
                    prefill, **kw)

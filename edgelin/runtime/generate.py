@@ -24,17 +24,25 @@ class Generation(Iterator[int]):
 
     def __init__(self, session: Session, prompt_ids: np.ndarray, max_new_tokens: int,
                  sampling: SamplingConfig, seed: int | None, state: State, stop_ids: Collection[int]) -> None:
-        self.session, self.sampling, self.state = session, sampling, state
+        self.session, self.sampling, self._state = session, sampling, state
+        self._own_state = False  # the caller's state, or one handed out by `state`: never written in place
         self.max_new_tokens, self.stop_ids = max_new_tokens, set(stop_ids)
         self.tokens: list[int] = []
         self.pending: list[int] = prompt_ids.tolist()
         self._rng = np.random.default_rng(seed)
         self._done = max_new_tokens == 0
 
+    @property
+    def state(self) -> State:
+        self._own_state = False  # whoever reads it may keep it: the next step must not write into it
+        return self._state
+
     def __next__(self) -> int:
         if self._done or len(self.tokens) >= self.max_new_tokens:
             raise StopIteration
-        logits, self.state = self.session.forward(np.array([self.pending], np.int64), self.state, logits="last")
+        logits, self._state = self.session.forward(np.array([self.pending], np.int64), self._state, logits="last",
+                                                   donate=self._own_state)
+        self._own_state = True
         token = int(sample(logits[:, -1], self.sampling, self._rng)[0])
         self.pending = [token]
         if token in self.stop_ids:

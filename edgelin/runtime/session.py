@@ -163,6 +163,11 @@ class Session:
                                             **({"initializers": shared[name]} if shared.get(name) else {}))
         self.graphs = {name: self._load(name, spec) for name, spec in files.items()}
         self.stateful = bool(getattr(cls, "stateful", False))
+        # window rings a decode step may write in place (`forward(donate=True)`): key and value of
+        # each layer with a `seen` count, on a back end that can
+        rings = {s.layer for s in self.manifest.states if s.kind == "seen"}
+        self._rings = {s.input: s.output for s in self.manifest.states if s.layer in rings and s.kind in ("key", "value")} \
+            if getattr(cls, "writes_in_place", False) and graphs is None else {}
         # the one batch the graphs accept, if fixed (compiled back ends, profile exports)
         self.batch = getattr(next(iter(self.graphs.values())), "batch", None) or (self.manifest.raw.get("profile") or {}).get("batch")
         # stateful back ends only: the live state's version, the graph holding it, the LiveState (weakly)
@@ -290,11 +295,11 @@ class Session:
             raise EdgelinError(f"ids have batch {batch} but the state was made for batch {have}")
         return np.ascontiguousarray(ids, dtype=np.int64)
 
-    def _step(self, name: str, ids: np.ndarray, state: State) -> tuple[np.ndarray, State]:
+    def _step(self, name: str, ids: np.ndarray, state: State, in_place: bool = False) -> tuple[np.ndarray, State]:
         if self.stateful:
             logits, state = self._stateful_step(name, ids, state)
         else:
-            out, state = self._run(name, ids, state)
+            out, state = self._run(name, ids, state, self._rings if in_place and name == "decode" else None)
             logits = out["logits"]
         return self._check_logits(name, logits, ids), state
 
@@ -324,8 +329,10 @@ class Session:
                                f"not {ids.shape[1]}")
         return self._run(name, ids, state)
 
-    def _run(self, name: str, ids: np.ndarray, state: State) -> tuple[dict[str, np.ndarray], State]:
-        out = self.graphs[name].run({"input_ids": np.ascontiguousarray(ids), **state})
+    def _run(self, name: str, ids: np.ndarray, state: State,
+             in_place: dict[str, str] | None = None) -> tuple[dict[str, np.ndarray], State]:
+        feeds = {"input_ids": np.ascontiguousarray(ids), **state}
+        out = self.graphs[name].run(feeds, in_place) if in_place else self.graphs[name].run(feeds)
         for s in self.manifest.states:
             a = out.get(s.output)
             if a is None or a.shape != s.shape_for(ids.shape[0]) or a.dtype != s.np_dtype:
@@ -356,31 +363,44 @@ class Session:
             check_state(state, self.manifest.states)
         return state
 
-    def forward(self, ids: np.ndarray, state: State, logits: Literal["all", "last"] = "all") -> tuple[np.ndarray, State]:
+    def forward(self, ids: np.ndarray, state: State, logits: Literal["all", "last"] = "all",
+                donate: bool = False) -> tuple[np.ndarray, State]:
         """Feed `ids` [B, T] after `state`; return logits [B, T, V] and the new state.
 
         Full chunks of `prefill_tokens` go through the prefill graph, the remainder token by
         token through decode, so the result is exact (no padding). With `logits="last"` only the
         last position's logits are kept ([B, 1, V]), so memory does not grow with T. `state` is not
-        modified; with a stateful back end the returned state is a `LiveState`.
+        modified unless donated; with a stateful back end the returned state is a `LiveState`.
+
+        `donate=True` gives `state` up: ONNX Runtime's decode steps then write each window ring's
+        new slot straight into its arrays, which the returned state holds, instead of copying every
+        ring each step (a sixth of an LFM2-350M step). Do not use `state` after that. A decode step
+        may write its ring in place whatever order the graph runs in: the one slot it writes holds
+        the token a window behind, which that step's query does not see. Decode steps after the
+        first in one call (a prompt's tail) write in place either way: those states are this
+        call's own.
 
         Raises:
             EdgelinError: bad ids or state, NaN or Inf in the state or the logits (see `check_finite`).
         """
         if not isinstance(logits, str) or logits not in ("all", "last"):
             raise EdgelinError(f"logits must be 'all' or 'last', not {logits!r:.40}")
+        if not isinstance(donate, bool):
+            raise EdgelinError(f"donate must be True or False, not {donate!r:.40}")
         with self._lock if self.stateful else contextlib.nullcontext():
             ids = self._check(ids, state, finite=self.check_finite)
             T, out = ids.shape[1], []
             chunk, pos = self.prefill_tokens, 0
+            owned = donate  # may this call's next step write into the arrays of `state`?
             while "prefill" in self.graphs and T - pos >= chunk:
                 lg, state = self._step("prefill", ids[:, pos:pos + chunk], state)
                 out.append(lg if logits == "all" else lg[:, -1:])
                 if logits == "last":
                     del out[:-1]
-                pos += chunk
+                pos, owned = pos + chunk, True
             for t in range(pos, T):
-                lg, state = self._step("decode", ids[:, t:t + 1], state)
+                lg, state = self._step("decode", ids[:, t:t + 1], state, in_place=owned)
+                owned = True
                 out.append(lg)
                 if logits == "last":
                     del out[:-1]

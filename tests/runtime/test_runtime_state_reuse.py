@@ -208,3 +208,41 @@ def test_stateful_back_end_batches_rows_and_rewinds(tmp_path, zoo_package):
     generated = list(chat.generate(12))
     chat.rewind(25)
     assert_close(chat.logits, fresh(ort, (list(prompts[1]) + generated)[:25])[0])
+
+
+def test_donated_steps_equal_plain_steps(session):
+    """`forward(donate=True)` writes each window ring's new slot into the given arrays (ONNX Runtime's
+    decode graph): the logits and states are bit for bit those of plain steps, through the ring's
+    wrap (48 steps, window 16), from two rows that have seen different numbers of tokens."""
+    rows = [fresh(session, ids(20 + r, n))[1] for r, n in enumerate((5, 27))]
+    start = {k: np.concatenate([rows[0][k], rows[1][k]]) for k in rows[0]}
+    plain, donated = start, {k: v.copy() for k, v in start.items()}
+    rings = [k for k in start if k.endswith((".key", ".value")) and k.rsplit(".", 1)[0] + ".seen" in start]
+    for t in range(48):
+        tokens = np.array([[t % V], [(t * 7) % V]], np.int64)
+        want, plain = session.forward(tokens, plain, logits="last")
+        before = dict(donated)
+        got, donated = session.forward(tokens, donated, logits="last", donate=True)
+        assert np.array_equal(got, want)
+        assert all(donated[k] is before[k] for k in rings), "a ring was copied, not written in place"
+        for k in plain:
+            assert np.array_equal(donated[k], plain[k]), k
+
+
+def test_a_state_read_from_a_generation_is_never_written(session):
+    """A generation writes its rings in place only while nobody holds its state: one read through
+    `state` keeps the arrays read as they were, and the tokens match a generation read at every step."""
+    prompt = ids(30, 11)
+    reference = list(generate(session, prompt, 30))
+    g = generate(session, prompt, 30)
+    head = [next(g) for _ in range(5)]
+    kept = g.state
+    frozen = {k: v.copy() for k, v in kept.items()}
+    assert head + list(g) == reference
+    for k, v in kept.items():
+        assert np.array_equal(v, frozen[k]), k
+
+
+def test_donate_must_be_a_bool(session):
+    with pytest.raises(EdgelinError, match="donate"):
+        session.forward(np.array([[1]]), session.new_state(1), donate="yes")

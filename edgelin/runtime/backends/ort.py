@@ -42,6 +42,7 @@ class OrtBackend:
     """
 
     shares_weights = True
+    writes_in_place = True  # run(..., in_place=...)
 
     @classmethod
     def graph_files(cls, manifest: Manifest) -> dict[str, dict]:
@@ -76,10 +77,34 @@ class OrtBackend:
         self.output_names = [o.name for o in self._sess.get_outputs()]
         self.signature = {a.name: _info(a) for a in [*self._sess.get_inputs(), *self._sess.get_outputs()]}
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run the graph once (thread-safe); returns every output by name."""
+    def run(self, feeds: dict[str, np.ndarray], in_place: dict[str, str] | None = None) -> dict[str, np.ndarray]:
+        """Run the graph once (thread-safe); returns every output by name.
+
+        `in_place` maps input names to output names whose result ONNX Runtime writes straight into
+        the input's array (through I/O binding); that output is the input array itself. Only for an
+        output the graph may write before every read of its input is done (see `Session.forward`).
+        An input that is not a writeable C-contiguous array gets an output of its own instead.
+        """
         try:
-            return dict(zip(self.output_names, self._sess.run(None, feeds)))
+            if not in_place:
+                return dict(zip(self.output_names, self._sess.run(None, feeds)))
+            import onnxruntime as ort
+
+            shared = {i: o for i, o in in_place.items()
+                      if feeds[i].flags.c_contiguous and feeds[i].flags.writeable}
+            binding = self._sess.io_binding()
+            values = {}
+            for name, a in feeds.items():
+                values[name] = ort.OrtValue.ortvalue_from_numpy(a)  # a view of `a`, not a copy
+                binding.bind_ortvalue_input(name, values[name])
+            order = [o for o in self.output_names if o not in shared.values()]
+            for i, o in shared.items():
+                binding.bind_ortvalue_output(o, values[i])
+            for o in order:
+                binding.bind_output(o)
+            self._sess.run_with_iobinding(binding)
+            out = dict(zip(order, (v.numpy() for v in binding.get_outputs()[len(shared):])))
+            return out | {o: feeds[i] for i, o in shared.items()}
         except Exception as e:  # ORT raises its own exception types
             raise EdgelinError(f"onnxruntime failed to run {self._where}: {first_line(e)}") from None
 
