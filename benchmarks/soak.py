@@ -58,7 +58,7 @@ def soak(package: Path, backend: str, tokens: int, window: int, threads: int, pr
     while done < tokens and finite:
         n, start = 0, time.perf_counter()
         while n < min(window, tokens - done):
-            logits, state = session.forward(np.array([ids], np.int64), state, logits="last")
+            logits, state = session.forward(np.array([ids], np.int64), state, logits="last", donate=True)
             if not np.isfinite(logits).all():
                 finite = False
                 break

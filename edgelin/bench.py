@@ -131,7 +131,10 @@ def _run_backend(package: str, backend: str, threads: int, device: str | None, d
         start = time.perf_counter()
         _, state = session.forward(prompt, session.new_state(1))
         prefill_s = min(prefill_s, time.perf_counter() - start)
-    times = _decode_times(session.forward, rng.integers(0, session.vocab_size, (decode_tokens + 8, 1, 1)), state, 8)
+    def step(ids, state):  # a generation loop: each state is given up for the next (as `generate` does)
+        return session.forward(ids, state, donate=True)
+
+    times = _decode_times(step, rng.integers(0, session.vocab_size, (decode_tokens + 8, 1, 1)), state, 8)
     return {**_speeds(times, prompt.shape[1], prefill_s), "peak_rss_bytes": peak_rss_bytes()}
 
 

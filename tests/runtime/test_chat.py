@@ -43,9 +43,9 @@ def scripted(session, replies):
     replaced by a one-hot on the script's next token; the states are the model's own. Returns every id fed."""
     forward, script, fed = session.forward, [t for reply in replies for t in reply], []
 
-    def run(ids, state, logits="all"):
+    def run(ids, state, logits="all", donate=False):
         fed.extend(np.asarray(ids)[0].tolist())
-        out, state = forward(ids, state, logits)
+        out, state = forward(ids, state, logits, donate)
         forced = np.full_like(out, -30.0)
         forced[..., script.pop(0) if script else 0] = 30.0
         return forced, state
