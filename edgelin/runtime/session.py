@@ -17,7 +17,7 @@ from edgelin.errors import EdgelinError
 from edgelin.runtime.backends import get_backend
 from edgelin.runtime.package import Manifest, read_package, state_spec, steps_output
 from edgelin.runtime.schema import Checker, check_states
-from edgelin.runtime.state import all_finite, check_state
+from edgelin.runtime.state import all_finite, check_state, ring_windows
 from edgelin.runtime.weights import shared_initializers
 
 State = dict[str, np.ndarray]
@@ -165,7 +165,7 @@ class Session:
         self.stateful = bool(getattr(cls, "stateful", False))
         # window rings a decode step may write in place (`forward(donate=True)`): key and value of
         # each layer with a `seen` count, on a back end that can
-        rings = {s.layer for s in self.manifest.states if s.kind == "seen"}
+        rings = ring_windows(self.manifest.states)
         self._rings = {s.input: s.output for s in self.manifest.states if s.layer in rings and s.kind in ("key", "value")} \
             if getattr(cls, "writes_in_place", False) and graphs is None else {}
         # the one batch the graphs accept, if fixed (compiled back ends, profile exports)

@@ -80,14 +80,21 @@ def check_state(state: object, specs: Sequence[StateSpec], *, finite: bool = Tru
     return batch or 1
 
 
+def ring_windows(specs: Sequence[StateSpec]) -> dict[int, int]:
+    """{layer: window} of the layers whose `key` and `value` are a window ring (they have a `seen` count)."""
+    counted = {s.layer for s in specs if s.kind == "seen"}
+    return {s.layer: s.shape[2] for s in specs if s.kind == "key" and s.layer in counted}
+
+
 def bad_count(state: Mapping[str, np.ndarray], specs: Sequence[StateSpec]) -> str | None:
     """What is wrong with the first window ring's `seen` count in `state`, if anything: it must be a
     whole number in [0, 2 x window) (docs/FORMAT.md), or the ring's writes would land outside it."""
-    windows = {s.layer: s.shape[2] for s in specs if s.kind == "key"}
+    windows = ring_windows(specs)
     for s in specs:
         if s.kind == "seen" and s.layer in windows:
             a, limit = state[s.input], 2 * windows[s.layer]
-            if a.size and not (np.isfinite(a).all() and (a == np.round(a)).all() and a.min() >= 0 and a.max() < limit):
+            # NaN and Inf fail the bounds
+            if a.size and not (a.min() >= 0 and a.max() < limit and np.array_equal(a, np.floor(a))):
                 return f"{s.input} must hold whole token counts in [0, {limit}); it holds {a.min():.6g} to {a.max():.6g}"
     return None
 

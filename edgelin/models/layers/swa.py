@@ -96,11 +96,12 @@ def _wrap(x: torch.Tensor, window: int) -> torch.Tensor:
     return x - window * (x >= window).to(x.dtype)
 
 
-def advance_seen(seen: torch.Tensor, tokens: int, window: int) -> torch.Tensor:
-    """`seen` after `tokens` more. The state keeps a count n of tokens seen as n below `window`, then
-    `window` + n modulo `window` (so it stays a small whole number, exact in float32): its value modulo
-    `window` is the slot the next token goes to; slots below it hold tokens, and all do from `window` on."""
-    return torch.where(seen + tokens >= window, window + _wrap(_wrap(seen, window) + tokens % window, window), seen + tokens)
+def advance_seen(seen: torch.Tensor, next_slot: torch.Tensor, tokens: int, window: int) -> torch.Tensor:
+    """`seen` after `tokens` more (`next_slot` = `seen` modulo `window`). The state keeps a count n of
+    tokens seen as n below `window`, then `window` + n modulo `window` (so it stays a small whole
+    number, exact in float32): its value modulo `window` is the slot the next token goes to; slots
+    below it hold tokens, and all do from `window` on."""
+    return torch.where(seen + tokens >= window, window + _wrap(next_slot + tokens % window, window), seen + tokens)
 
 
 class SlidingWindowAttention(TokenMixer):
@@ -145,16 +146,17 @@ class SlidingWindowAttention(TokenMixer):
         W = self.window
         k, v = k.transpose(1, 2), v.transpose(1, 2)  # [B, Hkv, T, D]
         seen = state["seen"]  # [B, 1]
+        nxt = _wrap(seen, W)  # the slot the first new token goes to
         # the last min(T, W) new tokens go to their slots; the rest of the ring is untouched
         kept = min(T, W)
-        first = _wrap(_wrap(seen, W) + (T - kept) % W, W)
+        first = _wrap(nxt + (T - kept) % W, W)
         slots = _wrap(first + torch.arange(kept, device=q.device, dtype=seen.dtype), W).to(torch.int64)  # [B, kept]
         index = slots[:, None, :, None].expand(B, self.kv_heads, kept, self.head_dim)
         new_state = {"key": state["key"].scatter(2, index, k[:, :, T - kept:]),
                      "value": state["value"].scatter(2, index, v[:, :, T - kept:]),
-                     "seen": advance_seen(seen, T, W)}
+                     "seen": advance_seen(seen, nxt, T, W)}
         if T > W or q.is_meta:  # the full window (meta tensors, sizing a config, have no filled count)
-            return self._attend_blocks(q, k, v, state), new_state
+            return self._attend_blocks(q, k, v, state, nxt), new_state
         theta, rep = self.options.rope_theta, self.heads // self.kv_heads
         if not _exporting() and not seen.any():
             # a fresh sequence (training, a first prefill): plain causal attention
@@ -162,9 +164,10 @@ class SlidingWindowAttention(TokenMixer):
                 q, k = (rotate(x, torch.arange(T, device=q.device), theta, self.inv_freq) for x in (q, k))
             o = F.scaled_dot_product_attention(q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1), is_causal=True)
             return o.transpose(1, 2).flatten(-2), new_state
-        return self._attend_filled(q, k, v, state), new_state
+        return self._attend_filled(q, k, v, state, nxt), new_state
 
-    def _attend_filled(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: State) -> torch.Tensor:
+    def _attend_filled(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: State,
+                       nxt: torch.Tensor) -> torch.Tensor:
         """Attention of T <= W queries over the ring's filled slots and the T new keys, so a step costs
         O(filled), not O(W), at a short context.
 
@@ -172,16 +175,16 @@ class SlidingWindowAttention(TokenMixer):
         end comes from `seen`, so data-dependent. Reading every slot instead gives the same result (the
         others are empty and masked): that is the static form NPU profiles take
         (`edgelin.exporters.static.make_static` ends the Range at the window). Grouped heads share
-        their key and value rows through a broadcasting product instead of repeated copies.
+        their key and value rows through a broadcasting product instead of repeated copies. `nxt`
+        is the slot the first new token goes to (`seen` modulo the window).
         """
         B, H, T, D = q.shape
         W, Hkv, theta = self.window, self.kv_heads, self.options.rope_theta
         seen = state["seen"]  # [B, 1]
         index = torch.arange(seen.amax().clamp(max=W).to(torch.int64), device=q.device)  # [n]
         slot = index.to(seen.dtype)[None]
-        nxt = _wrap(seen, W)  # the slot the first new token goes to
         offset = slot - nxt - W * (slot >= nxt).to(seen.dtype)  # [B, n]: its position, the first new token's 0
-        filled = torch.cat([(slot < seen).to(q.dtype), q.new_ones(B, T)], 1) > 0.5  # [B, n + T]
+        filled = torch.cat([slot < seen, q.new_ones((B, T), dtype=torch.bool)], 1)  # [B, n + T]
         kpos = torch.cat([offset, torch.arange(T, device=q.device, dtype=seen.dtype)[None].expand(B, T)], 1)  # [B, n + T]
         keys = torch.cat([state["key"].index_select(2, index), k], 2)  # [B, Hkv, n + T, D]
         values = torch.cat([state["value"].index_select(2, index), v], 2)
@@ -196,7 +199,8 @@ class SlidingWindowAttention(TokenMixer):
         o = (scores.softmax(-1).flatten(2, 3) @ values).reshape(B, H, T, D)
         return o.transpose(1, 2).flatten(-2)
 
-    def _attend_blocks(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: State) -> torch.Tensor:
+    def _attend_blocks(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state: State,
+                       nxt: torch.Tensor) -> torch.Tensor:
         """Every window slot, queries in blocks of W (training, a prefill longer than the window):
         the ring is laid out oldest first before the new keys, and each block sees at most 2W - 1
         keys, so memory is O(T * W), not O(T^2)."""
@@ -204,7 +208,7 @@ class SlidingWindowAttention(TokenMixer):
         W = self.window
         seen = state["seen"]
         # slot of index j: the next slot + j, modulo W; the window's oldest token first (or its empty slots)
-        order = _wrap(_wrap(seen, W) + torch.arange(W, device=q.device, dtype=seen.dtype), W)  # [B, W]
+        order = _wrap(nxt + torch.arange(W, device=q.device, dtype=seen.dtype), W)  # [B, W]
         gather = order.to(torch.int64)[:, None, :, None].expand(B, self.kv_heads, W, self.head_dim)
         keys = torch.cat([state["key"].gather(2, gather), k], 2)  # [B, Hkv, W + T, D]: index p is position p - W
         values = torch.cat([state["value"].gather(2, gather), v], 2)

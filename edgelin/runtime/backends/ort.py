@@ -55,6 +55,7 @@ class OrtBackend:
             import onnxruntime as ort
         except ImportError:
             raise EdgelinError("the 'ort' back end needs onnxruntime: pip install onnxruntime") from None
+        self._ort = ort
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = DEFAULT_THREADS if threads is None else int(threads)
         opts.inter_op_num_threads = 1
@@ -88,14 +89,12 @@ class OrtBackend:
         try:
             if not in_place:
                 return dict(zip(self.output_names, self._sess.run(None, feeds)))
-            import onnxruntime as ort
-
             shared = {i: o for i, o in in_place.items()
                       if feeds[i].flags.c_contiguous and feeds[i].flags.writeable}
             binding = self._sess.io_binding()
             values = {}
             for name, a in feeds.items():
-                values[name] = ort.OrtValue.ortvalue_from_numpy(a)  # a view of `a`, not a copy
+                values[name] = self._ort.OrtValue.ortvalue_from_numpy(a)  # a view of `a`, not a copy
                 binding.bind_ortvalue_input(name, values[name])
             order = [o for o in self.output_names if o not in shared.values()]
             for i, o in shared.items():
